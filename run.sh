@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The two set-up commands of the README:
+#   ./run.sh demo   create/reuse .venv, install, run the main job on the embedded default corpus
+#   ./run.sh test   create/reuse .venv, install with the test extra, run the default (lean) test suite
+# Extra arguments after `test` go to pytest (e.g. ./run.sh test -m slow).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+mode=${1:-}
+case "$mode" in
+  demo) extra="" ;;
+  test) extra="[test]" ;;
+  *) echo "usage: ./run.sh demo | test [pytest args]" >&2; exit 2 ;;
+esac
+shift
+
+venv=${SCRATCHLLM_VENV:-.venv}
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+py="$venv/bin/python"
+
+# Install only when pyproject.toml (or the mode) changed since the last install.
+stamp="$venv/.scratchllm-installed-$mode"
+want="$(sha256sum pyproject.toml | cut -c1-64)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  # Pin torch first: the CPU wheel. An unpinned torch would pull several GB of CUDA packages.
+  "$py" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
+  "$py" -m pip install --quiet --disable-pip-version-check -e ".$extra"
+  echo "$want" > "$stamp"
+fi
+
+if [ "$mode" = test ]; then
+  exec "$py" -m pytest "$@"
+fi
+# The main job on the embedded default corpus. (Later stages extend this to the whole pipeline.)
+cli="$venv/bin/scratchllm"
+"$cli" tokenizer train --config configs/tokenizer/default.toml "$@"
+"$cli" tokenizer info runs/tokenizer
+sample='Hello, world! def add(a, b): return a + b  # 2 + 2 = 4 🙂 你好'
+echo "encode: $sample"
+ids=$("$cli" tokenizer encode runs/tokenizer "$sample")
+echo "ids:    $ids"
+echo "decode: $("$cli" tokenizer decode runs/tokenizer $ids)"

@@ -1,0 +1,1 @@
+"""Alignment: reward model, DPO, policy optimisation."""

@@ -1,0 +1,207 @@
+"""One config system for every stage: dataclasses, TOML presets, dotted command-line overrides.
+
+A stage declares its config as a (nested) dataclass. ``load_config(Cls, path, overrides)`` reads the
+TOML preset, applies ``section.key=value`` overrides and checks every key and type, so a typo or a
+wrong type fails early with the offending key named::
+
+    cfg = load_config(TrainConfig, "configs/tiny.toml", ["train.lr=3e-4"])
+
+Override values are parsed as TOML literals (``3e-4``, ``true``, ``[1, 2]``, ``"text"``); anything
+that is not a TOML literal is taken as a bare string (``tokenizer.pattern=gpt4``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from scratchllm.errors import ScratchError
+
+T = TypeVar("T")
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Build ``cls`` from an optional TOML file plus ``key=value`` overrides, validating everything."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = read_toml(path)
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(data, key, value)
+    return from_dict(cls, data)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScratchError(f"config file not found: {path}", "check the path; presets live in configs/") from None
+    except UnicodeDecodeError:
+        raise ScratchError(f"config file {path} is not valid UTF-8", "save it as UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ScratchError(f"config file {path} is not valid TOML: {e}", "fix the syntax at that line") from None
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split ``a.b=value`` and parse ``value`` as a TOML literal, falling back to a plain string."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ScratchError(f"bad override {item!r}: expected key=value", "write it like train.lr=3e-4")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ScratchError(f"override {key!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
+    """Construct dataclass ``cls`` from a mapping; unknown keys and wrong types name the key."""
+    if not isinstance(data, Mapping):
+        raise ScratchError(f"config key {where or '<root>'!r} must be a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        name = _join(where, unknown[0])
+        raise ScratchError(
+            f"unknown config key {name!r}",
+            f"valid keys{' in ' + repr(where) if where else ''}: {', '.join(sorted(fields))}",
+        )
+    kwargs = {name: _coerce(hints[name], value, _join(where, name)) for name, value in data.items()}
+    try:
+        obj = cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        raise ScratchError(f"config {where or '<root>'!r}: {e}") from None
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key)
+            except ScratchError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is typing.Literal:
+        if value not in args:
+            raise ScratchError(f"config key {key!r} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (list, tuple, Sequence):
+        if not isinstance(value, list | tuple):
+            raise ScratchError(f"config key {key!r} must be a list, got {type(value).__name__} {value!r}")
+        item_tp = args[0] if args else Any
+        items = [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ScratchError(f"config key {key!r} must be a table, got {type(value).__name__}")
+        val_tp = args[1] if args else Any
+        return {str(k): _coerce(val_tp, v, f"{key}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is Path:
+        if isinstance(value, str):
+            return Path(value)
+    else:
+        raise TypeError(f"config type {tp!r} for {key!r} is not supported")
+    raise ScratchError(f"config key {key!r} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    return {float: "a number", int: "an integer", bool: "true or false", str: "a string", Path: "a path"}.get(
+        tp, str(tp)
+    )
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain-data view of a config (Paths as strings, None dropped) suitable for TOML/JSON."""
+
+    def convert(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v) if getattr(v, f.name) is not None}
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, list | tuple):
+            return [convert(x) for x in v]
+        if isinstance(v, dict):
+            return {k: convert(x) for k, x in v.items()}
+        return v
+
+    return convert(obj)
+
+
+def to_toml(obj: Any) -> str:
+    """Serialise a config to TOML (scalars first, then one table per nested section)."""
+    lines: list[str] = []
+    _emit_table(to_dict(obj), [], lines)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _emit_table(table: dict[str, Any], prefix: list[str], lines: list[str]) -> None:
+    scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in table.items() if isinstance(v, dict)}
+    if prefix and (scalars or not tables):
+        lines.append(f"\n[{'.'.join(prefix)}]")
+    for k, v in scalars.items():
+        lines.append(f"{k} = {_toml_value(v)}")
+    for k, v in tables.items():
+        _emit_table(v, [*prefix, k], lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")

@@ -1,0 +1,1 @@
+"""Data preparation: embedded corpus, ingest, clean, filter, deduplicate, mix, shard."""

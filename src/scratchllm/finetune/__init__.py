@@ -1,0 +1,1 @@
+"""Instruction tuning, LoRA and QLoRA."""

@@ -1,0 +1,85 @@
+"""File helpers: atomic writes and strict UTF-8 reads with actionable errors."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from scratchllm.errors import ScratchError
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success fsync and rename it over ``path``.
+
+    If the block raises (including KeyboardInterrupt or a full disk) the temporary file is
+    removed and ``path`` keeps its previous content, so readers never see a partial file.
+    """
+    if "w" not in mode:
+        raise ValueError("atomic_write only supports write modes")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if "b" not in mode:
+        kwargs.setdefault("encoding", "utf-8")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except OSError as e:
+        _remove_quietly(tmp_name)
+        if e.errno == errno.ENOSPC:
+            raise ScratchError(
+                f"disk full while writing {path}; the previous version (if any) is intact",
+                "free some disk space (df -h) and run the command again",
+            ) from e
+        raise
+    except BaseException:
+        _remove_quietly(tmp_name)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    with atomic_write(path, "w", newline="") as f:
+        f.write(text)
+
+
+def _remove_quietly(name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name)
+
+
+def read_text(path: str | os.PathLike[str], errors: str = "strict") -> str:
+    """Read a UTF-8 text file; invalid bytes raise a ScratchError naming the file and offset.
+
+    ``errors="replace"`` substitutes U+FFFD instead, for users who accept lossy input.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ScratchError(f"file not found: {path}", "check the path and try again") from None
+    except IsADirectoryError:
+        raise ScratchError(f"{path} is a directory, expected a file", "pass a file path") from None
+    except PermissionError:
+        raise ScratchError(f"permission denied reading {path}", "check the file's permissions") from None
+    try:
+        return data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as e:
+        raise ScratchError(
+            f"{path} is not valid UTF-8 (bad byte 0x{data[e.start]:02x} at offset {e.start})",
+            "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8), or pass --errors replace "
+            "to substitute invalid bytes",
+        ) from None

@@ -1,0 +1,1 @@
+"""Llama-style decoder-only transformer."""

@@ -1,0 +1,1 @@
+"""Byte-level BPE tokenizer: training, encoding, decoding, save/load, Hugging Face interop."""
