@@ -1,0 +1,120 @@
+"""Model directories: ``config.json`` (our ModelConfig) + ``model.safetensors`` (the weights).
+
+safetensors instead of pickle: loading cannot execute code, and the header lists every tensor's
+name, dtype and shape, so a mismatch is reported by name before anything is copied.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from scratchllm.config import from_dict, to_dict
+from scratchllm.errors import ScratchError
+from scratchllm.io import atomic_write_bytes, atomic_write_text
+from scratchllm.model.model import ModelConfig, Transformer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def save_pretrained(model: Transformer, directory: str | Path) -> None:
+    directory = Path(directory)
+    state = model.state_dict()
+    if model.cfg.tie_embeddings:
+        del state["lm_head.weight"]  # the same tensor as tok_emb.weight; safetensors refuses aliases
+    write_safetensors(directory / WEIGHTS_FILE, state)
+    atomic_write_text(directory / CONFIG_FILE, json.dumps(to_dict(model.cfg), indent=2) + "\n")
+
+
+def load_pretrained(directory: str | Path, map_location: str | torch.device = "cpu") -> Transformer:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ScratchError(f"model directory not found: {directory}", "pass a directory written by save_pretrained")
+    cfg = read_config(directory / CONFIG_FILE)
+    weights_path = directory / WEIGHTS_FILE
+    state = read_safetensors(weights_path)
+    model = Transformer(cfg)
+    load_checked(model, state, weights_path)
+    return model.to(map_location)
+
+
+def load_checked(model: Transformer, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Copy ``state`` into ``model`` after checking names and shapes (``path`` is named in errors)."""
+    expected = model.state_dict()
+    if model.cfg.tie_embeddings:
+        del expected["lm_head.weight"]  # stored once, as tok_emb.weight
+    check_state(expected, state, path)
+    model.load_state_dict(state, strict=False)  # strict=False: the tied lm_head.weight is not in the file
+
+
+def read_config(path: Path) -> ModelConfig:
+    try:
+        return from_dict(ModelConfig, read_json(path))
+    except ScratchError as e:
+        raise ScratchError(f"{path}: {e.message}", e.hint) from None
+
+
+def check_state(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse missing, unexpected or mis-shaped tensors, naming the first offender and the file."""
+    missing = [k for k in expected if k not in found]
+    if missing:
+        raise ScratchError(
+            f"{path}: tensor {missing[0]!r} is missing ({len(missing)} missing in all)",
+            "the weights do not belong to this config.json; save them again from the matching model",
+        )
+    unexpected = [k for k in found if k not in expected]
+    if unexpected:
+        raise ScratchError(
+            f"{path}: unexpected tensor {unexpected[0]!r} ({len(unexpected)} unexpected in all)",
+            "the weights do not belong to this config.json; save them again from the matching model",
+        )
+    for name, want in expected.items():
+        got = found[name]
+        if tuple(got.shape) != tuple(want.shape):
+            raise ScratchError(
+                f"{path}: tensor {name!r} has shape {tuple(got.shape)}, but the config needs {tuple(want.shape)}",
+                "the weights and config.json disagree; check d_model, n_heads, n_kv_heads, d_ff, vocab_size",
+            )
+
+
+# --- file helpers shared with the Hugging Face import/export ------------------------------------------
+
+
+def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    data = st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, data)
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ScratchError(f"weights file not found: {path}", "the directory must contain model.safetensors") from None
+    try:
+        return st_load(data)
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise ScratchError(
+            f"{path} is not a valid safetensors file (truncated or corrupt: {e})",
+            "re-create or re-download the file; an interrupted copy leaves a truncated file",
+        ) from None
+
+
+def read_json(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScratchError(f"config file not found: {path}", "a model directory needs config.json") from None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ScratchError(f"{path} is not valid JSON: {e}", "fix or re-create the file") from None
+    if not isinstance(data, dict):
+        raise ScratchError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
