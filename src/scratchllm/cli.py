@@ -19,6 +19,8 @@ from scratchllm.errors import ScratchError
 # (command, module providing register(subparsers)). Order is pipeline order, as shown in --help.
 STAGES: list[str] = [
     "scratchllm.tokenizer.cli",
+    "scratchllm.model.cli",
+    "scratchllm.model.hf_cli",
 ]
 
 
