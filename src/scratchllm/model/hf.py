@@ -140,9 +140,11 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> ModelConf
         return hf[key]
 
     if hf.get("model_type") != "llama":
+        ours = "d_model" in hf and "model_type" not in hf
         raise ScratchError(
             f"{source}: model_type is {hf.get('model_type')!r}, only 'llama' can be imported",
-            "import a LlamaForCausalLM checkpoint",
+            "this is already a scratchllm model directory: use it directly" if ours
+            else "import a LlamaForCausalLM checkpoint",
         )
     unsupported = {
         "hidden_act": (hf.get("hidden_act", "silu"), "silu"),
