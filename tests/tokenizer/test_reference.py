@@ -9,7 +9,7 @@ import pytest
 from scratchllm.tokenizer import DEFAULT_SPECIAL_TOKENS, Tokenizer, train_bpe
 from scratchllm.tokenizer.hf import to_hf_dict
 
-from .conftest import mixed_text
+from scratchllm.data.corpus import unicode_stress_text
 
 tiktoken = pytest.importorskip("tiktoken")
 hf_tokenizers = pytest.importorskip("tokenizers")
@@ -17,7 +17,7 @@ hf_tokenizers = pytest.importorskip("tokenizers")
 
 @pytest.fixture(scope="module")
 def mixed():
-    text = mixed_text(1_100_000, seed=1)
+    text = unicode_stress_text(1_100_000, seed=1)
     assert len(text.encode("utf-8")) >= 1_000_000
     return text
 
