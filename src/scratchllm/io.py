@@ -61,10 +61,13 @@ def _remove_quietly(name: str) -> None:
         os.unlink(name)
 
 
-def read_text(path: str | os.PathLike[str], errors: str = "strict") -> str:
+def read_text(
+    path: str | os.PathLike[str], errors: str = "strict", lossy_option: str = "--errors replace"
+) -> str:
     """Read a UTF-8 text file; invalid bytes raise a ScratchError naming the file and offset.
 
-    ``errors="replace"`` substitutes U+FFFD instead, for users who accept lossy input.
+    ``errors="replace"`` substitutes U+FFFD instead, for users who accept lossy input;
+    ``lossy_option`` is how the caller's user asks for that, quoted in the hint.
     """
     path = Path(path)
     try:
@@ -80,6 +83,6 @@ def read_text(path: str | os.PathLike[str], errors: str = "strict") -> str:
     except UnicodeDecodeError as e:
         raise ScratchError(
             f"{path} is not valid UTF-8 (bad byte 0x{data[e.start]:02x} at offset {e.start})",
-            "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8), or pass --errors replace "
+            f"convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8), or use {lossy_option} "
             "to substitute invalid bytes",
         ) from None

@@ -52,7 +52,7 @@ def test_invalid_utf8_corpus(tmp_path, capsys):
     code, out = train(tmp_path, files=[str(bad)])
     assert code == 2
     err = error_of(capsys)
-    assert "bad.txt is not valid UTF-8" in err and "fix:" in err
+    assert "bad.txt is not valid UTF-8" in err and "fix:" in err and "corpus.errors=replace" in err
     assert not out.exists()  # nothing half-written
     code, out = train(tmp_path, "corpus.errors=replace", files=[str(bad)])
     assert code == 0

@@ -89,7 +89,7 @@ def _training_texts(cfg: CorpusConfig) -> list[str]:
             raise ScratchError(f"no files match {pattern!r}", "check the path or glob in corpus.files")
         for m in map(Path, matches):
             paths.extend(sorted(x for x in m.rglob("*") if x.is_file()) if m.is_dir() else [m])
-    return [read_text(p, errors=cfg.errors) for p in paths]
+    return [read_text(p, errors=cfg.errors, lossy_option="corpus.errors=replace") for p in paths]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
