@@ -22,9 +22,13 @@ py="$venv/bin/python"
 stamp="$venv/.scratchllm-installed-$mode"
 want="$(sha256sum pyproject.toml | cut -c1-64)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  pip_install() {  # quiet, minus this machine's harmless notes about absent local index folders
+    "$py" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 | { grep -v '^WARNING: Location .* is ignored' || true; }
+    return "${PIPESTATUS[0]}"
+  }
   # Pin torch first: the CPU wheel. An unpinned torch would pull several GB of CUDA packages.
-  "$py" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
-  "$py" -m pip install --quiet --disable-pip-version-check -e ".$extra"
+  pip_install "torch==2.13.0"
+  pip_install -e ".$extra"
   echo "$want" > "$stamp"
 fi
 
