@@ -1,0 +1,309 @@
+"""Deduplication: exact (hash of normalised text) and near-duplicate (MinHash + LSH banding).
+
+MinHash, from scratch and vectorised with numpy:
+
+1. Shingles: lowercase ``\\w+`` words; a shingle is ``ngram`` consecutive words joined by spaces
+   (a document with fewer words is one shingle). All documents of a batch are joined into one byte
+   buffer, and every shingle is hashed at once with a polynomial rolling hash over prefix sums
+   (``sum b_k P^(k-start) mod 2^64``), then mixed with the MurmurHash3 finaliser and cut to 32 bits.
+2. Permutations, exactly as datasketch 2.x draws them (``np.random.RandomState(seed)``), so that
+   signatures can be compared with datasketch's bit for bit:
+   ``affine32`` (datasketch's default): ``h -> a*fmix32(h) + b mod 2^32`` with odd ``a``;
+   ``legacy`` (datasketch < 2.0): ``h -> ((a*h + b) mod 2^64 mod (2^61 - 1)) & (2^32 - 1)``.
+   Each chunk of shingles is a (shingles x num_perm) matrix; per-document minima come from one
+   ``np.minimum.reduceat``.
+3. LSH: the signature is cut into ``bands`` bands of ``rows`` values; documents sharing any band
+   hash are candidates. ``bands x rows`` is chosen from the threshold by minimising the weighted
+   false-positive/false-negative areas under the S-curve (as datasketch's ``_optimal_param``).
+   Candidates are verified with the full-signature Jaccard estimate before a document is dropped.
+
+Streaming: documents arrive in batches and are compared with every earlier document (kept or not),
+so the first occurrence is kept. Memory grows with the number of documents (a signature of
+``4 * num_perm`` bytes plus ``bands`` dictionary entries each), not with their size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from scratchllm.data.config import DedupConfig
+
+MERSENNE_PRIME = np.uint64((1 << 61) - 1)
+MAX_HASH32 = np.uint32((1 << 32) - 1)
+_WORD = re.compile(r"\w+")
+_POLY = np.uint64(0x100000001B3)  # odd, so invertible mod 2^64
+_POLY_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
+_CHUNK_ROWS = 2048  # shingles per (rows x num_perm) block: small enough to stay in cache
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact
+
+
+def exact_key(text: str) -> bytes:
+    """Digest of the text with case and whitespace differences removed."""
+    return hashlib.blake2b(" ".join(text.lower().split()).encode("utf-8"), digest_size=16).digest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Hashing
+
+
+def fmix32(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def fmix64(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xFF51AFD7ED558CCD)
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xC4CEB9FE1A85EC53)
+    return h ^ (h >> np.uint64(33))
+
+
+_powers_cache: list[np.ndarray] = [np.ones(1, np.uint64), np.ones(1, np.uint64)]
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """P^k and P^-k mod 2^64 for k < n (cached; grown by doubling)."""
+    pw, inv = _powers_cache
+    if len(pw) < n:
+        size = max(n, 2 * len(pw), 1 << 16)
+        with np.errstate(over="ignore"):
+            pw = np.cumprod(np.full(size, _POLY, np.uint64))
+            inv = np.cumprod(np.full(size, _POLY_INV, np.uint64))
+        pw = np.concatenate([[np.uint64(1)], pw[:-1]])
+        inv = np.concatenate([[np.uint64(1)], inv[:-1]])
+        _powers_cache[:] = [pw, inv]
+    return pw[:n], inv[:n]
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def shingles(text: str, ngram: int) -> list[bytes]:
+    """The shingles of one document as bytes (reference form; :func:`shingle_hashes` hashes these)."""
+    w = words(text)
+    if len(w) < ngram:
+        return [" ".join(w).encode()] if w else []
+    return [" ".join(w[i : i + ngram]).encode() for i in range(len(w) - ngram + 1)]
+
+
+def shingle_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """32-bit hashes of all shingles of ``texts`` and offsets: doc i owns ``hashes[off[i]:off[i+1]]``."""
+    word_lists = [words(t) for t in texts]
+    counts = np.fromiter(map(len, word_lists), np.int64, len(word_lists))
+    buf = np.frombuffer("\n".join(" ".join(w) for w in word_lists).encode("utf-8"), np.uint8)
+    seps = np.flatnonzero((buf == 32) | (buf == 10))
+    starts = np.concatenate([[0], seps + 1])
+    ends = np.concatenate([seps, [len(buf)]])
+    nonempty = ends > starts  # empty documents leave empty segments
+    starts, ends = starts[nonempty], ends[nonempty]
+
+    doc_of_word = np.repeat(np.arange(len(texts)), counts)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])[doc_of_word]
+    last = first + counts[doc_of_word] - 1
+    i = np.arange(len(doc_of_word))
+    end = i + ngram - 1
+    short = (i == first) & (counts[doc_of_word] < ngram)  # whole document is one shingle
+    valid = (end <= last) | short
+    end = np.where(short, last, end)[valid]
+    s, e = starts[valid], ends[end]
+
+    pw, inv = _powers(len(buf) + 1)
+    with np.errstate(over="ignore"):
+        prefix = np.zeros(len(buf) + 1, np.uint64)
+        np.cumsum(buf.astype(np.uint64) * pw[: len(buf)], out=prefix[1:])
+        h = fmix64((prefix[e] - prefix[s]) * inv[s])
+    hashes = (h & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    per_doc = np.bincount(doc_of_word[valid], minlength=len(texts))
+    return hashes, np.concatenate([[0], np.cumsum(per_doc)])
+
+
+# ----------------------------------------------------------------------------------------------
+# MinHash
+
+
+def permutations(num_perm: int, seed: int = 1, scheme: str = "affine32") -> tuple[np.ndarray, np.ndarray]:
+    """Permutation parameters (a, b), drawn exactly as datasketch 2.x ``MinHash(num_perm, seed, scheme=...)``."""
+    gen = np.random.RandomState(seed)
+    if scheme == "legacy":
+        ab = [
+            (gen.randint(1, MERSENNE_PRIME, dtype=np.uint64), gen.randint(0, MERSENNE_PRIME, dtype=np.uint64))
+            for _ in range(num_perm)
+        ]
+        a, b = np.array(ab, dtype=np.uint64).T
+        return a.copy(), b.copy()
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
+
+
+def signatures(hashes: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """MinHash signatures, one row per document; a document without shingles keeps the maximum value."""
+    legacy = a.dtype == np.uint64
+    n_docs, num_perm = len(offsets) - 1, len(a)
+    sig = np.full((n_docs, num_perm), MAX_HASH32, np.uint64 if legacy else np.uint32)
+    if len(hashes) == 0:
+        return sig
+    doc_of = np.repeat(np.arange(n_docs), np.diff(offsets))
+    hv = hashes.astype(np.uint64) if legacy else fmix32(hashes)
+    block = np.empty((_CHUNK_ROWS, num_perm), sig.dtype)
+    with np.errstate(over="ignore"):
+        for c0 in range(0, len(hv), _CHUNK_ROWS):
+            h, docs = hv[c0 : c0 + _CHUNK_ROWS], doc_of[c0 : c0 + _CHUNK_ROWS]
+            x = np.multiply(h[:, None], a, out=block[: len(h)])
+            np.add(x, b, out=x)
+            if legacy:
+                np.remainder(x, MERSENNE_PRIME, out=x)
+                np.bitwise_and(x, np.uint64(MAX_HASH32), out=x)
+            seg = np.flatnonzero(np.diff(docs, prepend=-1))
+            rows = docs[seg]
+            sig[rows] = np.minimum(sig[rows], np.minimum.reduceat(x, seg, axis=0))
+    return sig
+
+
+def minhash(texts: Sequence[str], num_perm: int = 128, seed: int = 1, ngram: int = 5, scheme: str = "affine32"):
+    """Signatures of ``texts`` (convenience wrapper)."""
+    a, b = permutations(num_perm, seed, scheme)
+    return signatures(*shingle_hashes(texts, ngram), a, b)
+
+
+def jaccard_estimate(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray | float:
+    return (sig_a == sig_b).mean(axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# LSH
+
+
+def lsh_probability(s: np.ndarray | float, bands: int, rows: int) -> np.ndarray | float:
+    """Probability that two documents of Jaccard similarity ``s`` share at least one band."""
+    return 1.0 - (1.0 - np.asarray(s, dtype=float) ** rows) ** bands
+
+
+def optimal_params(
+    threshold: float, num_perm: int, false_positive_weight: float = 0.5, false_negative_weight: float = 0.5
+) -> tuple[int, int]:
+    """(bands, rows) minimising fp_w * P(candidate | s < t) + fn_w * P(miss | s >= t), areas under the S-curve."""
+    pairs = np.array([(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)], dtype=float)
+    b, r = pairs[:, :1], pairs[:, 1:]
+
+    def area(lo: float, hi: float, miss: bool) -> np.ndarray:  # Simpson's rule, 2k+1 points
+        x = np.linspace(lo, hi, 2001)[None, :]
+        y = lsh_probability(x, b, r)
+        y = 1.0 - y if miss else y
+        w = np.ones(x.shape[1])
+        w[1:-1:2], w[2:-1:2] = 4, 2
+        return (y * w).sum(axis=1) * (hi - lo) / (3 * (x.shape[1] - 1))
+
+    error = false_positive_weight * area(0.0, threshold, False) + false_negative_weight * area(threshold, 1.0, True)
+    best = int(np.argmin(error))
+    return int(pairs[best, 0]), int(pairs[best, 1])
+
+
+@dataclass
+class DedupStats:
+    seen: int = 0
+    exact_removed: int = 0
+    near_removed: int = 0
+    candidates: int = 0  # candidate pairs from LSH that were checked
+    rejected_candidates: int = 0  # ... and failed the full-signature check
+
+
+class Deduplicator:
+    """Streaming exact + near-duplicate removal; first occurrence wins."""
+
+    MAX_BUCKET = 64  # documents remembered per band key (keeps pathological clusters cheap)
+
+    def __init__(self, cfg: DedupConfig) -> None:
+        self.cfg = cfg
+        self.stats = DedupStats()
+        self._exact: set[bytes] = set()
+        self.a, self.b = permutations(cfg.num_perm, cfg.seed, cfg.scheme)
+        if cfg.bands:
+            self.bands, self.rows = cfg.bands, cfg.rows
+        else:
+            self.bands, self.rows = optimal_params(
+                cfg.threshold, cfg.num_perm, cfg.false_positive_weight, cfg.false_negative_weight
+            )
+        rng = np.random.RandomState(cfg.seed + 7919)
+        self._mix = rng.randint(1, 1 << 62, self.rows, dtype=np.uint64) | np.uint64(1)
+        self._salt = rng.randint(0, 1 << 62, self.bands, dtype=np.uint64)
+        self._index: dict[int, int | list[int]] = {}
+        self._sigs = np.empty((1024, cfg.num_perm), self.a.dtype if cfg.scheme == "legacy" else np.uint32)
+        self._n = 0
+
+    def band_keys(self, sig: np.ndarray) -> np.ndarray:
+        """One 64-bit key per (document, band)."""
+        used = sig[:, : self.bands * self.rows].astype(np.uint64).reshape(len(sig), self.bands, self.rows)
+        with np.errstate(over="ignore"):
+            return fmix64((used * self._mix).sum(axis=2, dtype=np.uint64) + self._salt)
+
+    def __call__(self, texts: Sequence[str]) -> list[bool]:
+        """For each text, True if it duplicates an earlier one (exactly or nearly); state is updated."""
+        self.stats.seen += len(texts)
+        dup = [False] * len(texts)
+        todo = []
+        for i, text in enumerate(texts):
+            if self.cfg.exact:
+                key = exact_key(text)
+                if key in self._exact:
+                    dup[i] = True
+                    self.stats.exact_removed += 1
+                    continue
+                self._exact.add(key)
+            todo.append(i)
+        if self.cfg.near and todo:
+            hashes, offsets = shingle_hashes([texts[i] for i in todo], self.cfg.ngram)
+            sigs = signatures(hashes, offsets, self.a, self.b)
+            keys = self.band_keys(sigs).tolist()
+            empty = np.diff(offsets) == 0
+            for j, i in enumerate(todo):
+                if not empty[j] and self._near_duplicate(sigs[j], keys[j]):
+                    dup[i] = True
+                    self.stats.near_removed += 1
+        return dup
+
+    def _near_duplicate(self, sig: np.ndarray, keys: list[int]) -> bool:
+        index = self._index
+        found: set[int] = set()
+        for k in keys:
+            v = index.get(k)
+            if v is not None:
+                found.update(v) if isinstance(v, list) else found.add(v)
+        is_dup = False
+        if found:
+            cand = np.fromiter(found, np.int64, len(found))
+            est = (self._sigs[cand] == sig).mean(axis=1)
+            self.stats.candidates += len(cand)
+            self.stats.rejected_candidates += int((est < self.cfg.threshold).sum())
+            is_dup = bool(est.max() >= self.cfg.threshold)
+        doc = self._store(sig)
+        for k in keys:  # duplicates only claim keys nobody has; originals join buckets
+            v = index.get(k)
+            if v is None:
+                index[k] = doc
+            elif not is_dup:
+                if isinstance(v, int):
+                    index[k] = [v, doc]
+                elif len(v) < self.MAX_BUCKET:
+                    v.append(doc)
+        return is_dup
+
+    def _store(self, sig: np.ndarray) -> int:
+        if self._n == len(self._sigs):
+            self._sigs = np.concatenate([self._sigs, np.empty_like(self._sigs)])
+        self._sigs[self._n] = sig
+        self._n += 1
+        return self._n - 1
