@@ -21,6 +21,9 @@ STAGES: list[str] = [
     "scratchllm.tokenizer.cli",
     "scratchllm.model.cli",
     "scratchllm.model.hf_cli",
+    "scratchllm.data.cli",
+    "scratchllm.train.cli",
+    "scratchllm.eval.cli",
 ]
 
 

@@ -1,0 +1,431 @@
+"""``scratchllm data prepare``: the whole data pipeline, in two passes.
+
+Pass 1 (streaming, one document at a time, memory flat)::
+
+    ingest -> clean -> quality filters -> PII scrub -> dedup (exact, MinHash/LSH) -> tokenize
+           -> per-domain staged tokens in out_dir/.staging/
+
+Pass 2 (from the staged tokens, memory-mapped)::
+
+    train/val split per domain -> mix (down/up-sample to the weights) -> shuffle -> shards + manifest
+
+Resuming: the staged tokens carry a fingerprint of everything that produced them (sources and the
+size/mtime of every input file, clean/filter/dedup settings, the tokenizer's bytes). A rerun whose
+pass-1 fingerprint matches skips pass 1 (so changing only the mix is quick); one whose final
+fingerprint matches an existing manifest does nothing. Anything interrupted is simply redone: no
+manifest exists until every shard it names is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from scratchllm.config import to_dict
+from scratchllm.data.clean import Cleaner
+from scratchllm.data.config import DataConfig, SourceConfig
+from scratchllm.data.corpus import Document, embedded_documents
+from scratchllm.data.dedup import Deduplicator
+from scratchllm.data.filters import PiiScrubber, QualityFilters
+from scratchllm.data.ingest import IngestStats, read_files, resolve_paths
+from scratchllm.data.mix import plan_mixture, select_documents
+from scratchllm.data.shards import (
+    MANIFEST, ShardWriter, load_manifest, sha256_file, split_summary, token_dtype, write_manifest,
+)
+from scratchllm.data.synthetic import model_documents, synthetic_documents
+from scratchllm.errors import ScratchError
+from scratchllm.io import atomic_write, atomic_write_text
+
+STAGING = ".staging"
+STAGING_INFO = "staging.json"
+PIPELINE_VERSION = 1
+
+
+def load_tokenizer(path: Path):
+    if not Path(path).exists():
+        raise ScratchError(
+            f"tokenizer not found at {path}",
+            "run `scratchllm tokenizer train` first, or point `tokenizer = ...` in the data config at one",
+        )
+    try:
+        from scratchllm.tokenizer import Tokenizer
+    except ImportError as e:
+        raise ScratchError(f"the tokenizer stage is not available: {e}") from None
+    return Tokenizer.load(path)
+
+
+def _hash_path(path: Path) -> str:
+    """sha256 over the files under ``path`` (names and contents)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
+    for p in files:
+        h.update(p.name.encode() + b"\0" + sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Progress:
+    """One tqdm bar per stage (shown only on a terminal unless forced)."""
+
+    def __init__(self, enabled: bool | None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.bars: list[tqdm] = []
+
+    def bar(self, desc: str, unit: str = "doc", total: int | None = None) -> tqdm:
+        b = tqdm(desc=f"{desc:<9}", unit=unit, total=total, position=len(self.bars), leave=True,
+                 disable=not self.enabled, unit_scale=True, dynamic_ncols=True, file=sys.stderr)
+        self.bars.append(b)
+        return b
+
+    def close(self) -> None:
+        for b in self.bars:
+            b.close()
+        self.bars = []
+
+
+# ----------------------------------------------------------------------------------------------
+# Pass 1
+
+
+def _source_documents(src: SourceConfig, files: list[Path] | None, stats: IngestStats, tokenizer) -> Iterator[Document]:
+    if src.kind == "embedded":
+        yield from embedded_documents(src.domains, src.max_bytes_per_domain)
+    elif src.kind == "files":
+        yield from read_files(files or [], src.domain, stats, src.format, src.text_field, src.max_document_bytes)
+    elif src.kind == "synthetic":
+        yield from synthetic_documents(src.generators, src.count, src.seed, src.domain)
+    else:
+        yield from model_documents(src.checkpoint, tokenizer, src.prompts, src.count, src.max_new_tokens,
+                                   src.temperature, src.top_k, src.seed, src.domain)
+
+
+def _inputs_fingerprint(cfg: DataConfig, files: dict[int, list[Path]]) -> list[Any]:
+    out: list[Any] = [sys.version]  # the embedded corpus depends on the Python version
+    for i, src in enumerate(cfg.sources):
+        for p in files.get(i, []):
+            st = p.stat()
+            out.append([str(p), st.st_size, st.st_mtime_ns])
+        if src.kind == "model":
+            out.append(_hash_path(Path(src.checkpoint)) if Path(src.checkpoint).exists() else src.checkpoint)
+    return out
+
+
+def stage_documents(cfg: DataConfig, tok, files: dict[int, list[Path]], staging: Path, progress: Progress) -> dict[str, Any]:
+    """Pass 1: stream every source through clean/filter/PII/dedup/tokenize into per-domain staged tokens."""
+    ingest = IngestStats()
+    cleaner, filters, pii, dedup = Cleaner(cfg.clean), QualityFilters(cfg.filters), PiiScrubber(cfg.pii), Deduplicator(cfg.dedup)
+    dtype = token_dtype(tok.vocab_size)
+    per_domain_in: dict[str, list[int]] = {}  # domain -> [docs, bytes]
+    tokens_out: dict[str, int] = {}
+    bars = {k: progress.bar(k) for k in ("ingest", "filter", "dedup")}
+    bars["tokenize"] = progress.bar("tokenize", unit="tok")
+    t0 = time.perf_counter()
+    timing = {"dedup": 0.0, "tokenize": 0.0}
+
+    with contextlib.ExitStack() as stack:
+        writers: dict[str, ShardWriter] = {}
+        kept_f = removed_f = None
+        if cfg.debug_dump:
+            kept_f = stack.enter_context(atomic_write(cfg.out_dir / "kept.jsonl"))
+            removed_f = stack.enter_context(atomic_write(cfg.out_dir / "removed.jsonl"))
+
+        def dump(f, doc: Document, **extra: str) -> None:
+            if f is not None:
+                f.write(json.dumps({"domain": doc.domain, "source": doc.source, **extra, "text": doc.text}) + "\n")
+
+        def flush(batch: list[Document]) -> None:
+            t = time.perf_counter()
+            dups = dedup([d.text for d in batch])
+            timing["dedup"] += time.perf_counter() - t
+            kept = [d for d, dup in zip(batch, dups, strict=True) if not dup]
+            bars["dedup"].update(len(kept))
+            for d, dup in zip(batch, dups, strict=True):
+                if dup:
+                    dump(removed_f, d, reason="dedup: duplicate")
+                else:
+                    dump(kept_f, d)
+            for i in range(0, len(kept), cfg.batch_docs):
+                chunk = kept[i : i + cfg.batch_docs]
+                t = time.perf_counter()
+                ids = tok.encode_batch([d.text for d in chunk], num_workers=cfg.num_workers)
+                timing["tokenize"] += time.perf_counter() - t
+                for d, doc_ids in zip(chunk, ids, strict=True):
+                    if d.domain not in writers:
+                        writers[d.domain] = stack.enter_context(
+                            ShardWriter(staging, d.domain, dtype, 1 << 62, [d.domain])
+                        )
+                    arr = np.empty(len(doc_ids) + 1, dtype)
+                    arr[:-1] = doc_ids
+                    arr[-1] = tok.eos_id
+                    writers[d.domain].add(arr, d.domain)
+                    tokens_out[d.domain] = tokens_out.get(d.domain, 0) + len(arr)
+                    bars["tokenize"].update(len(arr))
+
+        batch: list[Document] = []
+        for i, src in enumerate(cfg.sources):
+            for doc in _source_documents(src, files.get(i), ingest, tok):
+                bars["ingest"].update()
+                counts = per_domain_in.setdefault(doc.domain, [0, 0])
+                counts[0] += 1
+                counts[1] += len(doc.text.encode("utf-8"))
+                text = cleaner(doc.text, doc.domain)
+                if not text:
+                    dump(removed_f, doc, reason="clean: empty after cleaning")
+                    continue
+                reason = filters.check(text, doc.domain)
+                if reason:
+                    dump(removed_f, doc, reason=reason)
+                    continue
+                bars["filter"].update()
+                batch.append(Document(pii(text, doc.domain), doc.domain, doc.source))
+                if len(batch) >= cfg.dedup.batch_docs:
+                    flush(batch)
+                    batch = []
+        if batch:
+            flush(batch)
+
+    docs_in = sum(c[0] for c in per_domain_in.values())
+    if docs_in == 0:
+        raise ScratchError("no documents were read from any source", _why_empty(ingest))
+    if not writers:
+        raise ScratchError(
+            f"all {docs_in} documents were removed by cleaning, filtering or deduplication",
+            "relax the filters (see the counts above, or set debug_dump = true to see why)",
+        )
+    seconds = time.perf_counter() - t0
+    return {
+        "input": {d: {"documents": c[0], "bytes": c[1]} for d, c in per_domain_in.items()},
+        "ingest": {k: v for k, v in asdict(ingest).items()},
+        "clean": asdict(cleaner.stats),
+        "filters": {name: asdict(c) for name, c in filters.stats.items()},
+        "pii": asdict(pii.stats),
+        "dedup": {**asdict(dedup.stats), "bands": dedup.bands, "rows": dedup.rows, "threshold": cfg.dedup.threshold,
+                  "num_perm": cfg.dedup.num_perm},
+        "staged": {d: {"documents": w.shards[0].documents, "tokens": w.shards[0].tokens, "file": w.shards[0].file,
+                       "index": w.shards[0].index} for d, w in writers.items()},
+        "seconds": {"pass1": seconds, **timing},
+    }
+
+
+def _why_empty(ingest: IngestStats) -> str:
+    if ingest.skipped:
+        return "every input was skipped: " + "; ".join(ingest.problems[:3])
+    return "check the [[sources]] in the config (empty files? wrong format or text_field?)"
+
+
+# ----------------------------------------------------------------------------------------------
+# Pass 2
+
+
+def write_shards(cfg: DataConfig, tok, stage_info: dict[str, Any], staging: Path, progress: Progress) -> dict[str, Any]:
+    """Pass 2: split, mix and shuffle staged documents into train/val shards; return the split summaries."""
+    rng = np.random.default_rng(cfg.seed)
+    dtype = token_dtype(tok.vocab_size)
+    domains = sorted(stage_info["staged"])
+    staged, train_idx, val_idx = {}, {}, {}
+    for d in domains:
+        info = stage_info["staged"][d]
+        tokens = np.memmap(staging / info["file"], dtype=dtype, mode="r")
+        rows = np.load(staging / info["index"])
+        staged[d] = (tokens, rows)
+        perm = rng.permutation(len(rows))
+        n_val = int(round(cfg.val_fraction * len(rows)))
+        if cfg.val_fraction > 0 and len(rows) >= 2:
+            n_val = min(max(1, n_val), len(rows) - 1)
+        val_idx[d], train_idx[d] = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+
+    result: dict[str, Any] = {"mix": {}, "splits": {}}
+    for split, idx in (("train", train_idx), ("val", val_idx)):
+        available = {d: (int(staged[d][1][idx[d], 1].sum()), len(idx[d])) for d in domains}
+        if split == "train":
+            plan = plan_mixture(available, cfg.mix.weights, cfg.mix.total_tokens, cfg.mix.max_upsample)
+        else:  # val mirrors the train mixture but never repeats documents
+            weights = {d: p.weight for d, p in result["mix"].items() if available[d][0] > 0}
+            plan = plan_mixture(available, weights, 0, 1.0) if any(weights.values()) else {}
+        order_domain, order_doc = [], []
+        for d, p in plan.items():
+            chosen = idx[d][select_documents(staged[d][1][idx[d], 1], p.target_tokens, rng)]
+            p.selected_docs, p.selected_tokens = len(chosen), int(staged[d][1][chosen, 1].sum())
+            order_domain.append(np.full(len(chosen), domains.index(d)))
+            order_doc.append(chosen)
+        if split == "train":
+            result["mix"] = plan
+        perm = rng.permutation(sum(map(len, order_doc))) if order_doc else np.zeros(0, np.int64)
+        all_domains = np.concatenate(order_domain)[perm] if order_doc else perm
+        all_docs = np.concatenate(order_doc)[perm] if order_doc else perm
+        bar = progress.bar(f"{split} shards", unit="tok", total=sum(p.selected_tokens for p in plan.values()))
+        with ShardWriter(cfg.out_dir, split, dtype, cfg.shard_tokens, domains) as writer:
+            for di, doc in zip(all_domains.tolist(), all_docs.tolist(), strict=True):
+                tokens, rows = staged[domains[di]]
+                start, length = int(rows[doc, 0]), int(rows[doc, 1])
+                writer.add(tokens[start : start + length], domains[di])
+                bar.update(length)
+        result["splits"][split] = split_summary(writer.shards)
+    result["mix"] = {d: {**asdict(p), "factor": p.factor} for d, p in result["mix"].items()}
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _remove_temp_files(folder: Path) -> None:
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
+
+
+def prepare(cfg: DataConfig, force: bool = False, progress: bool | None = None, tokenizer=None,
+            log=print) -> dict[str, Any]:
+    """Run the pipeline; returns the manifest (also written to ``cfg.out_dir/manifest.json``)."""
+    tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
+    out = Path(cfg.out_dir)
+    staging = out / STAGING
+    files = {i: resolve_paths(s.paths) for i, s in enumerate(cfg.sources) if s.kind == "files"}
+    tok_hash = _hash_path(cfg.tokenizer) if tokenizer is None else getattr(tokenizer, "fingerprint", repr(tokenizer))
+    upstream = {k: v for k, v in to_dict(cfg).items() if k in ("sources", "clean", "filters", "pii", "dedup")}
+    stage_fp = _digest([PIPELINE_VERSION, upstream, tok_hash, _inputs_fingerprint(cfg, files),
+                        cfg.debug_dump and str(out)])
+    final_fp = _digest([stage_fp, to_dict(cfg.mix), cfg.seed, cfg.val_fraction, cfg.shard_tokens])
+
+    if not force and (out / MANIFEST).exists():
+        with contextlib.suppress(ScratchError):
+            _, old = load_manifest(out)
+            if old.get("fingerprint") == final_fp and all(
+                (out / s["file"]).exists() for sp in old["splits"].values() for s in sp["shards"]
+            ):
+                log(f"{out}/{MANIFEST} is up to date (same config, inputs and tokenizer); use --force to rebuild")
+                return old
+
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_temp_files(out)
+    _remove_temp_files(staging)
+    (out / MANIFEST).unlink(missing_ok=True)  # from here on, no manifest until the new one is complete
+
+    bars = Progress(progress)
+    try:
+        stage_info = None
+        info_path = staging / STAGING_INFO
+        if not force and info_path.exists():
+            with contextlib.suppress(json.JSONDecodeError, KeyError, OSError):
+                candidate = json.loads(info_path.read_text())
+                if candidate["fingerprint"] == stage_fp and all(
+                    (staging / s["file"]).exists() for s in candidate["staged"].values()
+                ):
+                    stage_info = candidate
+                    log(f"resuming: reusing staged tokens in {staging} (pass 1 already done for this config)")
+        if stage_info is None:
+            if staging.exists():
+                shutil.rmtree(staging)
+            staging.mkdir(parents=True)
+            stage_info = stage_documents(cfg, tok, files, staging, bars)
+            stage_info["fingerprint"] = stage_fp
+            atomic_write_text(info_path, json.dumps(stage_info, indent=1))
+        t = time.perf_counter()
+        result = write_shards(cfg, tok, stage_info, staging, bars)
+        pass2 = time.perf_counter() - t
+    finally:
+        bars.close()
+
+    listed = {s[k] for sp in result["splits"].values() for s in sp["shards"] for k in ("file", "index")}
+    for p in out.iterdir():  # shards of an earlier, larger run
+        if re.fullmatch(r"(train|val)_\d{5}\.(bin|idx\.npy)", p.name) and p.name not in listed:
+            p.unlink()
+    summary = {k: v for k, v in stage_info.items() if k not in ("staged", "fingerprint")}
+    summary["seconds"] = {**summary.get("seconds", {}), "pass2": pass2}
+    manifest = {
+        "fingerprint": final_fp,
+        "dtype": token_dtype(tok.vocab_size).name,
+        "vocab_size": int(tok.vocab_size),
+        "eos_id": int(tok.eos_id),
+        "bos_id": None if getattr(tok, "bos_id", None) is None else int(tok.bos_id),
+        "tokenizer": str(cfg.tokenizer),
+        "tokenizer_sha256": tok_hash,
+        "domains": sorted(stage_info["staged"]),
+        "splits": result["splits"],
+        "mix": result["mix"],
+        "summary": summary,
+        "config": to_dict(cfg),
+    }
+    write_manifest(out, manifest)
+    if not cfg.keep_staging:
+        shutil.rmtree(staging, ignore_errors=True)
+    return json.loads((out / MANIFEST).read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# The summary table
+
+
+def _n(x: float) -> str:
+    return f"{x:,}" if isinstance(x, int) else f"{x:,.2f}"
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    cells = [headers] + [[_n(c) if isinstance(c, int | float) else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))  # noqa: E731
+    return [fmt(cells[0]), "  ".join("-" * w for w in widths), *map(fmt, cells[1:])]
+
+
+def format_summary(manifest: dict[str, Any]) -> str:
+    s = manifest["summary"]
+    lines: list[str] = []
+    ing = s["ingest"]
+    skipped = {k: ing[k] for k in ("invalid_utf8", "unreadable", "binary", "bad_json", "empty") if ing[k]}
+    docs_in = sum(v["documents"] for v in s["input"].values())
+    n = docs_in - s["clean"]["emptied"]
+    rows: list[list[Any]] = [["ingest", "", "", "", docs_in], ["clean (empty after)", docs_in, docs_in, s["clean"]["emptied"], n]]
+    for name, c in s["filters"].items():
+        rows.append([f"filter: {name}", n, c["seen"], c["removed"], n - c["removed"]])
+        n -= c["removed"]
+    d = s["dedup"]
+    for label, removed in (("dedup: exact", d["exact_removed"]),
+                           (f"dedup: near (J>={d['threshold']}, {d['bands']}x{d['rows']})", d["near_removed"])):
+        rows.append([label, n, n, removed, n - removed])
+        n -= removed
+    lines += ["Documents", *_table(["stage", "docs in", "checked", "removed", "docs out"], rows)]
+    if skipped:
+        lines.append("  skipped inputs: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items()))
+        lines += [f"    {p}" for p in ing["problems"][:5]]
+    notes = [f"{s['clean']['changed']} documents changed by cleaning",
+             f"{s['clean']['boilerplate_lines']} boilerplate lines dropped"]
+    if s["pii"]["documents"]:
+        notes.append(f"PII: {s['pii']['emails']} e-mails, {s['pii']['ips']} IPs replaced in {s['pii']['documents']} documents")
+    notes.append(f"LSH candidates checked {d['candidates']}, rejected by full signature {d['rejected_candidates']}")
+    lines += ["  " + n_ for n_ in notes]
+
+    mix_rows = []
+    for dom, p in manifest["mix"].items():
+        f = p["factor"]
+        how = "kept all" if abs(f - 1) < 1e-9 else (f"down-sampled x{f:.2f}" if f < 1 else f"up-sampled x{f:.2f}")
+        if p["weight"] == 0:
+            how = "dropped (weight 0)"
+        mix_rows.append([dom, f"{p['weight']:.2f}", p["available_tokens"], p["target_tokens"], p["selected_tokens"],
+                         p["selected_docs"], how])
+    lines += ["", "Mixture (train)", *_table(["domain", "weight", "available", "target", "selected", "docs", ""], mix_rows)]
+
+    split_rows = []
+    for name, sp in manifest["splits"].items():
+        per = ", ".join(f"{k} {_n(v)} ({v / max(1, sp['tokens']):.0%})" for k, v in sorted(sp["domains"].items()))
+        split_rows.append([name, len(sp["shards"]), sp["documents"], sp["tokens"], per])
+    lines += ["", f"Shards ({manifest['dtype']}, vocab {manifest['vocab_size']})",
+              *_table(["split", "shards", "docs", "tokens", "tokens per domain"], split_rows)]
+    sec = s.get("seconds", {})
+    if sec:
+        lines.append("  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in sec.items()))
+    return "\n".join(lines)
