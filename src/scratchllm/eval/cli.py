@@ -1,0 +1,146 @@
+"""``scratchllm eval --tasks ppl,mc,gsm8k,humaneval,safety --model DIR``: run benchmarks, write results."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import sys
+from pathlib import Path
+
+from scratchllm.errors import ScratchError
+
+BASELINE_BYTES_PER_DOMAIN = 1_000_000
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval", help="evaluate a model: perplexity, multiple choice, GSM8K, HumanEval, safety, LLM judge",
+        description="Evaluate a scratchllm or Hugging Face model directory on built-in or custom tasks; "
+                    "writes results.json, results.md and results.html.",
+    )
+    p.add_argument("--tasks", help="comma-separated task names, groups (mc, all) or task .toml paths")
+    p.add_argument("--model", help="model directory (scratchllm or Hugging Face format)")
+    p.add_argument("--list-tasks", action="store_true", help="list the built-in tasks and exit")
+    p.add_argument("--tokenizer", help="tokenizer for a scratchllm model (default: found beside the model)")
+    p.add_argument("--backend", choices=["auto", "scratchllm", "hf"], default="auto",
+                   help="auto: ours for our directories, transformers for Hugging Face ones")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="output directory (default: runs/eval/<model name>)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N examples of each task")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--stride", type=int, help="perplexity window stride in tokens (default: the context length)")
+    p.add_argument("--data", action="append", default=[], metavar="TASK=PATH",
+                   help="use a local data file for a built-in task, e.g. gsm8k=~/data/gsm8k/test.jsonl")
+    p.add_argument("--baselines", default="unigram,bigram,kneser_ney",
+                   help="n-gram baselines next to perplexity ('none' to skip)")
+    p.add_argument("--baseline-text", action="append", default=[], metavar="FILE",
+                   help="text the baselines are fit on (default: the embedded corpus)")
+    p.add_argument("--samples", type=int, help="code tasks: completions per problem (pass@k needs k <= samples)")
+    p.add_argument("--temperature", type=float, help="code tasks: sampling temperature")
+    p.add_argument("--k", help="code tasks: comma-separated k for pass@k, e.g. 1,10")
+    p.add_argument("--judge-url", help="OpenAI-compatible endpoint for judge tasks, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--judge-model", default="default", help="model name sent to the judge endpoint")
+    p.add_argument("--judge-api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the judge's API key (optional)")
+    p.add_argument("--judge-retries", type=int, default=5)
+    p.add_argument("--judge-timeout", type=float, default=120.0)
+    p.add_argument("--judge-safety", action="store_true", help="classify safety responses with the judge")
+    p.add_argument("--compare-model", help="judge task: also compare pairwise against this model directory")
+    p.add_argument("--log-samples", action="store_true", help="also write per-example samples_<task>.jsonl")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.set_defaults(func=cmd_eval)
+
+
+def _parse_data(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ScratchError(f"bad --data {item!r}: expected TASK=PATH", "e.g. --data gsm8k=/data/gsm8k/test.jsonl")
+        out[name.strip()] = path.strip()
+    return out
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ScratchError(f"{option} must be comma-separated integers, got {text!r}") from None
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from scratchllm.eval.tasks import GROUPS, builtin_tasks, load_spec
+
+    if args.list_tasks:
+        for name, path in builtin_tasks().items():
+            spec = load_spec(path)
+            print(f"{name:<12} {spec.type:<16} {spec.description}")
+        print("groups: " + "; ".join(f"{g} = {','.join(v)}" for g, v in GROUPS.items()))
+        return 0
+    if not args.tasks or not args.model:
+        raise ScratchError("--tasks and --model are required", "e.g. scratchllm eval --tasks ppl,mc --model runs/model")
+    for name, value in (("--limit", args.limit), ("--batch-size", args.batch_size), ("--stride", args.stride),
+                        ("--samples", args.samples)):
+        if value is not None and value < 1:
+            raise ScratchError(f"{name} must be at least 1, got {value}")
+
+    from scratchllm.eval.lm import load_model
+    from scratchllm.eval.report import metric_rows, write_results
+    from scratchllm.eval.runner import EvalSettings, evaluate
+    from scratchllm.eval.tasks import resolve_tasks
+
+    specs = resolve_tasks(args.tasks.split(","), _parse_data(args.data))  # fail on bad tasks before loading
+    judge = None
+    if args.judge_safety or any(s.type == "judge" for s in specs):
+        if not args.judge_url:
+            raise ScratchError("judge tasks and --judge-safety need --judge-url",
+                               "any OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+        from scratchllm.eval.judge import ChatClient
+
+        judge = ChatClient(args.judge_url, args.judge_model, os.environ.get(args.judge_api_key_env),
+                           timeout=args.judge_timeout, max_retries=args.judge_retries)
+    lm = load_model(args.model, args.tokenizer, args.backend, args.device)
+    compare = load_model(args.compare_model, None, args.backend, args.device) if args.compare_model else None
+    baselines = [] if args.baselines.strip() == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
+    settings = EvalSettings(
+        limit=args.limit, batch_size=args.batch_size, stride=args.stride, baselines=baselines,
+        baseline_documents=_baseline_loader(args.baseline_text),
+        samples=args.samples, temperature=args.temperature, k=_int_list(args.k, "--k") if args.k else None,
+        judge=judge, judge_safety=args.judge_safety, compare=compare,
+        log_samples=args.log_samples, seed=args.seed, progress=args.progress,
+    )
+    import torch
+
+    torch.manual_seed(args.seed)
+    results = evaluate(lm, specs, settings, on_task=lambda name: print(f"running {name} ...", file=sys.stderr))
+    results = {
+        "model": {"name": lm.name, "path": str(Path(args.model).resolve()), **lm.info},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "settings": {"limit": args.limit, "batch_size": args.batch_size, "stride": args.stride or lm.max_length,
+                     "seed": args.seed, "baselines": baselines},
+        **results,
+    }
+    from scratchllm import __version__
+
+    results["scratchllm_version"] = __version__
+    out = Path(args.out) if args.out else Path("runs") / "eval" / lm.name
+    written = write_results(results, out)
+    for row in metric_rows(results):
+        print("  ".join(row))
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def _baseline_loader(files: list[str]):
+    def load() -> list[str]:
+        if files:
+            from scratchllm.io import read_text
+
+            return [read_text(f) for f in files]
+        from scratchllm.data.corpus import embedded_text
+
+        return embedded_text(max_bytes_per_domain=BASELINE_BYTES_PER_DOMAIN).split("\n\n")
+
+    return load

@@ -1,0 +1,209 @@
+"""LLM-as-judge against any OpenAI-compatible chat endpoint (including our own server).
+
+* ``ChatClient``: POST ``/v1/chat/completions`` with the standard library only; retries with
+  exponential backoff on connection errors, timeouts, HTTP 429 and 5xx, then a clear error naming
+  the URL.
+* ``grade_single``: a 1-10 score for one answer against a rubric (MT-Bench style ``[[7]]`` verdict).
+* ``judge_pairwise``: A/B/tie between two answers, asked twice with the answers' positions swapped;
+  a winner counts only if both orders agree, which removes the judge's position bias.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from scratchllm.errors import ScratchError
+
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+DEFAULT_RUBRIC = (
+    "Judge helpfulness, correctness, relevance, depth and clarity. Penalise factual errors, "
+    "unsafe content, and answers that ignore the question. Do not reward length for its own sake."
+)
+
+SINGLE_SYSTEM = (
+    "You are an impartial judge. Evaluate the quality of the AI assistant's answer to the user's "
+    "question. Rubric: {rubric} Begin with a short explanation, then give your rating from 1 to 10 "
+    'strictly in this format: "Rating: [[5]]".'
+)
+SINGLE_USER = "[Question]\n{question}\n{reference}\n[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]"
+
+PAIR_SYSTEM = (
+    "You are an impartial judge. Compare the answers of two AI assistants to the user's question and "
+    "decide which is better. Rubric: {rubric} Do not let the order in which the answers are presented, "
+    "their length, or the assistants' names influence you. Begin with a short explanation, then give "
+    'your verdict strictly as "[[A]]" if assistant A is better, "[[B]]" if assistant B is better, '
+    'or "[[C]]" for a tie.'
+)
+PAIR_USER = (
+    "[Question]\n{question}\n{reference}\n[The Start of Assistant A's Answer]\n{a}\n[The End of Assistant A's Answer]\n\n"
+    "[The Start of Assistant B's Answer]\n{b}\n[The End of Assistant B's Answer]"
+)
+
+
+class ChatClient:
+    """Minimal OpenAI-compatible chat client (``base_url`` like ``http://host:8000`` or ``.../v1``)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str = "default",
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not re.match(r"^https?://", base_url):
+            raise ScratchError(f"judge URL {base_url!r} must start with http:// or https://",
+                               "e.g. --judge-url http://127.0.0.1:8000/v1")
+        base = base_url.rstrip("/")
+        if base.endswith("/chat/completions"):
+            self.url = base
+        else:
+            self.url = (base if base.endswith("/v1") else base + "/v1") + "/chat/completions"
+        self.model, self.api_key, self.timeout = model, api_key, timeout
+        self.max_retries, self.backoff, self.max_backoff, self.sleep = max_retries, backoff, max_backoff, sleep
+
+    def chat(self, messages: Sequence[dict[str, str]], temperature: float = 0.0, max_tokens: int = 1024) -> str:
+        body = json.dumps({"model": self.model, "messages": list(messages), "temperature": temperature,
+                           "max_tokens": max_tokens}).encode("utf-8")
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        last = "no attempt made"
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self.sleep(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
+            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    payload = response.read()
+                return _content(payload, self.url)
+            except urllib.error.HTTPError as e:
+                detail = _error_detail(e)
+                if e.code not in RETRY_STATUS:
+                    raise ScratchError(
+                        f"judge endpoint {self.url} refused the request: HTTP {e.code} {detail}",
+                        "check --judge-model and the API key (--judge-api-key-env)" if e.code in (401, 403, 404)
+                        else "check that the server speaks the OpenAI chat-completions API",
+                    ) from None
+                last = f"HTTP {e.code} {detail}"
+                retry_after = e.headers.get("Retry-After") if e.headers else None
+                if retry_after and retry_after.isdigit() and attempt < self.max_retries:
+                    self.sleep(min(self.max_backoff, float(retry_after)))
+            except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as e:
+                last = str(getattr(e, "reason", e)) or type(e).__name__
+        raise ScratchError(
+            f"judge endpoint {self.url} unreachable after {self.max_retries + 1} attempts (last error: {last})",
+            "start the server or fix --judge-url; for a slow server raise --judge-retries",
+        )
+
+
+def _error_detail(e: urllib.error.HTTPError) -> str:
+    try:
+        return e.read().decode("utf-8", errors="replace")[:300]
+    except OSError:
+        return e.reason or ""
+
+
+def _content(payload: bytes, url: str) -> str:
+    try:
+        data = json.loads(payload)
+        content = data["choices"][0]["message"]["content"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError):
+        raise ScratchError(f"judge endpoint {url} sent a response that is not an OpenAI chat completion: "
+                           f"{payload[:200]!r}", "point --judge-url at an OpenAI-compatible server") from None
+    if not isinstance(content, str):
+        raise ScratchError(f"judge endpoint {url} returned no text content", "check the judge model")
+    return content
+
+
+# --- grading ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Grade:
+    score: float | None  # None: the judge's reply had no parsable rating
+    explanation: str
+
+
+def _reference_block(reference: str | None) -> str:
+    return f"\n[Reference Answer]\n{reference}\n" if reference else ""
+
+
+def grade_single(client: ChatClient, question: str, answer: str, reference: str | None = None,
+                 rubric: str = DEFAULT_RUBRIC) -> Grade:
+    reply = client.chat([
+        {"role": "system", "content": SINGLE_SYSTEM.format(rubric=rubric)},
+        {"role": "user", "content": SINGLE_USER.format(question=question, answer=answer,
+                                                       reference=_reference_block(reference))},
+    ])
+    return Grade(parse_rating(reply), reply)
+
+
+def parse_rating(reply: str) -> float | None:
+    m = re.search(r"\[\[(\d+(?:\.\d+)?)\]\]", reply) or re.search(r"[Rr]ating:\s*\[?(\d+(?:\.\d+)?)", reply)
+    if not m:
+        return None
+    value = float(m.group(1))
+    return value if 1 <= value <= 10 else None
+
+
+def parse_verdict(reply: str) -> str | None:
+    """'A', 'B', 'tie', or None when the reply has no verdict."""
+    found = re.findall(r"\[\[([ABC])\]\]", reply)
+    if len(set(found)) != 1:
+        return None
+    return {"A": "A", "B": "B", "C": "tie"}[found[0]]
+
+
+@dataclass(frozen=True)
+class PairwiseResult:
+    """``winner``: 'A', 'B' or 'tie' after the position swap; ``consistent``: both orders agreed."""
+
+    winner: str
+    consistent: bool
+    first: str | None  # verdict with A shown first
+    second: str | None  # verdict with B shown first, mapped back to A/B
+
+
+def judge_pairwise(client: ChatClient, question: str, answer_a: str, answer_b: str,
+                   reference: str | None = None, rubric: str = DEFAULT_RUBRIC) -> PairwiseResult:
+    def ask(first: str, second: str) -> str | None:
+        reply = client.chat([
+            {"role": "system", "content": PAIR_SYSTEM.format(rubric=rubric)},
+            {"role": "user", "content": PAIR_USER.format(question=question, a=first, b=second,
+                                                         reference=_reference_block(reference))},
+        ])
+        return parse_verdict(reply)
+
+    v1 = ask(answer_a, answer_b)
+    v2 = {"A": "B", "B": "A", "tie": "tie", None: None}[ask(answer_b, answer_a)]
+    if v1 is not None and v1 == v2:
+        return PairwiseResult(v1, True, v1, v2)
+    return PairwiseResult("tie", False, v1, v2)
+
+
+def summarize_pairwise(results: Sequence[PairwiseResult]) -> dict[str, Any]:
+    n = len(results)
+    if not n:
+        return {"n": 0}
+    wins = sum(r.winner == "A" for r in results)
+    losses = sum(r.winner == "B" for r in results)
+    return {
+        "n": n,
+        "win_rate": wins / n,
+        "loss_rate": losses / n,
+        "tie_rate": (n - wins - losses) / n,
+        "consistency": sum(r.consistent for r in results) / n,
+    }
