@@ -1,0 +1,203 @@
+"""The ``scratchllm train`` config: one dataclass per section, loaded from configs/train/*.toml.
+
+    out_dir = "runs/train/cpu-tiny"
+    seed = 1337
+    [model]       preset = "configs/model/1m.toml", plus any ModelConfig key to override it
+    [data]        prepared shard directory, sequence length
+    [optim]       AdamW: lr, betas, weight decay (and what is exempt from it), gradient clipping
+    [schedule]    warmup + cosine | wsd | constant
+    [train]       batch size, accumulation, length, precision, compile, activation checkpointing, parallel
+    [eval]        validation loss and sample generations
+    [checkpoint]  interval, keep_last
+    [log]         JSONL / TensorBoard / Weights & Biases, progress bar
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from scratchllm.errors import ScratchError
+
+NO_DECAY_KINDS = ("norm", "bias", "embedding")
+
+
+@dataclass
+class DataSection:
+    path: Path = Path("runs/data")  # a directory written by `scratchllm data prepare`
+    seq_len: int = 256  # tokens per training sequence (at most the model's context_length)
+    train_split: str = "train"
+    val_split: str = "val"
+    tokenizer: Path | None = None  # for sample generations; None: the one named in the data manifest
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # peak learning rate (after warmup)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    # Parameters exempt from weight decay: "norm" (RMSNorm gains), "bias", "embedding" (token and
+    # position tables, and a head tied to them). Decaying gains and biases only hurts; embeddings
+    # are usually exempt too, as in nanoGPT/OLMo.
+    no_decay: list[str] = field(default_factory=lambda: list(NO_DECAY_KINDS))
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping (the norm is still logged)
+    fused: bool | None = None  # fused AdamW kernel; None: on CUDA only
+
+    def validate(self) -> None:
+        if self.lr <= 0 or self.eps <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ScratchError("optim: lr and eps must be > 0, weight_decay and grad_clip >= 0")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ScratchError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+        bad = [k for k in self.no_decay if k not in NO_DECAY_KINDS]
+        if bad:
+            raise ScratchError(f"optim.no_decay: unknown kind {bad[0]!r}", f"choose from {', '.join(NO_DECAY_KINDS)}")
+
+
+@dataclass
+class ScheduleConfig:
+    kind: Literal["cosine", "wsd", "constant"] = "cosine"
+    warmup_steps: int = 100  # linear warmup from lr/warmup_steps to lr
+    min_lr_ratio: float = 0.1  # final lr = min_lr_ratio * lr (cosine and wsd)
+    decay_fraction: float = 0.2  # wsd: the last fraction of the steps decays to the minimum
+    decay_shape: Literal["linear", "cosine", "sqrt"] = "sqrt"  # wsd decay: "sqrt" is 1 - sqrt(progress)
+
+    def validate(self) -> None:
+        if self.warmup_steps < 0:
+            raise ScratchError(f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ScratchError(f"schedule.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ScratchError(f"schedule.decay_fraction must be in (0, 1], got {self.decay_fraction}")
+
+
+@dataclass
+class TrainSection:
+    batch_size: int = 16  # sequences per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_steps: int = 1000
+    max_tokens: int = 0  # if > 0, overrides max_steps: steps = ceil(max_tokens / tokens per step)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (CUDA, and CPU where supported)
+    compile: bool = False  # torch.compile (needs a C++ compiler on CPU; first steps are slow)
+    compile_scope: Literal["model", "blocks"] = "model"  # whole model, or each block (torchtitan style)
+    # "none", "full" (every block), or "every-N" (every N-th block): recompute activations in backward.
+    activation_checkpointing: str = "none"
+    parallel: Literal["ddp", "fsdp", "none"] = "ddp"  # used when launched by torchrun on >1 processes
+    deterministic: bool = False  # torch.use_deterministic_algorithms + fixed seeds: bit-exact CPU reruns
+    num_threads: int = 0  # torch CPU threads per process; 0 = torch's default
+
+    def validate(self) -> None:
+        for key in ("batch_size", "grad_accum", "max_steps"):
+            if getattr(self, key) < 1:
+                raise ScratchError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        if self.max_tokens < 0 or self.num_threads < 0:
+            raise ScratchError("train.max_tokens and train.num_threads must be >= 0")
+        ac_every(self.activation_checkpointing)
+
+
+def ac_every(mode: str) -> int:
+    """0 for "none", 1 for "full", N for "every-N": activation checkpointing of every N-th block."""
+    if mode == "none":
+        return 0
+    if mode == "full":
+        return 1
+    m = re.fullmatch(r"every-([1-9][0-9]*)", mode)
+    if not m:
+        raise ScratchError(
+            f"train.activation_checkpointing: bad value {mode!r}",
+            'use "none", "full" (every block) or "every-N" (every N-th block, e.g. "every-2")',
+        )
+    return int(m.group(1))
+
+
+@dataclass
+class EvalSection:
+    interval: int = 100  # steps between validation losses (0: never; always at the end)
+    batches: int = 8  # validation micro-batches per evaluation (the same windows every time)
+    sample_interval: int = 0  # steps between sample generations (0: only at the end; needs a tokenizer)
+    sample_prompts: list[str] = field(default_factory=lambda: ["def ", "The "])
+    sample_tokens: int = 48
+    temperature: float = 0.8
+    top_k: int = 50
+
+    def validate(self) -> None:
+        if self.interval < 0 or self.batches < 0 or self.sample_interval < 0 or self.sample_tokens < 0:
+            raise ScratchError("eval: interval, batches, sample_interval and sample_tokens must be >= 0")
+        if self.temperature <= 0 or self.top_k < 1:
+            raise ScratchError("eval: temperature must be > 0 and top_k >= 1")
+
+
+@dataclass
+class CheckpointSection:
+    interval: int = 200  # steps between checkpoints (0: only at the end and on SIGTERM/Ctrl-C)
+    keep_last: int = 3  # older checkpoints are deleted
+
+    def validate(self) -> None:
+        if self.interval < 0 or self.keep_last < 1:
+            raise ScratchError("checkpoint: interval must be >= 0 and keep_last >= 1")
+
+
+@dataclass
+class LogSection:
+    interval: int = 10  # steps between metric rows (loss, lr, grad norm, tokens/s, memory)
+    tensorboard: bool = True
+    wandb: bool = False  # only if the wandb package is installed
+    wandb_project: str = "scratchllm"
+    progress: bool = True  # tqdm progress bar (rank 0)
+    peak_flops: float = 0.0  # accelerator peak FLOP/s for MFU; 0: known GPUs' bf16 dense peak
+
+    def validate(self) -> None:
+        if self.interval < 1:
+            raise ScratchError(f"log.interval must be >= 1, got {self.interval}")
+
+
+@dataclass
+class TrainConfig:
+    out_dir: Path = Path("runs/train")
+    seed: int = 1337
+    # A model preset plus overrides: {"preset": "configs/model/1m.toml", "context_length": 128}.
+    # After validate() it holds every ModelConfig field (the resolved shape, saved with the run).
+    model: dict[str, Any] = field(default_factory=dict)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
+
+    def validate(self) -> None:
+        self.model = _resolve_model(self.model)
+        ctx = self.model["context_length"]
+        if not 1 <= self.data.seq_len <= ctx:
+            raise ScratchError(
+                f"data.seq_len={self.data.seq_len} must be between 1 and the model's context_length={ctx}",
+                "lower data.seq_len or raise model.context_length",
+            )
+
+    def model_config(self):  # -> ModelConfig
+        from scratchllm.config import from_dict
+        from scratchllm.model.model import ModelConfig
+
+        return from_dict(ModelConfig, self.model, "model")
+
+
+def _resolve_model(table: dict[str, Any]) -> dict[str, Any]:
+    from scratchllm.config import from_dict, read_toml, to_dict
+    from scratchllm.model.model import ModelConfig
+
+    table = dict(table)
+    preset = table.pop("preset", None)
+    base: dict[str, Any] = {}
+    if preset is not None:
+        if not isinstance(preset, str):
+            raise ScratchError(f"model.preset must be a path string, got {preset!r}")
+        base = read_toml(preset)
+    try:
+        cfg = from_dict(ModelConfig, {**base, **table}, "model")
+    except ScratchError as e:
+        raise ScratchError(e.message, e.hint or "valid keys are those of configs/model/*.toml, plus 'preset'") from None
+    return to_dict(cfg)
