@@ -1,0 +1,512 @@
+"""The one training loop, shared by pre-training, fine-tuning and alignment.
+
+The Trainer owns what every stage needs - device and precision, activation checkpointing,
+compile, DDP/FSDP2, AdamW over the trainable parameters, the lr schedule, gradient accumulation
+and clipping, validation, sample generations, checkpoints and exact resume, signals, NaN guard,
+tracking - and takes from its caller only:
+
+* ``model``: an ``nn.Module`` (with ``.layers`` for activation checkpointing / FSDP per block);
+* ``train_source``: an object with ``next_batch()``, ``state_dict()``, ``load_state_dict()``;
+* ``loss_fn(model, batch) -> (loss, metrics)``: default ``lm_loss``, next-token cross-entropy;
+* optionally ``val_batches`` (a list of batches) and a tokenizer for sample generations.
+
+One optimizer step = ``grad_accum`` micro-batches, each backpropagated with loss / grad_accum
+(under DDP the gradient all-reduce runs on the last one only), then the global gradient norm is
+computed (and clipped), the loss and norm are all-reduced and checked, and AdamW steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import resource
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from scratchllm.config import to_dict
+from scratchllm.errors import ScratchError
+from scratchllm.train import checkpoint as ckpt
+from scratchllm.train.config import TrainConfig
+from scratchllm.train.optim import build_optimizer
+from scratchllm.train.parallel import Dist, all_reduce_sum, apply_ac, apply_compile, apply_ddp, apply_fsdp
+from scratchllm.train.schedule import lr_factor
+from scratchllm.train.tracking import Tracker
+
+Batch = Any
+LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
+
+# bf16 dense peak FLOP/s (no sparsity) for MFU, matched against torch.cuda.get_device_name().
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12, "L4": 121e12}
+
+
+def lm_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """Next-token cross-entropy: batch = (x, y) with y = x shifted by one (targets -100 are ignored)."""
+    x, y = batch
+    _, loss = model(x, targets=y)
+    return loss, {}
+
+
+def count_tokens(batch: Batch) -> int:
+    """Tokens in a micro-batch, for tokens/s: the input ids' element count."""
+    x = batch[0] if isinstance(batch, tuple | list) else batch["input_ids"]
+    return int(x.numel())
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, tuple | list):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+@dataclass
+class Stopped:
+    """How ``fit`` ended: "done", or the signal name that stopped it (a checkpoint was saved)."""
+
+    reason: str
+    step: int
+    checkpoint: Path | None
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.reason == "done" else 128 + int(getattr(signal, self.reason, signal.SIGTERM))
+
+
+class NonFiniteLoss(ScratchError):
+    pass
+
+
+def device_type(name: str) -> str:
+    """"cuda" or "cpu" for train.device ("auto": CUDA when available)."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def select_device(name: str, d: Dist) -> torch.device:
+    if device_type(name) == "cuda":
+        if not torch.cuda.is_available():
+            raise ScratchError("train.device = \"cuda\" but no CUDA GPU is available",
+                               "use train.device=cpu (or auto), or install a CUDA build of torch")
+        return torch.device("cuda", d.local_rank)
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure_torch(cfg: TrainConfig) -> None:
+    """Threads, determinism and matmul precision; call before building the model."""
+    import os
+
+    t = cfg.train
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    if t.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required for deterministic cuBLAS
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: nn.Module,
+        train_source: Any,
+        *,
+        loss_fn: LossFn = lm_loss,
+        val_batches: list[Batch] | None = None,
+        tokenizer: Any = None,
+        dist_info: Dist | None = None,
+        device: torch.device | None = None,
+        token_counter: Callable[[Batch], int] = count_tokens,
+        model_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.dist = dist_info or Dist()
+        self.device = device or torch.device("cpu")
+        self.train_source = train_source
+        self.loss_fn = loss_fn
+        self.val_batches = val_batches or []
+        self.tokenizer = tokenizer
+        self.token_counter = token_counter
+        self.model_config = model_config if model_config is not None else to_dict(getattr(model, "cfg", {}))
+        self.out_dir = Path(cfg.out_dir)
+        self.ckpt_root = self.out_dir / "checkpoints"
+        self.step = 0
+        self.tokens_seen = 0
+        self.last_val: float | None = None
+        self._stop: str | None = None
+        self.resumed_from: Path | None = None
+
+        t = cfg.train
+        self.parallel = t.parallel if self.dist.enabled else "none"
+        self.aliases = ckpt.tied_aliases(model)
+        model.to(self.device)
+        apply_ac(model, t.activation_checkpointing)
+        if t.compile:
+            apply_compile(model, t.compile_scope)
+        bf16 = t.precision == "bf16"
+        self.model = model  # unwrapped (FSDP2 shards it in place; names never change)
+        if self.parallel == "fsdp":
+            apply_fsdp(model, torch.bfloat16 if bf16 and self.device.type == "cuda" else None)
+            self.train_model: nn.Module = model
+        elif self.parallel == "ddp":
+            self.train_model = apply_ddp(model, self.dist, self.device)
+        else:
+            self.train_model = model
+        self.optimizer = build_optimizer(model, cfg.optim, self.device.type)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.autocast = (
+            (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        )
+        # Each process gets its own stream for dropout and sampling.
+        seed_everything(cfg.seed + 1000 * self.dist.rank)
+
+    # --- one optimizer step -------------------------------------------------------------------------
+
+    def _grad_sync(self, enabled: bool) -> contextlib.AbstractContextManager:
+        if self.parallel == "ddp" and not enabled:
+            return self.train_model.no_sync()
+        if self.parallel == "fsdp":
+            self.train_model.set_requires_gradient_sync(enabled)
+        return contextlib.nullcontext()
+
+    def _grad_norm(self) -> torch.Tensor:
+        clip = self.cfg.optim.grad_clip
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, clip, foreach=True)
+        else:
+            norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor partial over the shards
+            norm = norm.full_tensor()
+        return norm
+
+    def accumulate_gradients(self, batches: list[Batch]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Forward and backward over the micro-batches of one step, each weighted 1/len(batches).
+
+        Gradients end up as those of the mean loss over all micro-batches (and, after the DDP/FSDP
+        reduction on the last one, over all processes). Returns this process's mean loss (a tensor).
+        """
+        self.train_model.train()
+        k = len(batches)
+        loss_sum = torch.zeros((), device=self.device)
+        extra: dict[str, float] = {}
+        for i, batch in enumerate(batches):
+            with self._grad_sync(i == k - 1), self.autocast():
+                loss, metrics = self.loss_fn(self.train_model, batch)
+            (loss / k).backward()
+            loss_sum += loss.detach().float()
+            for key, value in metrics.items():
+                extra[key] = extra.get(key, 0.0) + float(value) / k
+        return loss_sum / k, extra
+
+    def train_step(self, batches: list[Batch]) -> dict[str, Any]:
+        """One optimizer step over the micro-batches; returns loss, grad_norm, lr, finite and loss_fn metrics.
+
+        The update is skipped (weights untouched) when the loss or gradient norm is not finite.
+        """
+        lr = self.cfg.optim.lr * lr_factor(self.step, self.cfg.schedule, self.cfg.train.max_steps)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        loss, extra = self.accumulate_gradients(batches)
+        norm = self._grad_norm()
+        stop = torch.tensor(1.0 if self._stop else 0.0, device=self.device)
+        # One collective per step: mean loss, grad norm (equal on all ranks) and "a rank was signalled".
+        summary = all_reduce_sum(torch.stack([loss, norm.float().to(self.device), stop]), self.dist)
+        loss_v, norm_v, stop_v = summary.tolist()
+        loss_v /= self.dist.world_size
+        norm_v /= self.dist.world_size
+        finite = math.isfinite(loss_v) and math.isfinite(norm_v)
+        if finite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if stop_v > 0 and not self._stop:
+            self._stop = "SIGTERM"  # another rank was signalled
+        return {"loss": loss_v, "grad_norm": norm_v, "lr": lr, "finite": finite, **extra}
+
+    # --- validation and samples ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean loss over the validation batches, averaged over all processes."""
+        if not self.val_batches:
+            return None
+        self.model.eval()
+        total = torch.zeros(2, device=self.device)
+        for batch in self.val_batches:
+            with self.autocast():
+                loss, _ = self.loss_fn(self.model, to_device(batch, self.device))
+            total += torch.stack([loss.float(), torch.ones((), device=self.device)])
+        self.model.train()
+        total = all_reduce_sum(total, self.dist)
+        return float(total[0] / total[1])
+
+    @torch.no_grad()
+    def sample(self) -> list[str]:
+        """Continuations of the configured prompts (plain sampling loop, no KV cache)."""
+        if self.tokenizer is None or not self.cfg.eval.sample_prompts or not self.cfg.eval.sample_tokens:
+            return []
+        if self.parallel != "fsdp" and not self.dist.is_main:
+            return []  # with FSDP every rank must run the forward (it all-gathers weights)
+        e = self.cfg.eval
+        g = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+        stance = getattr(torch.compiler, "set_stance", None)
+        ctx = stance("force_eager") if stance and self.cfg.train.compile else contextlib.nullcontext()
+        self.model.eval()
+        outputs = []
+        with ctx:
+            for prompt in e.sample_prompts:
+                ids = self.tokenizer.encode(prompt) or [self.tokenizer.eos_id]
+                new = generate(self.model, ids, e.sample_tokens, e.temperature, e.top_k, g,
+                               self.device, self.autocast, getattr(self.tokenizer, "eos_id", None))
+                outputs.append(prompt + self.tokenizer.decode(new))
+        self.model.train()
+        return outputs
+
+    # --- checkpoints --------------------------------------------------------------------------------
+
+    def _gather_states(self) -> tuple[dict, dict]:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(self.model, options=opts), get_optimizer_state_dict(
+            self.model, self.optimizer, options=opts
+        )
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0 writes; every rank takes part in gathering)."""
+        model_state, optim_state = self._gather_states()
+        rngs = [ckpt.rng_state()]
+        if self.dist.enabled:
+            gathered: list[Any] = [None] * self.dist.world_size
+            dist.all_gather_object(gathered, rngs[0])
+            rngs = gathered
+        path, error = None, None
+        if self.dist.is_main:
+            state = {
+                "tokens_seen": self.tokens_seen,
+                "schedule": {"kind": self.cfg.schedule.kind, "lr": self.optimizer.param_groups[0]["lr"]},
+                "data": ckpt.to_json(self.train_source.state_dict()),
+                "rng": rngs,
+                "world_size": self.dist.world_size,
+                "val_loss": self.last_val,
+                "config": to_dict(self.cfg),
+            }
+            try:
+                path = ckpt.save_checkpoint(self.ckpt_root, self.step, model_state, optim_state, state,
+                                            self.model_config, self.aliases, self.cfg.checkpoint.keep_last)
+            except ScratchError as e:
+                error = e
+        if self.dist.enabled:  # every rank learns whether rank 0 managed to save
+            failed = all_reduce_sum(torch.tensor([1.0 if error else 0.0], device=self.device), self.dist)
+            if failed.item() and error is None:
+                error = ScratchError("rank 0 failed to save a checkpoint", "see rank 0's message above")
+        if error is not None:
+            raise error
+        return path
+
+    def resume(self, path: Path | None = None) -> Path | None:
+        """Load ``path`` (default: the latest checkpoint in out_dir); returns it, or None if none exists."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        from scratchllm.model.checkpoint import check_state
+
+        path = Path(path) if path is not None else ckpt.latest_checkpoint(self.ckpt_root)
+        if path is None:
+            return None
+        c = ckpt.load_checkpoint(path)
+        ckpt.check_model_config(c.state["model_config"], self.model_config, path)
+        expected = {k: v for k, v in self.model.state_dict().items() if k not in self.aliases}
+        check_state(expected, {k: v for k, v in c.model_state.items() if k not in self.aliases}, path / "model.safetensors")
+        opts = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(self.model, c.model_state, options=opts)
+        try:
+            set_optimizer_state_dict(self.model, self.optimizer, c.optim_state, options=opts)
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise ScratchError(
+                f"checkpoint {path}: the optimizer state does not match this run's trainable parameters ({e})",
+                "resume with the same model and the same frozen/trainable parameters, or start a new run",
+            ) from None
+        self.step, self.tokens_seen = c.step, int(c.state["tokens_seen"])
+        self.last_val = c.state.get("val_loss")
+        self.train_source.load_state_dict(ckpt.from_json(c.state["data"]))
+        rngs = c.state["rng"]
+        if len(rngs) == self.dist.world_size:
+            ckpt.set_rng_state(rngs[self.dist.rank])
+        elif self.dist.is_main:
+            print(f"note: checkpoint was written by {len(rngs)} processes, this run has {self.dist.world_size}: "
+                  "random streams (dropout) are re-seeded, the data order is unchanged", file=sys.stderr)
+        self.resumed_from = path
+        return path
+
+    # --- the loop -----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            name = signal.Signals(signum).name
+            if self._stop:  # a second signal: stop now, without a checkpoint
+                signal.signal(signum, signal.SIG_DFL)
+                raise KeyboardInterrupt
+            self._stop = name
+            if self.dist.is_main:
+                print(f"\n{name} received: saving a checkpoint after this step, then stopping "
+                      "(send it again to stop at once)", file=sys.stderr, flush=True)
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _memory(self) -> dict[str, float]:
+        if self.device.type == "cuda":
+            return {"mem_gb": torch.cuda.max_memory_allocated(self.device) / 2**30}
+        return {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+    def _peak_flops(self) -> float:
+        if self.cfg.log.peak_flops:
+            return self.cfg.log.peak_flops
+        if self.device.type != "cuda":
+            return 0.0
+        name = torch.cuda.get_device_name(self.device)
+        return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), 0.0)
+
+    def fit(self) -> Stopped:
+        cfg, main = self.cfg, self.dist.is_main
+        max_steps = cfg.train.max_steps
+        if main:
+            ckpt.remove_stale_temporaries(self.ckpt_root)
+        tracker = Tracker(
+            self.out_dir, main, to_dict(cfg), resume_step=self.step if self.resumed_from else None,
+            tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb, wandb_project=cfg.log.wandb_project,
+            run_info={"world_size": self.dist.world_size, "device": str(self.device), "parallel": self.parallel,
+                      "torch": torch.__version__, "resumed_from": str(self.resumed_from or "")},
+        )
+        seq_tokens = None
+        flops_fn = getattr(self.model, "flops_per_token", None)
+        peak = self._peak_flops()
+        from tqdm import tqdm
+
+        bar = tqdm(total=max_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not (main and cfg.log.progress), file=sys.stderr)
+        window_tokens, window_start = 0, time.perf_counter()
+        last_ckpt: Path | None = self.resumed_from
+        try:
+            with self._signals():
+                while self.step < max_steps:
+                    batches = [to_device(self.train_source.next_batch(), self.device)
+                               for _ in range(cfg.train.grad_accum)]
+                    tokens = sum(self.token_counter(b) for b in batches) * self.dist.world_size
+                    if seq_tokens is None and isinstance(batches[0], tuple | list):
+                        seq_tokens = batches[0][0].shape[-1]
+                    result = self.train_step(batches)
+                    if not result.pop("finite"):
+                        raise self._non_finite(result, last_ckpt)
+                    self.step += 1
+                    self.tokens_seen += tokens
+                    window_tokens += tokens
+                    now = time.perf_counter()
+                    tok_s = window_tokens / max(now - window_start, 1e-9)
+                    bar.update(1)
+                    bar.set_postfix_str(f"loss {result['loss']:.4f}  {tok_s:,.0f} tok/s", refresh=False)
+                    final = self.step == max_steps
+                    if self.step % cfg.log.interval == 0 or final or self._stop:
+                        row = {**result, "tokens": self.tokens_seen, "tokens_per_s": tok_s, **self._memory()}
+                        if flops_fn is not None and peak and seq_tokens:
+                            row["mfu"] = flops_fn(seq_tokens) * tok_s / (peak * self.dist.world_size)
+                        tracker.log(self.step, "train", row)
+                        window_tokens, window_start = 0, time.perf_counter()
+                    if (cfg.eval.interval and self.step % cfg.eval.interval == 0) or final:
+                        self.last_val = self.evaluate()
+                        if self.last_val is not None:
+                            tracker.log(self.step, "val", {"loss": self.last_val})
+                            if main:
+                                bar.write(f"step {self.step}: train loss {result['loss']:.4f}, "
+                                          f"val loss {self.last_val:.4f}, lr {result['lr']:.2e}")
+                    if (cfg.eval.sample_interval and self.step % cfg.eval.sample_interval == 0) or final:
+                        for i, text in enumerate(self.sample()):
+                            tracker.log(self.step, "sample", {"prompt": cfg.eval.sample_prompts[i], "text": text})
+                            if main:
+                                bar.write(f"sample @ step {self.step}: {text!r}")
+                    if (cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0) or final or self._stop:
+                        last_ckpt = self.save()
+                        window_start = time.perf_counter()  # do not count saving time in tokens/s
+                    if self._stop:
+                        return Stopped(self._stop, self.step, last_ckpt)
+            return Stopped("done", self.step, last_ckpt)
+        finally:
+            bar.close()
+            tracker.close()
+
+    def _non_finite(self, result: dict[str, Any], last_ckpt: Path | None) -> NonFiniteLoss:
+        step = self.step + 1
+        where = (f"the last good checkpoint {last_ckpt} is kept" if last_ckpt
+                 else "no checkpoint was written before it")
+        return NonFiniteLoss(
+            f"loss is {result['loss']} (grad norm {result['grad_norm']}) at step {step}: training stopped "
+            f"without applying this update; {where}",
+            "lower optim.lr or raise schedule.warmup_steps (bf16: try precision=fp32), check the data, then "
+            "rerun with --resume to continue from the last checkpoint",
+        )
+
+
+def generate(model: nn.Module, ids: list[int], n: int, temperature: float, top_k: int,
+             generator: torch.Generator, device: torch.device, autocast: Callable, eos_id: int | None) -> list[int]:
+    """Sample ``n`` tokens after ``ids`` by re-running the full forward each step (no KV cache)."""
+    ctx = getattr(getattr(model, "cfg", None), "context_length", None)
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    new: list[int] = []
+    for _ in range(n):
+        window = idx if ctx is None else idx[:, -ctx:]
+        with autocast():
+            logits = model(window)[:, -1, :].float() / temperature
+        k = min(top_k, logits.size(-1))
+        kth = torch.topk(logits, k).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+        nxt = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
+        token = int(nxt)
+        if eos_id is not None and token == eos_id:
+            break
+        new.append(token)
+        idx = torch.cat([idx, nxt], dim=1)
+    return new

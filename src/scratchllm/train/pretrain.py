@@ -1,0 +1,108 @@
+"""Pre-training from a TrainConfig: set up processes and torch, build model and data, run the Trainer."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+from scratchllm.errors import ScratchError
+from scratchllm.train import checkpoint as ckpt
+from scratchllm.train.config import TrainConfig
+from scratchllm.train.data import ShardBatchSource, fixed_batches
+from scratchllm.train.loop import Stopped, Trainer, configure_torch, device_type, seed_everything, select_device
+from scratchllm.train.parallel import Dist, check_world, destroy_distributed, init_distributed
+
+
+def load_tokenizer_for_samples(cfg: TrainConfig, manifest: dict) -> object | None:
+    """The tokenizer used to decode sample generations, or None (samples are then skipped)."""
+    path = cfg.data.tokenizer or manifest.get("tokenizer")
+    if not path:
+        return None
+    try:
+        from scratchllm.tokenizer import Tokenizer
+
+        tok = Tokenizer.load(path)
+    except (ScratchError, OSError) as e:
+        print(f"note: no sample generations: cannot load the tokenizer at {path} ({e})", file=sys.stderr)
+        return None
+    return tok
+
+
+def build_trainer(cfg: TrainConfig, d: Dist, resume: bool = False, resume_from: Path | None = None) -> Trainer:
+    import torch
+
+    from scratchllm.data.shards import load_manifest
+    from scratchllm.model.model import Transformer
+
+    device = select_device(cfg.train.device, d)
+    model_cfg = cfg.model_config()
+    _, manifest = load_manifest(cfg.data.path)
+    if int(manifest["vocab_size"]) > model_cfg.vocab_size:
+        raise ScratchError(
+            f"the data in {cfg.data.path} uses a vocabulary of {manifest['vocab_size']} tokens but the model's "
+            f"vocab_size is {model_cfg.vocab_size}",
+            f"set model.vocab_size={manifest['vocab_size']} (the tokenizer's size) or prepare the data with "
+            "a matching tokenizer",
+        )
+    t = cfg.train
+    if t.max_tokens:
+        per_step = t.batch_size * cfg.data.seq_len * t.grad_accum * d.world_size
+        t.max_steps = max(1, math.ceil(t.max_tokens / per_step))
+    train = ShardBatchSource(cfg.data.path, cfg.data.train_split, t.batch_size, cfg.data.seq_len, cfg.seed,
+                             d.rank, d.world_size)
+    val = []
+    if cfg.eval.batches:
+        try:
+            val = fixed_batches(cfg.data.path, cfg.data.val_split, cfg.eval.batches, t.batch_size,
+                                cfg.data.seq_len, cfg.seed + 1, d.rank, d.world_size)
+        except ScratchError as e:
+            if d.is_main:
+                print(f"note: no validation loss: {e.message}", file=sys.stderr)
+    tokenizer = load_tokenizer_for_samples(cfg, manifest) if cfg.eval.sample_tokens else None
+
+    seed_everything(cfg.seed)  # identical initial weights on every process
+    with torch.device("cpu"):
+        model = Transformer(model_cfg)
+    trainer = Trainer(cfg, model, train, val_batches=val, tokenizer=tokenizer, dist_info=d, device=device)
+
+    existing = ckpt.latest_checkpoint(trainer.ckpt_root)
+    if resume_from is not None:
+        trainer.resume(resume_from)
+    elif resume:
+        if trainer.resume() is None and d.is_main:
+            print(f"note: --resume: no checkpoint in {trainer.ckpt_root} yet, starting from step 0", file=sys.stderr)
+    elif existing is not None:
+        raise ScratchError(
+            f"{cfg.out_dir} already holds a run (latest checkpoint: {existing.name})",
+            "continue it with --resume, or choose a new out_dir=... (or delete the old run)",
+        )
+    return trainer
+
+
+def run(cfg: TrainConfig, resume: bool = False, resume_from: Path | None = None,
+        resume_command: str = "scratchllm train ... --resume") -> Stopped:
+    """Train as configured (one process, or one of torchrun's); returns how the run ended."""
+    configure_torch(cfg)
+    d = init_distributed(device_type(cfg.train.device))
+    try:
+        check_world(cfg.train.parallel, d)
+        trainer = build_trainer(cfg, d, resume, resume_from)
+        if d.is_main:
+            n = sum(p.numel() for p in trainer.model.parameters())
+            per_step = cfg.train.batch_size * cfg.data.seq_len * cfg.train.grad_accum * d.world_size
+            start = f"resuming at step {trainer.step}" if trainer.resumed_from else "starting"
+            print(f"train: {start}: {n / 1e6:.2f}M parameters on {d.world_size} x {trainer.device} "
+                  f"({trainer.parallel}), {per_step:,} tokens/step, {cfg.train.max_steps} steps -> {cfg.out_dir}",
+                  file=sys.stderr)
+        result = trainer.fit()
+        if d.is_main:
+            if result.reason == "done":
+                print(f"done: step {result.step}; last checkpoint {result.checkpoint} "
+                      "(also a model directory for Transformer.from_pretrained)", file=sys.stderr)
+            else:
+                print(f"stopped by {result.reason} after step {result.step}; checkpoint saved to "
+                      f"{result.checkpoint}\ncontinue with: {resume_command}", file=sys.stderr)
+        return result
+    finally:
+        destroy_distributed()
