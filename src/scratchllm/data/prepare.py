@@ -254,6 +254,8 @@ def write_shards(cfg: DataConfig, tok, stage_info: dict[str, Any], staging: Path
         available = {d: (int(staged[d][1][idx[d], 1].sum()), len(idx[d])) for d in domains}
         if split == "train":
             plan = plan_mixture(available, cfg.mix.weights, cfg.mix.total_tokens, cfg.mix.max_upsample)
+        elif not cfg.mix.weights:  # natural proportions: every held-out document
+            plan = plan_mixture(available, {}, 0, 1.0) if any(n for _, n in available.values()) else {}
         else:  # val mirrors the train mixture but never repeats documents
             weights = {d: p.weight for d, p in result["mix"].items() if available[d][0] > 0}
             plan = plan_mixture(available, weights, 0, 1.0) if any(weights.values()) else {}

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from scratchllm.data.synthetic import GENERATORS, model_documents, synthetic_documents
+
+
+def test_deterministic_and_distinct():
+    a = list(synthetic_documents(list(GENERATORS), 40, seed=5))
+    b = list(synthetic_documents(list(GENERATORS), 40, seed=5))
+    c = list(synthetic_documents(list(GENERATORS), 40, seed=6))
+    assert a == b and a != c
+    assert len({d.text for d in a}) == 40
+    assert {d.source.split(":")[1].split("#")[0] for d in a} == set(GENERATORS)
+
+
+def test_generated_answers_are_correct():
+    docs = list(synthetic_documents(["arithmetic", "tasks", "code"], 60, seed=1))
+    text = "\n".join(d.text for d in docs)
+    for a, op, b, r in re.findall(r"Answer: (\d+) ([-+*]) (\d+) = (-?\d+)\.", text):
+        assert eval(f"{a}{op}{b}") == int(r)  # noqa: S307 - our own generated digits
+    for xs, ys in re.findall(r"Sort the numbers ([\d, ]+)\.\nSorted: ([\d, ]+)\.", text):
+        assert sorted(map(int, xs.split(", "))) == list(map(int, ys.split(", ")))
+    for n, d, q, r in re.findall(r"Answer: (\d+) = (\d+) \* (\d+) \+ (\d+)", text):
+        assert int(n) == int(d) * int(q) + int(r) and int(r) < int(d)
+    for d in docs:
+        if "code" in d.source:
+            exec(compile(d.text, d.source, "exec"), {})  # valid Python whose asserts hold
+
+
+def test_model_continuations_from_a_tiny_checkpoint(tmp_path, bpe_tokenizer):
+    model_mod = pytest.importorskip("scratchllm.model.model")
+    torch.manual_seed(0)
+    cfg = model_mod.ModelConfig(vocab_size=bpe_tokenizer.vocab_size, context_length=32, d_model=32, n_layers=1, n_heads=2)
+    model_mod.Transformer(cfg).save_pretrained(tmp_path / "ckpt")
+    prompts = ["The quick brown fox", "def add(a, b):"]
+    docs = list(model_documents(tmp_path / "ckpt", bpe_tokenizer, prompts, count=3, max_new_tokens=40, seed=0))
+    again = list(model_documents(tmp_path / "ckpt", bpe_tokenizer, prompts, count=3, max_new_tokens=40, seed=0))
+    assert docs == again  # seeded sampling
+    assert [d.text.startswith(p) for d, p in zip(docs, prompts * 2, strict=False)] == [True] * 3
+    assert all(len(d.text) > len(prompts[i % 2]) for i, d in enumerate(docs))  # something was generated
+    assert all(d.domain == "synthetic" and d.source.startswith("model:ckpt#") for d in docs)
