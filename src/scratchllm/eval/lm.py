@@ -320,7 +320,7 @@ class ScratchLM(LanguageModel):
         return self._eos
 
 
-class HFLM(LanguageModel):
+class TransformersLM(LanguageModel):
     """Any ``transformers`` causal LM directory, loaded with AutoModelForCausalLM / AutoTokenizer."""
 
     def __init__(self, directory: str | Path, device: str = "cpu", dtype: str = "float32",
@@ -428,7 +428,7 @@ def load_model(
         if tokenizer is not None:
             raise ScratchError("--tokenizer is only for scratchllm model directories",
                                "a Hugging Face directory brings its own tokenizer")
-        return HFLM(directory, device=device, dtype=dtype)
+        return TransformersLM(directory, device=device, dtype=dtype)
     if kind == "scratchllm" and backend == "hf":
         raise ScratchError(f"{directory} is a scratchllm directory, not a Hugging Face one",
                            "use --backend auto, or export it with 'scratchllm export hf'")

@@ -136,14 +136,19 @@ class KneserNeyLM(NgramLM):
 
     @staticmethod
     def _discounts(counts: Counter[tuple[int, ...]]) -> tuple[float, float, float]:
-        """D1, D2, D3+ from counts of counts (Chen & Goodman), clamped to valid ranges."""
+        """D1, D2, D3+ from counts of counts (Chen & Goodman), clamped to [0.05, c].
+
+        A discount of zero would leave no mass for the lower orders (zero probabilities for unseen
+        continuations), so each is kept at least 0.05; with too few counts for the estimate the
+        common defaults 0.5, 1, 1.5 are used.
+        """
         cc = Counter(v for v in counts.values() if v <= 4)
         n1, n2, n3, n4 = (cc.get(i, 0) for i in (1, 2, 3, 4))
         if not (n1 and n2 and n3 and n4):
-            return (0.5, 1.0, 1.5) if n1 else (0.0, 0.0, 0.0)  # too little data for the estimate
+            return (0.5, 1.0, 1.5)
         y = n1 / (n1 + 2 * n2)
         d1, d2, d3 = 1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, 3 - 4 * y * n4 / n3
-        return (min(max(d1, 0.0), 1.0), min(max(d2, 0.0), 2.0), min(max(d3, 0.0), 3.0))
+        return (min(max(d1, 0.05), 1.0), min(max(d2, 0.05), 2.0), min(max(d3, 0.05), 3.0))
 
     def prob(self, history: Sequence[int], token: int) -> float:
         p = 1.0 / self.V  # order 0: uniform

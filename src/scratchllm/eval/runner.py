@@ -19,6 +19,7 @@ from scratchllm.eval.tasks import (
     Record,
     TaskSpec,
     choice_texts,
+    data_label,
     get_path,
     gold_index,
     read_records,
@@ -63,7 +64,7 @@ def evaluate(lm: LanguageModel, specs: Sequence[TaskSpec], settings: EvalSetting
             on_task(spec.name)
         records = task_records(spec, settings.limit)
         result = runners[spec.type](lm, spec, records, settings)
-        result = {"type": spec.type, "data": spec.data, **result}
+        result = {"type": spec.type, "data": data_label(spec), **result}
         if spec.description:
             result["description"] = spec.description
         results[spec.name] = result

@@ -303,6 +303,15 @@ def resolve_tasks(names: Sequence[str], data_overrides: Mapping[str, str] | None
     return specs
 
 
+def data_label(spec: TaskSpec) -> str:
+    """``embedded:<task>/<file>`` for shipped data, else the data file's path."""
+    path = spec.resolve(spec.data).resolve()
+    try:
+        return "embedded:" + path.relative_to(builtin_dir().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def task_records(spec: TaskSpec, limit: int | None = None) -> list[Record]:
     return read_records(spec.resolve(spec.data), limit)
 

@@ -1,0 +1,178 @@
+"""LLM-as-judge against a tiny fake OpenAI-compatible server on 127.0.0.1 (bounded requests)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from scratchllm.errors import ScratchError
+from scratchllm.eval.judge import (
+    ChatClient,
+    grade_single,
+    judge_pairwise,
+    parse_rating,
+    parse_verdict,
+    summarize_pairwise,
+)
+
+MAX_REQUESTS = 200  # the fake server stops answering after this many, whatever happens
+
+
+class FakeOpenAI:
+    """``reply(request_json, n) -> (status, body)``; records every request."""
+
+    def __init__(self, reply) -> None:
+        self.reply = reply
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                if len(fake.requests) >= MAX_REQUESTS:
+                    self.send_error(503)
+                    return
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.requests.append({"path": self.path, **body})
+                fake.headers.append(dict(self.headers))
+                status, payload = fake.reply(body, len(fake.requests))
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def completion(text: str) -> dict:
+    return {"id": "x", "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+
+
+@pytest.fixture
+def fake_server():
+    servers = []
+
+    def start(reply):
+        servers.append(FakeOpenAI(reply))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def _client(url, **kw):
+    return ChatClient(url, model="judge-1", api_key="sk-test", backoff=0.01, sleep=lambda s: None, **kw)
+
+
+def test_single_answer_grading(fake_server):
+    server = fake_server(lambda body, n: (200, completion("Accurate and clear. Rating: [[8]]")))
+    grade = grade_single(_client(server.url), "Why is the sky blue?", "Rayleigh scattering.", reference="Scattering")
+    assert grade.score == 8.0
+    req = server.requests[0]
+    assert req["path"] == "/v1/chat/completions" and req["model"] == "judge-1"
+    assert "Rayleigh scattering." in req["messages"][1]["content"] and "Reference" in req["messages"][1]["content"]
+    assert server.headers[0]["Authorization"] == "Bearer sk-test"
+
+
+def _content_judge(body):
+    """Prefers the answer that contains 'correct', wherever it is shown."""
+    user = body["messages"][-1]["content"]
+    a = user.split("[The Start of Assistant A's Answer]")[1].split("[The End")[0]
+    b = user.split("[The Start of Assistant B's Answer]")[1].split("[The End")[0]
+    verdict = "A" if "correct" in a and "correct" not in b else "B" if "correct" in b and "correct" not in a else "C"
+    return 200, completion(f"Reasoning... [[{verdict}]]")
+
+
+def test_pairwise_swaps_positions_and_keeps_a_consistent_winner(fake_server):
+    server = fake_server(lambda body, n: _content_judge(body))
+    client = _client(server.url)
+    r = judge_pairwise(client, "Q?", "the correct answer", "a wrong answer")
+    assert (r.winner, r.consistent) == ("A", True)
+    r = judge_pairwise(client, "Q?", "a wrong answer", "the correct answer")
+    assert (r.winner, r.consistent) == ("B", True)
+    # both orders were asked
+    users = [req["messages"][-1]["content"] for req in server.requests[:2]]
+    assert users[0].index("the correct answer") < users[0].index("a wrong answer")
+    assert users[1].index("a wrong answer") < users[1].index("the correct answer")
+
+
+def test_position_bias_is_removed(fake_server):
+    server = fake_server(lambda body, n: (200, completion("The first one. [[A]]")))  # always picks position A
+    results = [judge_pairwise(_client(server.url), "Q?", f"answer {i}", f"other {i}") for i in range(3)]
+    assert all(r.winner == "tie" and not r.consistent for r in results)
+    summary = summarize_pairwise(results)
+    assert summary["win_rate"] == 0 and summary["tie_rate"] == 1 and summary["consistency"] == 0
+
+
+def test_retries_with_backoff_on_5xx_and_429(fake_server):
+    sleeps = []
+    server = fake_server(lambda body, n: (503, {"error": "busy"}) if n == 1 else
+                         (429, {"error": "slow down"}) if n == 2 else (200, completion("Rating: [[3]]")))
+    client = ChatClient(server.url, backoff=0.5, sleep=sleeps.append)
+    assert grade_single(client, "q", "a").score == 3.0
+    assert len(server.requests) == 3 and sleeps == [0.5, 1.0]
+
+
+def test_unreachable_endpoint_gives_a_clear_error_after_retries():
+    with socket.socket() as s:  # a free port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sleeps = []
+    client = ChatClient(f"http://127.0.0.1:{port}", max_retries=3, backoff=0.1, sleep=sleeps.append)
+    with pytest.raises(ScratchError) as e:
+        client.chat([{"role": "user", "content": "hi"}])
+    assert f"http://127.0.0.1:{port}/v1/chat/completions unreachable after 4 attempts" in e.value.message
+    assert sleeps == [0.1, 0.2, 0.4]
+
+
+def test_server_keeps_failing(fake_server):
+    server = fake_server(lambda body, n: (500, {"error": "boom"}))
+    with pytest.raises(ScratchError, match="unreachable after 3 attempts.*HTTP 500"):
+        _client(server.url, max_retries=2).chat([{"role": "user", "content": "x"}])
+    assert len(server.requests) == 3
+
+
+def test_client_errors_are_not_retried(fake_server):
+    server = fake_server(lambda body, n: (401, {"error": {"message": "invalid api key"}}))
+    with pytest.raises(ScratchError, match="HTTP 401.*invalid api key") as e:
+        _client(server.url).chat([{"role": "user", "content": "x"}])
+    assert len(server.requests) == 1 and "API key" in e.value.hint
+
+
+def test_non_openai_response(fake_server):
+    server = fake_server(lambda body, n: (200, b"<html>hello</html>"))
+    with pytest.raises(ScratchError, match="not an OpenAI chat completion"):
+        _client(server.url).chat([{"role": "user", "content": "x"}])
+
+
+def test_bad_url():
+    with pytest.raises(ScratchError, match="must start with http"):
+        ChatClient("localhost:8000")
+    assert ChatClient("http://h:1").url == "http://h:1/v1/chat/completions"
+    assert ChatClient("http://h:1/v1/").url == "http://h:1/v1/chat/completions"
+
+
+def test_parsers():
+    assert parse_rating("ok. Rating: [[7]]") == 7.0
+    assert parse_rating("Rating: 4") == 4.0
+    assert parse_rating("[[11]]") is None and parse_rating("no idea") is None
+    assert parse_verdict("... [[B]]") == "B" and parse_verdict("[[C]]") == "tie"
+    assert parse_verdict("[[A]] or maybe [[B]]") is None
