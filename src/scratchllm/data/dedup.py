@@ -2,10 +2,12 @@
 
 MinHash, from scratch and vectorised with numpy:
 
-1. Shingles: lowercase ``\\w+`` words; a shingle is ``ngram`` consecutive words joined by spaces
-   (a document with fewer words is one shingle). All documents of a batch are joined into one byte
-   buffer, and every shingle is hashed at once with a polynomial rolling hash over prefix sums
-   (``sum b_k P^(k-start) mod 2^64``), then mixed with the MurmurHash3 finaliser and cut to 32 bits.
+1. Shingles: ``ngram`` consecutive lowercased words (runs of ASCII letters, digits, ``_`` and
+   non-ASCII characters); a document with fewer words is one shingle. A batch of documents is one
+   UTF-8 byte buffer: word boundaries come from a byte-class table, word hashes from polynomial
+   prefix sums (``sum b_k P^(k-start) mod 2^64``), and a shingle's hash is a position-weighted sum
+   of its word hashes, mixed with the MurmurHash3 finaliser and cut to 32 bits. No Python loop
+   runs per word or per shingle.
 2. Permutations, exactly as datasketch 2.x draws them (``np.random.RandomState(seed)``), so that
    signatures can be compared with datasketch's bit for bit:
    ``affine32`` (datasketch's default): ``h -> a*fmix32(h) + b mod 2^32`` with odd ``a``;
@@ -24,6 +26,7 @@ so the first occurrence is kept. Memory grows with the number of documents (a si
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -35,10 +38,14 @@ from scratchllm.data.config import DedupConfig
 
 MERSENNE_PRIME = np.uint64((1 << 61) - 1)
 MAX_HASH32 = np.uint32((1 << 32) - 1)
-_WORD = re.compile(r"\w+")
+_WORD = re.compile(r"[0-9a-z_\x80-\U0010ffff]+")  # on lowercased text; matches _WORD_BYTE on UTF-8
+_WORD_BYTE = np.zeros(256, np.bool_)
+_WORD_BYTE[[*range(48, 58), *range(97, 123), 95, *range(128, 256)]] = True
 _POLY = np.uint64(0x100000001B3)  # odd, so invertible mod 2^64
 _POLY_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
-_CHUNK_ROWS = 2048  # shingles per (rows x num_perm) block: small enough to stay in cache
+_SHINGLE_MIX = np.random.RandomState(0x5EED).randint(1, 1 << 62, 64, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+_CHUNK_ROWS = 2048
+_MAX_BATCH_CHARS = 2_000_000  # shingles per (rows x num_perm) block: small enough to stay in cache
 
 
 # ----------------------------------------------------------------------------------------------
@@ -88,11 +95,12 @@ def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def words(text: str) -> list[str]:
+    """Lowercased words: runs of ASCII letters, digits, '_' and any non-ASCII characters."""
     return _WORD.findall(text.lower())
 
 
 def shingles(text: str, ngram: int) -> list[bytes]:
-    """The shingles of one document as bytes (reference form; :func:`shingle_hashes` hashes these)."""
+    """The shingles of one document as bytes: the reference form of what :func:`shingle_hashes` hashes."""
     w = words(text)
     if len(w) < ngram:
         return [" ".join(w).encode()] if w else []
@@ -100,31 +108,42 @@ def shingles(text: str, ngram: int) -> list[bytes]:
 
 
 def shingle_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
-    """32-bit hashes of all shingles of ``texts`` and offsets: doc i owns ``hashes[off[i]:off[i+1]]``."""
-    word_lists = [words(t) for t in texts]
-    counts = np.fromiter(map(len, word_lists), np.int64, len(word_lists))
-    buf = np.frombuffer("\n".join(" ".join(w) for w in word_lists).encode("utf-8"), np.uint8)
-    seps = np.flatnonzero((buf == 32) | (buf == 10))
-    starts = np.concatenate([[0], seps + 1])
-    ends = np.concatenate([seps, [len(buf)]])
-    nonempty = ends > starts  # empty documents leave empty segments
-    starts, ends = starts[nonempty], ends[nonempty]
+    """32-bit hashes of all shingles of ``texts`` and offsets: doc i owns ``hashes[off[i]:off[i+1]]``.
 
-    doc_of_word = np.repeat(np.arange(len(texts)), counts)
-    first = np.concatenate([[0], np.cumsum(counts)[:-1]])[doc_of_word]
-    last = first + counts[doc_of_word] - 1
-    i = np.arange(len(doc_of_word))
-    end = i + ngram - 1
-    short = (i == first) & (counts[doc_of_word] < ngram)  # whole document is one shingle
-    valid = (end <= last) | short
-    end = np.where(short, last, end)[valid]
-    s, e = starts[valid], ends[end]
+    One pass over one byte buffer for the whole batch: word boundaries from a byte-class table,
+    word hashes from polynomial prefix sums, shingle hashes as a position-weighted sum of the
+    ``ngram`` word hashes (so equal word n-grams hash equally wherever they occur).
+    """
+    if sum(map(len, texts)) > _MAX_BATCH_CHARS and len(texts) > 1:  # bound the prefix-sum arrays
+        half = len(texts) // 2
+        (h1, o1), (h2, o2) = shingle_hashes(texts[:half], ngram), shingle_hashes(texts[half:], ngram)
+        return np.concatenate([h1, h2]), np.concatenate([o1, o2[1:] + o1[-1]])
+    parts = [t.lower().encode("utf-8") for t in texts]
+    buf = np.frombuffer(b"\n".join(parts), np.uint8)
+    doc_start = np.concatenate([[0], np.cumsum([len(p) + 1 for p in parts])[:-1]]).astype(np.int64)
+    edges = np.diff(_WORD_BYTE[buf].view(np.int8), prepend=np.int8(0), append=np.int8(0))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    doc_of_word = np.searchsorted(doc_start, starts, side="right") - 1
+    counts = np.bincount(doc_of_word, minlength=len(texts))
 
     pw, inv = _powers(len(buf) + 1)
     with np.errstate(over="ignore"):
         prefix = np.zeros(len(buf) + 1, np.uint64)
         np.cumsum(buf.astype(np.uint64) * pw[: len(buf)], out=prefix[1:])
-        h = fmix64((prefix[e] - prefix[s]) * inv[s])
+        word_hash = fmix64((prefix[ends] - prefix[starts]) * inv[starts])
+
+    first = (np.cumsum(counts) - counts)[doc_of_word]
+    last = first + counts[doc_of_word] - 1
+    i = np.arange(len(starts))
+    valid = (i + ngram - 1 <= last) | ((i == first) & (counts[doc_of_word] < ngram))  # short doc: one shingle
+    i, last = i[valid], last[valid]
+    acc = np.zeros(len(i), np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(ngram):
+            pos = i + j
+            inside = pos <= last
+            acc += np.where(inside, word_hash[np.minimum(pos, len(word_hash) - 1)], np.uint64(0)) * _SHINGLE_MIX[j]
+        h = fmix64(acc)
     hashes = (h & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     per_doc = np.bincount(doc_of_word[valid], minlength=len(texts))
     return hashes, np.concatenate([[0], np.cumsum(per_doc)])
@@ -150,7 +169,11 @@ def permutations(num_perm: int, seed: int = 1, scheme: str = "affine32") -> tupl
 
 
 def signatures(hashes: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """MinHash signatures, one row per document; a document without shingles keeps the maximum value."""
+    """MinHash signatures, one row per document; a document without shingles keeps the maximum value.
+
+    Blocks are laid out (num_perm, shingles) so that the per-document minimum is a reduction along
+    contiguous memory (``np.minimum.reduceat(..., axis=1)``), several times faster than along axis 0.
+    """
     legacy = a.dtype == np.uint64
     n_docs, num_perm = len(offsets) - 1, len(a)
     sig = np.full((n_docs, num_perm), MAX_HASH32, np.uint64 if legacy else np.uint32)
@@ -158,18 +181,19 @@ def signatures(hashes: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.nda
         return sig
     doc_of = np.repeat(np.arange(n_docs), np.diff(offsets))
     hv = hashes.astype(np.uint64) if legacy else fmix32(hashes)
-    block = np.empty((_CHUNK_ROWS, num_perm), sig.dtype)
+    a_col, b_col = a[:, None], b[:, None]
+    block = np.empty((num_perm, _CHUNK_ROWS), sig.dtype)
     with np.errstate(over="ignore"):
         for c0 in range(0, len(hv), _CHUNK_ROWS):
             h, docs = hv[c0 : c0 + _CHUNK_ROWS], doc_of[c0 : c0 + _CHUNK_ROWS]
-            x = np.multiply(h[:, None], a, out=block[: len(h)])
-            np.add(x, b, out=x)
+            x = np.multiply(a_col, h, out=block[:, : len(h)])
+            np.add(x, b_col, out=x)
             if legacy:
                 np.remainder(x, MERSENNE_PRIME, out=x)
                 np.bitwise_and(x, np.uint64(MAX_HASH32), out=x)
             seg = np.flatnonzero(np.diff(docs, prepend=-1))
             rows = docs[seg]
-            sig[rows] = np.minimum(sig[rows], np.minimum.reduceat(x, seg, axis=0))
+            sig[rows] = np.minimum(sig[rows], np.minimum.reduceat(x, seg, axis=1).T)
     return sig
 
 
@@ -192,6 +216,7 @@ def lsh_probability(s: np.ndarray | float, bands: int, rows: int) -> np.ndarray 
     return 1.0 - (1.0 - np.asarray(s, dtype=float) ** rows) ** bands
 
 
+@functools.lru_cache(maxsize=64)
 def optimal_params(
     threshold: float, num_perm: int, false_positive_weight: float = 0.5, false_negative_weight: float = 0.5
 ) -> tuple[int, int]:
