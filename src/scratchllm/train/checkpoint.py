@@ -298,10 +298,13 @@ def load_checkpoint(path: Path) -> Checkpoint:
     state = read_json(path / STATE_FILE)
     if state.get("format") != FORMAT or state.get("version") != VERSION:
         raise _corrupt(path, f"{STATE_FILE} is not a version-{VERSION} scratchllm training checkpoint")
-    model_state = read_safetensors(path / WEIGHTS_FILE)
+    # safetensors returns tensors in an arbitrary order that differs between processes; FSDP2's
+    # loading runs one collective per tensor in dict order, so every rank must use the same order.
+    model_state = dict(sorted(read_safetensors(path / WEIGHTS_FILE).items()))
     for alias, canonical in state.get("aliases", {}).items():
         model_state[alias] = model_state[canonical]
-    optim_state = unflatten_optimizer(read_safetensors(path / OPTIM_FILE), state["optimizer"])
+    optim_tensors = dict(sorted(read_safetensors(path / OPTIM_FILE).items()))
+    optim_state = unflatten_optimizer(optim_tensors, state["optimizer"])
     return Checkpoint(path, int(state["step"]), model_state, optim_state, state)
 
 

@@ -351,7 +351,7 @@ class Trainer:
         expected = {k: v for k, v in self.model.state_dict().items() if k not in self.aliases}
         check_state(expected, {k: v for k, v in c.model_state.items() if k not in self.aliases}, path / "model.safetensors")
         opts = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(self.model, c.model_state, options=opts)
+        set_model_state_dict(self.model, {k: c.model_state[k] for k in self.model.state_dict()}, options=opts)
         try:
             set_optimizer_state_dict(self.model, self.optimizer, c.optim_state, options=opts)
         except (KeyError, ValueError, RuntimeError) as e:
@@ -429,11 +429,16 @@ class Trainer:
 
         bar = tqdm(total=max_steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (main and cfg.log.progress), file=sys.stderr)
-        window_tokens, window_start = 0, time.perf_counter()
+        window_tokens, window_time = 0, 0.0  # tokens/s counts training only, not eval/samples/saving
         last_ckpt: Path | None = self.resumed_from
+
+        def due(interval: int) -> bool:
+            return bool(interval) and self.step % interval == 0
+
         try:
             with self._signals():
                 while self.step < max_steps:
+                    t0 = time.perf_counter()
                     batches = [to_device(self.train_source.next_batch(), self.device)
                                for _ in range(cfg.train.grad_accum)]
                     tokens = sum(self.token_counter(b) for b in batches) * self.dist.world_size
@@ -445,32 +450,31 @@ class Trainer:
                     self.step += 1
                     self.tokens_seen += tokens
                     window_tokens += tokens
-                    now = time.perf_counter()
-                    tok_s = window_tokens / max(now - window_start, 1e-9)
+                    window_time += time.perf_counter() - t0
+                    tok_s = window_tokens / max(window_time, 1e-9)
                     bar.update(1)
                     bar.set_postfix_str(f"loss {result['loss']:.4f}  {tok_s:,.0f} tok/s", refresh=False)
                     final = self.step == max_steps
-                    if self.step % cfg.log.interval == 0 or final or self._stop:
+                    if due(cfg.log.interval) or final or self._stop:
                         row = {**result, "tokens": self.tokens_seen, "tokens_per_s": tok_s, **self._memory()}
                         if flops_fn is not None and peak and seq_tokens:
                             row["mfu"] = flops_fn(seq_tokens) * tok_s / (peak * self.dist.world_size)
                         tracker.log(self.step, "train", row)
-                        window_tokens, window_start = 0, time.perf_counter()
-                    if (cfg.eval.interval and self.step % cfg.eval.interval == 0) or final:
+                        window_tokens, window_time = 0, 0.0
+                    if due(cfg.eval.interval) or final:
                         self.last_val = self.evaluate()
                         if self.last_val is not None:
                             tracker.log(self.step, "val", {"loss": self.last_val})
                             if main:
                                 bar.write(f"step {self.step}: train loss {result['loss']:.4f}, "
                                           f"val loss {self.last_val:.4f}, lr {result['lr']:.2e}")
-                    if (cfg.eval.sample_interval and self.step % cfg.eval.sample_interval == 0) or final:
-                        for i, text in enumerate(self.sample()):
-                            tracker.log(self.step, "sample", {"prompt": cfg.eval.sample_prompts[i], "text": text})
+                    if due(cfg.eval.sample_interval) or final:
+                        for prompt, text in zip(cfg.eval.sample_prompts, self.sample(), strict=False):
+                            tracker.log(self.step, "sample", {"prompt": prompt, "text": text})
                             if main:
                                 bar.write(f"sample @ step {self.step}: {text!r}")
-                    if (cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0) or final or self._stop:
+                    if due(cfg.checkpoint.interval) or final or self._stop:
                         last_ckpt = self.save()
-                        window_start = time.perf_counter()  # do not count saving time in tokens/s
                     if self._stop:
                         return Stopped(self._stop, self.step, last_ckpt)
             return Stopped("done", self.step, last_ckpt)
