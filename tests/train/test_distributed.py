@@ -53,7 +53,7 @@ def write_preset(make_cfg, tmp_path, name, *common):
     return path
 
 
-COMMON = ("train.max_steps=4", "checkpoint.interval=2", "eval.batches=0", "optim.grad_clip=0.5")
+COMMON = ("train.max_steps=4", "train.grad_accum=2", "checkpoint.interval=2", "eval.batches=0", "optim.grad_clip=0.5")
 
 
 def assert_same_training(dir_a, dir_b, rtol=1e-5, atol=1e-6):

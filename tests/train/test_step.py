@@ -92,3 +92,20 @@ def test_activation_checkpointing_same_grads_less_memory(make_cfg, make_batch, m
         torch.testing.assert_close(results[mode][2][name], g, msg=name)
     # Measured peak of live tensors during forward + backward: activations dominate at this size.
     assert results[mode][1] < 0.8 * results["none"][1], (mode, results[mode][1], results["none"][1])
+
+
+def test_bf16_autocast_step_on_cpu(make_cfg, make_batch):
+    fp32, bf16 = make_trainer(make_cfg()), make_trainer(make_cfg("train.precision=bf16"))
+    a, b = fp32.train_step([make_batch(4)]), bf16.train_step([make_batch(4)])
+    assert b["finite"] and abs(a["loss"] - b["loss"]) < 0.05  # same model and batch, bf16 matmuls
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())  # master weights stay fp32
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager(make_cfg, make_batch):
+    eager = make_trainer(make_cfg("train.activation_checkpointing=full"))
+    compiled = make_trainer(make_cfg("train.compile=true", "train.activation_checkpointing=full"))
+    for seed in range(3):
+        a, b = eager.train_step([make_batch(4, seed)]), compiled.train_step([make_batch(4, seed)])
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    assert [n for n, _ in compiled.model.named_parameters()] == [n for n, _ in eager.model.named_parameters()]

@@ -159,15 +159,17 @@ class LanguageModel:
                     cols += range(first, len(inp))
                     targets += tgt
                     members.append(u)
-            picked = logits[torch.tensor(rows), torch.tensor(cols)].float()  # (N, vocab)
-            tgt_t = torch.tensor(targets)
+            dev = logits.device
+            picked = logits[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)].float()  # (N, vocab)
+            tgt_t = torch.tensor(targets, device=dev)
             logprobs = torch.log_softmax(picked, dim=-1).gather(1, tgt_t[:, None])[:, 0]
-            greedy = picked.argmax(dim=-1) == tgt_t
+            greedy = (picked.argmax(dim=-1) == tgt_t).cpu()
+            logprobs = logprobs.double().cpu()
             offset = 0
             for u in members:
                 n = len(units[u][1])
                 results[u] = Score(
-                    float(logprobs[offset:offset + n].double().sum()), bool(greedy[offset:offset + n].all()), n
+                    float(logprobs[offset:offset + n].sum()), bool(greedy[offset:offset + n].all()), n
                 )
                 offset += n
             bar.update(len(members))
@@ -202,7 +204,7 @@ class LanguageModel:
                 break
             window = self.max_length
             batch = torch.tensor([(prompt_ids + out[i])[-window:] for i in active], dtype=torch.long)
-            last = self.logits(batch)[:, -1, :].float()
+            last = self.logits(batch)[:, -1, :].float().cpu()
             nxt = sample_next(last, temperature, top_p, gen).tolist()
             still = []
             for i, tok in zip(active, nxt, strict=True):

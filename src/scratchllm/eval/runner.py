@@ -79,7 +79,8 @@ def _acc(values: list[float], name: str) -> dict[str, float]:
 # --- multiple choice --------------------------------------------------------------------------------
 
 
-def run_multiple_choice(lm: LanguageModel, spec: TaskSpec, records: list[Record], settings: EvalSettings) -> dict:
+def mc_requests(spec: TaskSpec, records: list[Record]) -> tuple[list[tuple], list[tuple[str, str]]]:
+    """Per document (record, prompt, continuations, gold index), and the flat (context, continuation) list."""
     requests, docs = [], []
     for rec in records:
         prompt = render(spec.template, rec)
@@ -91,6 +92,11 @@ def run_multiple_choice(lm: LanguageModel, spec: TaskSpec, records: list[Record]
         gold = gold_index(spec, rec, len(conts), choices)
         docs.append((rec, prompt, conts, gold))
         requests += [(prompt, spec.target_delimiter + c) for c in conts]
+    return docs, requests
+
+
+def run_multiple_choice(lm: LanguageModel, spec: TaskSpec, records: list[Record], settings: EvalSettings) -> dict:
+    docs, requests = mc_requests(spec, records)
     scores = lm.loglikelihood(requests, batch_size=settings.batch_size, progress=settings.progress)
     acc, acc_norm, samples = [], [], []
     pos = 0

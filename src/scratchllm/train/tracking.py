@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scratchllm.errors import ScratchError
 from scratchllm.io import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
@@ -91,7 +92,13 @@ class Tracker:
 
         atomic_write_text(self.out_dir / "config.toml", to_toml(config))
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise ScratchError(
+                    "log.tensorboard = true but the tensorboard package is not installed",
+                    fix="pip install tensorboard   (or set log.tensorboard=false; metrics.jsonl is always written)",
+                ) from exc
 
             self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=resume_step)
         if wandb:
