@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchllm.errors import ScratchError
+from scratchllm.finetune.chat import CHAT_SPECIAL_TOKENS, CHAT_TEMPLATE
 from scratchllm.io import atomic_write_text
 from scratchllm.tokenizer.bpe import Tokenizer
 from scratchllm.tokenizer.patterns import GPT2_PATTERN
@@ -89,6 +90,9 @@ def save_hf_files(tok: Tokenizer, directory: Path, model_max_length: int | None 
         "model_max_length": model_max_length or 1_000_000_000,
         **special_map,
     }
+    if all(t in tok.special_tokens for t in CHAT_SPECIAL_TOKENS):
+        # transformers' apply_chat_template renders this to the same ids as finetune.chat.encode_chat
+        config["chat_template"] = CHAT_TEMPLATE
     atomic_write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
     atomic_write_text(directory / "special_tokens_map.json", json.dumps(special_map, indent=2) + "\n")
 

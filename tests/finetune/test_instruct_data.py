@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from scratchllm.errors import ScratchError
+from scratchllm.finetune.instruct_data import (
+    KINDS,
+    embedded_instructions,
+    is_correct,
+    load_chat_jsonl,
+    split_of,
+)
+
+
+def _questions(examples):
+    return {e.prompt[-1]["content"] for e in examples}
+
+
+def test_deterministic_disjoint_and_checkable():
+    a = embedded_instructions(160, "train", seed=3)
+    assert a == embedded_instructions(160, "train", seed=3)
+    assert a != embedded_instructions(160, "train", seed=4)
+    held = embedded_instructions(80, "heldout", seed=3) + embedded_instructions(80, "heldout", seed=4)
+    assert not _questions(a) & _questions(held)
+    assert all(split_of(q) == "heldout" for q in _questions(held))
+    assert Counter(e.kind for e in a) == {k: 20 for k in KINDS}
+    for e in a:
+        assert e.messages[-1] == {"role": "assistant", "content": e.answer}
+        assert e.prompt[-1]["role"] == "user"
+        assert is_correct(e, e.answer) and is_correct(e, f" {e.answer}.<|end|>")
+        assert not is_correct(e, e.answer + "0") and not is_correct(e, "")
+
+
+def test_answers_are_right():
+    for e in embedded_instructions(80, "train", seed=1):
+        q = e.prompt[-1]["content"]
+        if e.kind in ("add", "sub", "mul"):
+            expr = q.removeprefix("What is ").removesuffix("?")
+            assert str(eval(expr)) == e.answer  # noqa: S307 - our own generated arithmetic
+        elif e.kind == "reverse":
+            assert q.split(": ")[1][::-1] == e.answer
+        elif e.kind == "upper":
+            assert q.split(": ")[1].upper() == e.answer
+        elif e.kind == "corpus_qa":
+            passage = q.split("\n")[0].removeprefix("Passage: ").rstrip(".").split()
+            word = q.split('"')[1]
+            assert passage[passage.index(word) + 1] == e.answer
+
+
+def test_bad_arguments():
+    with pytest.raises(ScratchError, match="unknown split"):
+        embedded_instructions(3, "test")
+    with pytest.raises(ScratchError, match="unknown instruction kind"):
+        embedded_instructions(3, kinds=("poetry",))
+
+
+def test_load_jsonl_formats_and_errors(tmp_path):
+    lines = [
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}),
+        json.dumps({"instruction": "Add", "input": "1 2", "output": "3"}),
+        "{not json",
+        json.dumps({"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}),
+        json.dumps({"messages": [{"role": "user", "content": "no reply"}]}),
+        "",
+        json.dumps({"prompt": "x"}),
+    ]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ScratchError, match=r"chats.jsonl:3: malformed JSON"):
+        load_chat_jsonl(path)
+    reports: list[str] = []
+    convs = load_chat_jsonl(path, skip_bad=True, report=reports.append)
+    assert convs[0][1] == {"role": "assistant", "content": "hello"}
+    assert convs[1] == [{"role": "user", "content": "Add\n\n1 2"}, {"role": "assistant", "content": "3"}]
+    assert convs[2] == [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    assert len(convs) == 3
+    joined = "\n".join(reports)
+    assert ":3: malformed JSON" in joined and ":5:" in joined and "no (non-empty) assistant turn" in joined
+    assert ":7: unrecognised chat format" in joined and "skipped 3 bad line(s)" in joined
+    with pytest.raises(ScratchError, match="not found"):
+        load_chat_jsonl(tmp_path / "missing.jsonl")
