@@ -147,33 +147,70 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
         self.impl = cfg.attn_impl
+        self.kv_cache: KVCache | None = None  # set by Transformer.setup_cache for generation
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None = None,
+        input_pos: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """mask: None for plain causal attention, else a bool (B, 1, T, S) "may attend" mask over the keys
+        (the cache's first S slots when a KV cache is set up, else the T new tokens)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        # A KV cache (inference) would go here: write k, v at input_pos and attend over the cache.
+        if self.kv_cache is not None:  # incremental decoding: store the new keys/values, attend over the cache
+            k, v = self.kv_cache.update(input_pos, k, v, mask.size(-1) if mask is not None else T)
         dropout = self.dropout if self.training else 0.0
         if self.impl == "sdpa":
             y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=self.n_kv_heads != self.n_heads
+                q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout,
+                enable_gqa=self.n_kv_heads != self.n_heads,
             )
         else:
-            y = self._math_attention(q, k, v, dropout)
+            y = self._math_attention(q, k, v, dropout, mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
-    def _math_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
+    def _math_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The textbook formula, kept as the reference the fused SDPA kernel is tested against."""
         groups = self.n_heads // self.n_kv_heads
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)  # KV head j -> q heads j*g..
         T = q.size(-2)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, T)
-        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-        probs = F.dropout(scores.masked_fill(future, float("-inf")).softmax(dim=-1), dropout)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, S)
+        if mask is None:
+            mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        probs = F.dropout(scores.masked_fill(~mask, float("-inf")).softmax(dim=-1), dropout)
         return probs @ v
+
+
+class KVCache(nn.Module):
+    """Static, preallocated keys and values of one layer (gpt-fast style): (B, n_kv_heads, max_seq_len, hd).
+
+    Slot i holds the token fed at input_pos i. Rolling back (speculative decoding) is free: later
+    writes overwrite stale slots, and attention only reads slots up to the newest position.
+    """
+
+    def __init__(self, batch_size: int, max_seq_len: int, n_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str | None) -> None:
+        super().__init__()
+        shape = (batch_size, n_kv_heads, max_seq_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, KV, T, hd) at slots input_pos; return the first ``length`` slots of the cache."""
+        B = k.size(0)
+        self.k[:B, :, input_pos] = k.to(self.k.dtype)
+        self.v[:B, :, input_pos] = v.to(self.v.dtype)
+        return self.k[:B, :, :length], self.v[:B, :, :length]
 
 
 class MLP(nn.Module):
@@ -198,8 +235,14 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.attn_norm(x), rope))
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None = None,
+        input_pos: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, input_pos))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
@@ -242,12 +285,19 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, 0.0, std)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, input_pos: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        input_pos: torch.Tensor | None = None,
+        pad: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, T, vocab) for token ids idx (B, T); with targets (B, T) also the mean cross-entropy.
 
-        input_pos (T,) gives the absolute positions of idx (default 0..T-1); it is the hook for
-        incremental decoding with a KV cache, where idx holds only the new tokens.
+        input_pos (T,) gives the slots of idx in the sequence (default 0..T-1), increasing and
+        contiguous. With a KV cache set up (``setup_cache``), idx holds only the new tokens and
+        attention also reads the cached earlier slots. pad (B,) is the number of left-padding tokens
+        per row of a batch: row b's real tokens start at slot pad[b], get positions slot - pad[b], and
+        never attend to the padding, so each row computes exactly what it would alone.
         """
         T = idx.size(1)
         if input_pos is None:
@@ -257,22 +307,62 @@ class Transformer(nn.Module):
                     "truncate the input, or use a model built with a larger context_length",
                 )
             input_pos = torch.arange(T, device=idx.device)
+        cached = self.layers[0].attn.kv_cache is not None
+        mask = None
+        positions = input_pos if pad is None else (input_pos[None, :] - pad[:, None]).clamp(min=0)  # (T,) | (B, T)
+        if cached or pad is not None:
+            # Keys: cache slots 0..newest (cache) or the new tokens' slots. Causal from slot 0 needs no mask.
+            key_pos = torch.arange(int(input_pos[-1]) + 1, device=idx.device) if cached else input_pos
+            if pad is not None or int(input_pos[0]) != 0:
+                q, k = input_pos[:, None], key_pos[None, :]
+                mask = (k <= q)[None, None]  # (1, 1, T, S)
+                if pad is not None:
+                    # Padding queries attend to themselves only (a row of -inf would give NaN); their outputs are unused.
+                    real = k[None] >= pad[:, None, None]  # (B, 1, S)
+                    mask = (mask & real[:, None]) | (k == q)[None, None]
         x = self.tok_emb(idx)
         rope = None
         if self.cfg.pos_emb == "rope":
-            rope = (self.rope_cos[input_pos].to(x.dtype), self.rope_sin[input_pos].to(x.dtype))
+            cos, sin = self.rope_cos[positions].to(x.dtype), self.rope_sin[positions].to(x.dtype)
+            rope = (cos, sin) if positions.dim() == 1 else (cos[:, None], sin[:, None])  # broadcast over heads
         elif self.cfg.pos_emb == "learned":
-            x = x + self.pos_emb(input_pos)
+            x = x + self.pos_emb(positions)
         else:
-            x = x + self.pos_table[input_pos]
+            x = x + self.pos_table[positions]
         x = self.drop(x)
         for layer in self.layers:
-            x = layer(x, rope)
+            x = layer(x, rope, mask, input_pos)
         logits = self.lm_head(self.norm(x))
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
         return logits, loss
+
+    # --- KV cache (inference) ------------------------------------------------------------------------
+
+    def setup_cache(
+        self,
+        batch_size: int,
+        max_seq_len: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        """Preallocate every layer's KV cache for batches of up to batch_size rows of max_seq_len slots."""
+        if not 1 <= max_seq_len <= self.cfg.context_length:
+            raise ScratchError(
+                f"KV cache of {max_seq_len} slots does not fit the model's context_length={self.cfg.context_length}",
+                "shorten the prompt or the number of new tokens",
+            )
+        ref = self.tok_emb.weight
+        dtype = dtype or (ref.dtype if ref.is_floating_point() else torch.float32)
+        for layer in self.layers:
+            a = layer.attn
+            a.kv_cache = KVCache(batch_size, max_seq_len, a.n_kv_heads, a.head_dim, dtype, device or ref.device)
+
+    def clear_cache(self) -> None:
+        """Drop the KV caches: forward is the plain full-sequence (training) computation again."""
+        for layer in self.layers:
+            layer.attn.kv_cache = None
 
     # --- sizes and cost -----------------------------------------------------------------------------
 
