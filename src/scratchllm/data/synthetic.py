@@ -270,23 +270,32 @@ def _context_length(model) -> int | None:
 
 
 def sample(model, ids: list[int], max_new_tokens: int, temperature: float, top_k: int, generator,
-           block_size: int | None = None, stop_id: int | None = None) -> list[int]:
-    """Plain autoregressive sampling (no KV cache): temperature, then top-k."""
+           block_size: int | None = None, stop_id: int | None = None, device=None, autocast=None) -> list[int]:
+    """Plain autoregressive sampling (no KV cache): temperature, then top-k; stops at ``stop_id``.
+
+    The one sampling loop of the data and training stages (synthetic continuations, the Trainer's
+    sample generations). ``device`` (default CPU) must match ``generator``'s; ``autocast`` is a
+    context-manager factory (bf16 under the Trainer).
+    """
+    import contextlib
+
     import torch
 
-    idx = torch.tensor([ids], dtype=torch.long)
+    autocast = autocast or contextlib.nullcontext
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
     new: list[int] = []
     with torch.no_grad():
         for _ in range(max_new_tokens):
             context = idx if block_size is None else idx[:, -block_size:]
-            out = model(context)
+            with autocast():
+                out = model(context)
             logits = (out[0] if isinstance(out, tuple) else out)[0, -1].float() / temperature
             if top_k and top_k < logits.numel():
                 kth = torch.topk(logits, top_k).values[-1]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
-            nxt = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
-            if nxt == stop_id:
+            nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+            if int(nxt) == stop_id:
                 break
-            new.append(nxt)
-            idx = torch.cat([idx, torch.tensor([[nxt]])], dim=1)
+            new.append(int(nxt))
+            idx = torch.cat([idx, nxt.view(1, 1)], dim=1)
     return new

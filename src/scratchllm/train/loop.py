@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from scratchllm.config import to_dict
+from scratchllm.data.synthetic import sample as sample_tokens
 from scratchllm.errors import ScratchError
 from scratchllm.train import checkpoint as ckpt
 from scratchllm.train.config import TrainConfig
@@ -276,13 +277,14 @@ class Trainer:
         g = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         stance = getattr(torch.compiler, "set_stance", None)
         ctx = stance("force_eager") if stance and self.cfg.train.compile else contextlib.nullcontext()
+        context_length = getattr(getattr(self.model, "cfg", None), "context_length", None)
         self.model.eval()
         outputs = []
         with ctx:
             for prompt in e.sample_prompts:
                 ids = self.tokenizer.encode(prompt) or [self.tokenizer.eos_id]
-                new = generate(self.model, ids, e.sample_tokens, e.temperature, e.top_k, g,
-                               self.device, self.autocast, getattr(self.tokenizer, "eos_id", None))
+                new = sample_tokens(self.model, ids, e.sample_tokens, e.temperature, e.top_k, g, context_length,
+                                    getattr(self.tokenizer, "eos_id", None), self.device, self.autocast)
                 outputs.append(prompt + self.tokenizer.decode(new))
         self.model.train()
         return outputs
@@ -493,24 +495,3 @@ class Trainer:
             "rerun with --resume to continue from the last checkpoint",
         )
 
-
-def generate(model: nn.Module, ids: list[int], n: int, temperature: float, top_k: int,
-             generator: torch.Generator, device: torch.device, autocast: Callable, eos_id: int | None) -> list[int]:
-    """Sample ``n`` tokens after ``ids`` by re-running the full forward each step (no KV cache)."""
-    ctx = getattr(getattr(model, "cfg", None), "context_length", None)
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
-    new: list[int] = []
-    for _ in range(n):
-        window = idx if ctx is None else idx[:, -ctx:]
-        with autocast():
-            logits = model(window)[:, -1, :].float() / temperature
-        k = min(top_k, logits.size(-1))
-        kth = torch.topk(logits, k).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-        nxt = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
-        token = int(nxt)
-        if eos_id is not None and token == eos_id:
-            break
-        new.append(token)
-        idx = torch.cat([idx, nxt], dim=1)
-    return new
