@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from torch import nn
@@ -105,3 +106,12 @@ def test_train_config_resolves_model_preset(make_cfg):
         make_cfg("data.seq_len=65")
     with pytest.raises(ScratchError, match="unknown config key 'model.d_modle'"):
         make_cfg("model.d_modle=3")
+
+
+@pytest.mark.parametrize("preset", sorted((Path(__file__).parents[2] / "configs" / "train").glob("*.toml")),
+                         ids=lambda p: p.stem)
+def test_presets_load_and_resolve_their_model(preset):
+    cfg = load_config(TrainConfig, preset, [])
+    model = cfg.model_config()  # the model preset resolved and valid
+    assert cfg.data.seq_len <= model.context_length and model.vocab_size >= 4096
+    assert (cfg.train.precision == "bf16") == preset.stem.startswith("gpu")  # CPU preset stays fp32
