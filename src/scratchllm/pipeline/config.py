@@ -1,0 +1,184 @@
+"""The ``scratchllm pipeline`` config: one run directory, one table per stage.
+
+Each stage's table is that stage's own config (the same keys as its configs/<stage>/*.toml), with an
+optional ``preset = "configs/<stage>/x.toml"`` to start from and keys to override on top of it. The
+pipeline sets every path itself (all outputs go under ``run_dir``), so paths in the tables are ignored
+and overwritten. Unknown keys and wrong types fail before anything runs, naming the key::
+
+    run_dir = "runs/pipeline/cpu-demo"
+    [tokenizer]  preset = "configs/tokenizer/default.toml"   (TokenizerTrainConfig)
+    [data]       preset = "configs/data/default.toml"        (DataConfig)
+    [pretrain]   preset = "configs/train/cpu-tiny.toml"      (TrainConfig)
+    [sft] [dpo]  the fine-tuning and alignment stages' configs
+    [eval]       held-out perplexity vs n-gram baselines, built-in tasks, sample generations
+    [quantize] [export_hf] [serve] [report]
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scratchllm.config import from_dict, read_toml
+from scratchllm.errors import ScratchError
+
+STAGE_NAMES = ("tokenizer", "data", "pretrain", "sft", "dpo", "eval", "quantize", "export_hf", "serve", "report")
+
+
+@dataclass
+class EvalStageConfig:
+    heldout_documents: int = 200  # val-split documents scored for held-out perplexity (0: all)
+    baseline_train_tokens: int = 2_000_000  # train-split tokens the n-gram baselines are fit on (0: all)
+    baselines: list[str] = field(default_factory=lambda: ["unigram", "bigram", "kneser_ney"])
+    tasks: list[str] = field(default_factory=list)  # built-in `scratchllm eval` tasks, e.g. ["ppl", "arc"]
+    limit: int | None = None  # examples per built-in task
+    batch_size: int = 16
+    # Sample generations of every model (before/after SFT and DPO). Plain prompts for the base model,
+    # the same prompts as a user turn for the chat models.
+    sample_prompts: list[str] = field(default_factory=lambda: ["The ", "def ", "What is Python?"])
+    sample_tokens: int = 48
+    temperature: float = 0.8
+    top_k: int = 50
+
+    def validate(self) -> None:
+        if self.heldout_documents < 0 or self.baseline_train_tokens < 0 or self.batch_size < 1:
+            raise ScratchError("eval: heldout_documents and baseline_train_tokens must be >= 0, batch_size >= 1")
+
+
+@dataclass
+class ServeCheckConfig:
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port
+    model: str = "quantized"  # which model the check serves: "quantized" or "final" (the last trained one)
+    prompt: str = "The "
+    chat_prompt: str = "What is Python?"
+    max_tokens: int = 24
+    startup_timeout: float = 120.0  # seconds to wait for the server to answer
+    extra_args: list[str] = field(default_factory=list)  # passed to `scratchllm serve`
+
+    def validate(self) -> None:
+        if self.model not in ("quantized", "final"):
+            raise ScratchError(f"serve.model must be 'quantized' or 'final', got {self.model!r}")
+        if not 0 <= self.port < 65536 or self.max_tokens < 1 or self.startup_timeout <= 0:
+            raise ScratchError("serve: port must be in [0, 65535], max_tokens >= 1, startup_timeout > 0")
+
+
+@dataclass
+class ReportConfig:
+    title: str = "scratchllm pipeline run"
+
+
+@dataclass
+class PipelineConfig:
+    run_dir: Path = Path("runs/pipeline/cpu-demo")
+    seed: int = 1337
+    device: str = "auto"  # "auto", "cpu" or "cuda": used by every stage that runs a model
+    skip: list[str] = field(default_factory=list)  # stages to leave out (their outputs are not made)
+    tokenizer: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    pretrain: dict[str, Any] = field(default_factory=dict)
+    sft: dict[str, Any] = field(default_factory=dict)
+    dpo: dict[str, Any] = field(default_factory=dict)
+    eval: EvalStageConfig = field(default_factory=EvalStageConfig)
+    quantize: dict[str, Any] = field(default_factory=dict)
+    export_hf: dict[str, Any] = field(default_factory=dict)
+    serve: ServeCheckConfig = field(default_factory=ServeCheckConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def validate(self) -> None:
+        bad = [s for s in self.skip if s not in STAGE_NAMES]
+        if bad:
+            raise ScratchError(f"skip: unknown stage {bad[0]!r}", f"stages: {', '.join(STAGE_NAMES)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ScratchError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        # Resolve the tables of the stages that exist today so a typo fails before hours of training.
+        self.tokenizer_config(), self.data_config(), self.train_config()
+
+    # The resolved stage configs, every path pointing into run_dir.
+
+    def tokenizer_config(self):  # -> TokenizerTrainConfig
+        from scratchllm.tokenizer.cli import TokenizerTrainConfig
+
+        return _section("tokenizer", TokenizerTrainConfig,
+                        merged(self.tokenizer, {"output": str(self.run_dir / "tokenizer")}))
+
+    def data_config(self):  # -> DataConfig
+        from scratchllm.data.config import DataConfig
+
+        forced = {"out_dir": str(self.run_dir / "data"), "tokenizer": str(self.run_dir / "tokenizer")}
+        return _section("data", DataConfig, merged(self.data, forced))
+
+    def train_config(self):  # -> TrainConfig
+        from scratchllm.train.config import TrainConfig
+
+        table = merged(self.pretrain, {
+            "out_dir": str(self.run_dir / "pretrain"), "data.path": str(self.run_dir / "data"),
+            "data.tokenizer": str(self.run_dir / "tokenizer"),
+        })
+        table.setdefault("seed", self.seed)
+        model = table.setdefault("model", {})
+        if "vocab_size" not in model:  # the model's vocabulary follows the tokenizer's
+            vocab = self.tokenizer_config().tokenizer.vocab_size
+            if "preset" in model:
+                model.update({k: v for k, v in read_toml(model["preset"]).items() if k not in model})
+            model["vocab_size"] = vocab
+        if self.device != "auto":
+            table.setdefault("train", {})["device"] = self.device
+        return _section("pretrain", TrainConfig, table)
+
+
+def merged(table: dict[str, Any], forced: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A stage table with its ``preset`` file underneath and ``forced`` (dotted keys) on top."""
+    table = copy.deepcopy(table)
+    preset = table.pop("preset", None)
+    base: dict[str, Any] = {}
+    if preset is not None:
+        if not isinstance(preset, str):
+            raise ScratchError(f"'preset' must be a path string, got {preset!r}")
+        base = read_toml(preset)
+    out = _deep_merge(base, table)
+    for key, value in (forced or {}).items():
+        node = out
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return out
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _section(name: str, cls: type, table: dict[str, Any]) -> Any:
+    try:
+        return from_dict(cls, table)
+    except ScratchError as e:
+        raise ScratchError(f"[{name}] {e.message}", e.hint) from None
+
+
+def stage_tables(cfg: PipelineConfig) -> dict[str, Any]:
+    """What each stage's fingerprint is computed from (its resolved config)."""
+    from scratchllm.config import to_dict
+
+    tables: dict[str, Any] = {
+        "tokenizer": to_dict(cfg.tokenizer_config()),
+        "data": to_dict(cfg.data_config()),
+        "pretrain": to_dict(cfg.train_config()),
+        "sft": merged(cfg.sft),
+        "dpo": merged(cfg.dpo),
+        "eval": to_dict(cfg.eval),
+        "quantize": merged(cfg.quantize),
+        "export_hf": merged(cfg.export_hf),
+        "serve": to_dict(cfg.serve),
+        "report": to_dict(cfg.report),
+    }
+    # Runtime-only settings that do not change what a stage computes.
+    for t in ("pretrain",):
+        tables[t].get("log", {}).pop("progress", None)
+    return tables

@@ -1,0 +1,359 @@
+"""The pipeline's stages: each calls its stage's Python API with paths inside the run directory.
+
+    run_dir/tokenizer/   BPE tokenizer (ours + HF tokenizer.json)
+    run_dir/data/        token shards + manifest.json
+    run_dir/pretrain/    checkpoints/step_N (model dirs), metrics.jsonl, config.toml, tensorboard/
+    run_dir/sft/ dpo/    the fine-tuning and alignment runs
+    run_dir/eval/        held-out perplexity vs n-gram baselines, tasks, samples: summary.json + per model
+    run_dir/quantized/   INT8/INT4 weights          run_dir/export_hf/   a transformers-loadable directory
+    run_dir/serve/       check.json: the served completion, fetched with the openai client
+    run_dir/report/      report.md, report.html and the plots
+
+The tokenizer comes before the data stage because the data stage writes *token* shards.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from scratchllm.errors import ScratchError
+from scratchllm.pipeline.runner import Context, Stage
+
+# ------------------------------------------------------------------------------------------------
+# Where each model lives
+
+
+def base_model_dir(ctx: Context) -> Path:
+    from scratchllm.train.checkpoint import latest_checkpoint
+
+    path = latest_checkpoint(ctx.dir("pretrain") / "checkpoints")
+    if path is None:
+        raise ScratchError(f"no pre-training checkpoint in {ctx.dir('pretrain') / 'checkpoints'}",
+                           "run the pretrain stage first")
+    return path
+
+
+def trained_models(ctx: Context) -> list[tuple[str, Path]]:
+    """(label, model directory) of every model trained so far, in order: base, sft, dpo."""
+    out = []
+    for stage in ("pretrain", "sft", "dpo"):
+        marker = ctx.done(stage)
+        if marker is not None and marker.get("summary", {}).get("model_dir"):
+            out.append((stage, Path(marker["summary"]["model_dir"])))
+    if not out:
+        raise ScratchError("no trained model in this run yet", "run the pretrain stage first")
+    return out
+
+
+def final_model_dir(ctx: Context) -> Path:
+    return trained_models(ctx)[-1][1]
+
+
+def load_tokenizer(ctx: Context):
+    from scratchllm.tokenizer import Tokenizer
+
+    return Tokenizer.load(ctx.dir("tokenizer"))
+
+
+def _device(ctx: Context) -> str:
+    if ctx.cfg.device != "auto":
+        return ctx.cfg.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _need(path: Path, what: str) -> None:
+    if not path.exists():
+        raise ScratchError(f"{what} missing: {path}", "the stage will be run again")
+
+
+# ------------------------------------------------------------------------------------------------
+# tokenizer
+
+
+def run_tokenizer(ctx: Context) -> dict[str, Any]:
+    from scratchllm.config import to_toml
+    from scratchllm.io import atomic_write_text
+    from scratchllm.tokenizer.bpe import DEFAULT_SPECIAL_TOKENS, train_bpe
+    from scratchllm.tokenizer.cli import _training_texts
+
+    cfg = ctx.cfg.tokenizer_config()
+    texts = _training_texts(cfg.corpus)
+    t = cfg.tokenizer
+    tok = train_bpe(texts, t.vocab_size, t.pattern, t.special_tokens or list(DEFAULT_SPECIAL_TOKENS),
+                    t.min_frequency, progress=sys.stderr.isatty())
+    out = tok.save_pretrained(cfg.output)
+    atomic_write_text(Path(out) / "train_config.toml", to_toml(cfg))
+    sample = texts[:200]
+    n_bytes = sum(len(x.encode("utf-8")) for x in sample)
+    n_tokens = sum(len(tok.encode_ordinary(x)) for x in sample)
+    return {"vocab_size": tok.vocab_size, "documents": len(texts),
+            "bytes": sum(len(x.encode("utf-8")) for x in texts), "bytes_per_token": n_bytes / max(1, n_tokens)}
+
+
+def verify_tokenizer(ctx: Context) -> None:
+    tok = load_tokenizer(ctx)
+    probe = "Hello, world! def f(x): return x"
+    if tok.decode(tok.encode(probe)) != probe:
+        raise ScratchError(f"the tokenizer in {ctx.dir('tokenizer')} does not round-trip text")
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+
+
+def run_data(ctx: Context) -> dict[str, Any]:
+    from scratchllm.data.prepare import prepare
+
+    manifest = prepare(ctx.cfg.data_config(), progress=None, log=ctx.log)
+    return {"domains": manifest["domains"], "vocab_size": manifest["vocab_size"],
+            "splits": {k: {"tokens": v["tokens"], "documents": v["documents"], "shards": len(v["shards"])}
+                       for k, v in manifest["splits"].items()},
+            "seconds": manifest["summary"].get("seconds", {})}
+
+
+def verify_data(ctx: Context) -> None:
+    from scratchllm.data.shards import verify
+
+    _need(ctx.dir("data") / "manifest.json", "data manifest")
+    problems = verify(ctx.dir("data"))
+    if problems:
+        raise ScratchError(f"data shards in {ctx.dir('data')} are damaged: {problems[0]}")
+
+
+# ------------------------------------------------------------------------------------------------
+# pretrain
+
+
+def run_pretrain(ctx: Context) -> dict[str, Any]:
+    from scratchllm.train.pretrain import run
+
+    cfg = ctx.cfg.train_config()
+    # resume=True: an interrupted attempt continues from its last checkpoint (none: from step 0).
+    result = run(cfg, resume=True, resume_command=ctx.resume_command)
+    if result.reason != "done":
+        from scratchllm.pipeline.runner import StageInterrupted
+
+        raise StageInterrupted(f"training stopped by {result.reason} at step {result.step}")
+    return _training_summary(ctx, "pretrain", base_model_dir(ctx), cfg.train.max_steps)
+
+
+def _training_summary(ctx: Context, stage: str, model_dir: Path, max_steps: int | None) -> dict[str, Any]:
+    from scratchllm.train.tracking import read_metrics
+
+    metrics = ctx.dir(stage) / "metrics.jsonl"
+    rows = read_metrics(metrics) if metrics.exists() else []
+    train = [r for r in rows if r.get("kind") == "train"]
+    val = [r for r in rows if r.get("kind") == "val"]
+    out: dict[str, Any] = {"model_dir": str(model_dir), "max_steps": max_steps}
+    if train:
+        out.update(final_train_loss=train[-1].get("loss"), steps=train[-1]["step"], tokens=train[-1].get("tokens"),
+                   tokens_per_s=_median([r["tokens_per_s"] for r in train if "tokens_per_s" in r]),
+                   mfu=_median([r["mfu"] for r in train if "mfu" in r]))
+    if val:
+        out["final_val_loss"] = val[-1]["loss"]
+    return out
+
+
+def _median(xs: list[float]) -> float | None:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else None
+
+
+def verify_pretrain(ctx: Context) -> None:
+    from scratchllm.train.checkpoint import read_json, verify_checkpoint
+
+    path = base_model_dir(ctx)
+    verify_checkpoint(path)
+    want = ctx.cfg.train_config().train.max_steps
+    state = read_json(path / "state.json")
+    if int(state.get("step", -1)) < want:
+        raise ScratchError(f"the last checkpoint {path} is at step {state.get('step')}, not {want}")
+
+
+# ------------------------------------------------------------------------------------------------
+# eval
+
+
+def heldout_task(ctx: Context) -> Path:
+    """Write the val split's documents as a perplexity task (``scratchllm eval --tasks <it>`` reruns it)."""
+    from scratchllm.data.shards import iter_documents
+    from scratchllm.io import atomic_write_text
+
+    tok = load_tokenizer(ctx)
+    limit = ctx.cfg.eval.heldout_documents
+    lines = []
+    for _, ids in iter_documents(ctx.dir("data"), "val"):
+        ids = [int(i) for i in ids if int(i) != tok.eos_id]
+        if ids:
+            lines.append(json.dumps({"text": tok.decode(ids)}))
+        if limit and len(lines) >= limit:
+            break
+    if not lines:
+        raise ScratchError("the data has no val documents for held-out perplexity", "set data.val_fraction > 0")
+    out = ctx.dir("eval") / "heldout"
+    atomic_write_text(out / "data.jsonl", "\n".join(lines) + "\n")
+    atomic_write_text(out / "task.toml", (
+        'name = "heldout"\ntype = "perplexity"\n'
+        f'description = "Held-out perplexity on {len(lines)} documents of this run\'s val split"\n'
+        'data = "data.jsonl"\ntext = "text"\n'))
+    return out / "task.toml"
+
+
+def baseline_texts(ctx: Context) -> list[str]:
+    """The train split's documents (up to eval.baseline_train_tokens): what the n-gram baselines fit."""
+    from scratchllm.data.shards import iter_documents
+
+    tok = load_tokenizer(ctx)
+    budget = ctx.cfg.eval.baseline_train_tokens
+    texts, n = [], 0
+    for _, ids in iter_documents(ctx.dir("data"), "train"):
+        ids = [int(i) for i in ids if int(i) != tok.eos_id]
+        texts.append(tok.decode(ids))
+        n += len(ids)
+        if budget and n >= budget:
+            break
+    return texts
+
+
+def run_eval(ctx: Context) -> dict[str, Any]:
+    from scratchllm.eval.lm import ScratchLM
+    from scratchllm.eval.report import write_results
+    from scratchllm.eval.runner import EvalSettings, evaluate
+    from scratchllm.eval.tasks import resolve_tasks
+    from scratchllm.model.model import Transformer
+
+    e = ctx.cfg.eval
+    tok = load_tokenizer(ctx)
+    device = _device(ctx)
+    specs = resolve_tasks([str(heldout_task(ctx)), *e.tasks])
+    train_texts: list[str] | None = None
+
+    def baseline_documents() -> list[str]:
+        nonlocal train_texts
+        if train_texts is None:
+            train_texts = baseline_texts(ctx)
+        return train_texts
+
+    summary: dict[str, Any] = {"models": {}, "baselines": {}, "samples": {}}
+    for i, (label, model_dir) in enumerate(trained_models(ctx)):
+        model = Transformer.from_pretrained(model_dir)
+        lm = ScratchLM(model, tok, name=label, device=device)
+        # The baselines do not depend on the model: fit and score them once, with the first.
+        settings = EvalSettings(limit=e.limit, batch_size=e.batch_size, baselines=e.baselines if i == 0 else [],
+                                baseline_documents=baseline_documents, seed=ctx.cfg.seed)
+        results = evaluate(lm, specs, settings, on_task=lambda name, lbl=label: ctx.log(f"eval {lbl}: {name}"))
+        results = {"model": {"name": label, "path": str(model_dir), **lm.info}, **results}
+        write_results(results, ctx.dir("eval") / label)
+        held = results["tasks"]["heldout"]
+        summary["models"][label] = {
+            "path": str(model_dir), "parameters": lm.info["parameters"],
+            "tasks": {name: r["metrics"] for name, r in results["tasks"].items()},
+        }
+        if i == 0:
+            summary["baselines"] = {k: v for k, v in held.get("baselines", {}).items() if not k.startswith("_")}
+            summary["baseline_train_tokens"] = held.get("baselines", {}).get("_train_tokens")
+            summary["heldout"] = {"documents": held["n"], "tokens": held["tokens"], "bytes": held["bytes"]}
+        summary["samples"][label] = sample_generations(model, tok, label, e, device, ctx.cfg.seed)
+    ppl = {k: v["tasks"]["heldout"]["token_perplexity"] for k, v in summary["models"].items()}
+    base = {k: v["token_perplexity"] for k, v in summary["baselines"].items()}
+    summary["beats_baselines"] = {m: all(p < b for b in base.values()) for m, p in ppl.items()}
+    from scratchllm.io import atomic_write_text
+
+    atomic_write_text(ctx.dir("eval") / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
+    return {"heldout_ppl": ppl, "baseline_ppl": base, "beats_baselines": summary["beats_baselines"]}
+
+
+def sample_generations(model: Any, tok: Any, label: str, e: Any, device: str, seed: int) -> list[dict[str, str]]:
+    """Continuations of the sample prompts: plain text for the base model, a user turn for chat models."""
+    import torch
+
+    from scratchllm.data.synthetic import sample
+
+    chat = label != "pretrain"
+    out = []
+    model = model.to(device).eval()
+    for j, prompt in enumerate(e.sample_prompts):
+        if chat:
+            from scratchllm.finetune.chat import encode_chat
+
+            ids, _ = encode_chat(tok, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+            stop = tok.special_tokens.get("<|end|>")
+        else:
+            ids, stop = tok.encode(prompt) or [tok.eos_id], tok.eos_id
+        g = torch.Generator(device=device).manual_seed(seed + j)
+        new = sample(model, ids, e.sample_tokens, e.temperature, e.top_k, g, model.cfg.context_length, stop,
+                     torch.device(device))
+        out.append({"prompt": prompt, "format": "chat" if chat else "text", "completion": tok.decode(new)})
+    return out
+
+
+def verify_eval(ctx: Context) -> None:
+    summary_path = ctx.dir("eval") / "summary.json"
+    _need(summary_path, "eval summary")
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    for label, _ in trained_models(ctx):
+        _need(ctx.dir("eval") / label / "results.json", f"eval results of {label}")
+        if label not in summary["models"]:
+            raise ScratchError(f"the eval summary has no results for {label}")
+
+
+# ------------------------------------------------------------------------------------------------
+# export to Hugging Face
+
+
+def run_export_hf(ctx: Context) -> dict[str, Any]:
+    import torch
+
+    from scratchllm.model.hf import export_hf
+    from scratchllm.model.model import Transformer
+
+    src = final_model_dir(ctx)
+    model = Transformer.from_pretrained(src).eval()
+    out = export_hf(model, ctx.dir("export_hf"), load_tokenizer(ctx))
+    # Check the export the way a user would: transformers loads it offline and gives our logits.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
+    hf_tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    ids = torch.tensor([hf_tok("def main():\n    return 42")["input_ids"]])
+    with torch.no_grad():
+        diff = (hf(ids).logits - model(ids)).abs().max().item()
+    if diff > 1e-3:
+        raise ScratchError(f"the exported model's logits differ from ours by {diff:.2e}", "report this as a bug")
+    return {"source": str(src), "path": str(out), "max_logit_diff": diff}
+
+
+def verify_export_hf(ctx: Context) -> None:
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        _need(ctx.dir("export_hf") / name, f"exported {name}")
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def run_report(ctx: Context) -> dict[str, Any]:
+    from scratchllm.pipeline.report import write_report
+
+    return write_report(ctx)
+
+
+def verify_report(ctx: Context) -> None:
+    for name in ("report.md", "report.html"):
+        _need(ctx.dir("report") / name, name)
+
+
+def all_stages() -> list[Stage]:
+    return [
+        Stage("tokenizer", run_tokenizer, verify_tokenizer, "train the BPE tokenizer"),
+        Stage("data", run_data, verify_data, "ingest, clean, filter, dedup, mix, shard"),
+        Stage("pretrain", run_pretrain, verify_pretrain, "pre-train the model (resumes from its checkpoints)"),
+        Stage("eval", run_eval, verify_eval, "held-out perplexity vs n-gram baselines, tasks, samples"),
+        Stage("export_hf", run_export_hf, verify_export_hf, "export to Hugging Face Llama and check with transformers",
+              requires=("transformers",)),
+        Stage("report", run_report, verify_report, "write report.md / report.html with plots"),
+    ]
