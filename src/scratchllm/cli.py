@@ -23,6 +23,7 @@ STAGES: list[str] = [
     "scratchllm.model.hf_cli",
     "scratchllm.data.cli",
     "scratchllm.train.cli",
+    "scratchllm.finetune.cli",
     "scratchllm.eval.cli",
     "scratchllm.pipeline.cli",
 ]
