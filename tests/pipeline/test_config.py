@@ -1,0 +1,60 @@
+"""Pipeline config: presets resolve, stage tables are checked strictly, every path goes into run_dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scratchllm.config import load_config
+from scratchllm.errors import ScratchError
+from scratchllm.pipeline.config import STAGE_NAMES, PipelineConfig, stage_tables
+from scratchllm.pipeline.stages import all_stages
+
+ROOT = Path(__file__).resolve().parents[2]
+PRESETS = sorted((ROOT / "configs" / "pipeline").glob("*.toml"))
+
+
+@pytest.fixture(autouse=True)
+def _repo_root(monkeypatch):
+    monkeypatch.chdir(ROOT)  # presets name other presets relative to the repository root
+
+
+def test_presets_exist():
+    assert {p.stem for p in PRESETS} >= {"micro", "cpu-demo", "gpu-125m"}
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_every_preset_resolves_with_paths_in_run_dir(preset, tmp_path):
+    cfg = load_config(PipelineConfig, preset, [f"run_dir={tmp_path}"])
+    tables = stage_tables(cfg)
+    assert set(tables) == set(STAGE_NAMES)
+    assert tables["tokenizer"]["output"] == str(tmp_path / "tokenizer")
+    assert tables["data"]["out_dir"] == str(tmp_path / "data")
+    assert tables["data"]["tokenizer"] == str(tmp_path / "tokenizer")
+    assert tables["pretrain"]["out_dir"] == str(tmp_path / "pretrain")
+    assert tables["pretrain"]["data"]["path"] == str(tmp_path / "data")
+    # The model's vocabulary follows the tokenizer's unless set explicitly.
+    assert tables["pretrain"]["model"]["vocab_size"] == tables["tokenizer"]["tokenizer"]["vocab_size"]
+
+
+def test_stage_order_matches_the_stage_list():
+    assert [s.name for s in all_stages()] == list(STAGE_NAMES)
+
+
+def test_unknown_key_in_a_stage_table_names_the_stage_and_key():
+    with pytest.raises(ScratchError) as e:
+        load_config(PipelineConfig, ROOT / "configs/pipeline/micro.toml", ["pretrain.train.max_stepz=3"])
+    assert "[pretrain]" in e.value.message and "train.max_stepz" in e.value.message
+    with pytest.raises(ScratchError, match="unknown stage 'trian'"):
+        load_config(PipelineConfig, ROOT / "configs/pipeline/micro.toml", ["skip=['trian']"])
+
+
+def test_overrides_reach_the_stage_and_change_its_fingerprint_input(tmp_path):
+    base = stage_tables(load_config(PipelineConfig, ROOT / "configs/pipeline/micro.toml"))
+    cfg = load_config(PipelineConfig, ROOT / "configs/pipeline/micro.toml",
+                      ["pretrain.train.max_steps=7", "tokenizer.tokenizer.vocab_size=300"])
+    tables = stage_tables(cfg)
+    assert tables["pretrain"]["train"]["max_steps"] == 7
+    assert tables["pretrain"]["model"]["vocab_size"] == 300
+    assert tables["data"] == base["data"] and tables["tokenizer"] != base["tokenizer"]

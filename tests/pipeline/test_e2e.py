@@ -1,0 +1,113 @@
+"""End to end on the micro preset: SIGKILL mid-training, resume, then check every artefact of every stage."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from scratchllm.cli import main
+from scratchllm.pipeline.runner import STATE_DIR
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, ckpts: Path, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any((p / "checksums.json").exists() for p in ckpts.glob("step_*")):
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the pipeline exited ({proc.returncode}) before writing a checkpoint:\n{proc.stdout.read()}")
+        time.sleep(0.05)
+    pytest.fail("no checkpoint within the timeout")
+
+
+def test_micro_pipeline_killed_resumed_and_every_artefact_checked(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    run_dir = tmp_path / "run"
+    args = ["pipeline", "--config", "configs/pipeline/micro.toml", f"run_dir={run_dir}"]
+
+    # 1. kill -9 the pipeline as soon as pre-training has written its first checkpoint.
+    proc = subprocess.Popen([sys.executable, "-m", "scratchllm", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_checkpoint(proc, run_dir / "pretrain" / "checkpoints")
+    finally:
+        proc.kill()
+        proc.wait()
+    state = run_dir / STATE_DIR
+    assert (state / "tokenizer.done.json").exists() and (state / "data.done.json").exists()
+    assert not (state / "pretrain.done.json").exists()
+
+    # 2. Rerun: the finished stages are skipped, training continues from its checkpoint.
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "tokenizer: complete, skipped" in err and "data: complete, skipped" in err
+    assert re.search(r"train: resuming at step \d+", err), err
+    assert "starting from step 0" not in err
+
+    # 3. Every artefact.
+    from scratchllm.data.shards import load_manifest, verify
+    from scratchllm.tokenizer import Tokenizer
+    from scratchllm.train.checkpoint import latest_checkpoint, verify_checkpoint
+
+    tok = Tokenizer.load(run_dir / "tokenizer")
+    assert tok.decode(tok.encode("def f(x): return x + 1")) == "def f(x): return x + 1"
+    assert verify(run_dir / "data") == []
+    _, manifest = load_manifest(run_dir / "data")
+    assert manifest["splits"]["train"]["tokens"] > 0 and manifest["splits"]["val"]["tokens"] > 0
+    ckpt = latest_checkpoint(run_dir / "pretrain" / "checkpoints")
+    assert ckpt.name == "step_000020"
+    verify_checkpoint(ckpt)
+    rows = [json.loads(line) for line in (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [5, 10, 15, 20]  # no duplicated steps after resume
+
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    held = summary["models"]["pretrain"]["tasks"]["heldout"]
+    assert math.isfinite(held["token_perplexity"]) and 1 < held["token_perplexity"] < tok.vocab_size
+    assert set(summary["baselines"]) == {"unigram", "bigram", "kneser_ney_3"}
+    # Witten-Bell bigram and KN trigram beat add-one unigram on held-out text, as they must.
+    ppl = {k: v["token_perplexity"] for k, v in summary["baselines"].items()}
+    assert ppl["kneser_ney_3"] < ppl["unigram"] and ppl["bigram"] < ppl["unigram"]
+    assert (run_dir / "eval" / "pretrain" / "results.json").exists()
+    assert [s["prompt"] for s in summary["samples"]["pretrain"]] == ["The ", "What is 2+3?"]
+
+    export = json.loads((state / "export_hf.done.json").read_text())["summary"]
+    assert export["max_logit_diff"] < 1e-3
+    assert json.loads((run_dir / "export_hf" / "config.json").read_text())["model_type"] == "llama"
+
+    report = (run_dir / "report" / "report.md").read_text()
+    for heading in ("Held-out perplexity against n-gram baselines", "Training", "Sample generations",
+                    "Post-mortem", "Reproduce"):
+        assert f"## {heading}" in report
+    assert "kneser_ney_3" in report and "git commit" in report
+    for png in re.findall(r"\]\((\w+\.png)\)", report):
+        assert (run_dir / "report" / png).read_bytes()[:4] == b"\x89PNG"
+    assert "<table>" in (run_dir / "report" / "report.html").read_text()
+
+    # 4. A rerun does nothing; --from report redoes only the report.
+    assert main(args) == 0
+    assert "running" not in capsys.readouterr().err
+    before = (state / "eval.done.json").read_text()
+    assert main([*args, "--from", "report"]) == 0
+    err = capsys.readouterr().err
+    assert "report: running" in err and "eval: complete, skipped" in err
+    assert (state / "eval.done.json").read_text() == before
+
+
+def test_stage_failure_names_stage_and_resume_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    args = ["pipeline", "--config", "configs/pipeline/micro.toml", f"run_dir={tmp_path}",
+            "tokenizer.corpus.files=['/nonexistent/corpus/*.txt']"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "error: stage 'tokenizer' failed: no files match" in err
+    assert "resume with: scratchllm pipeline --config configs/pipeline/micro.toml" in err
+    assert "tokenizer.corpus.files=" in err  # the resume command repeats the overrides
