@@ -1,0 +1,42 @@
+"""``scratchllm finetune``: instruction-tune a model (full, LoRA or QLoRA) from a TOML preset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+DEFAULT_CONFIG = "configs/finetune/cpu-lora.toml"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from scratchllm.cli import add_config_arguments
+
+    p = subparsers.add_parser(
+        "finetune",
+        help="instruction-tune a model: full fine-tuning, LoRA or QLoRA (NF4), with the training loop",
+        description="Supervised fine-tuning on chats (the embedded instruction set or a JSONL file), loss on "
+        "assistant tokens only. Writes out_dir/model (merged), out_dir/adapter and out_dir/peft_adapter, "
+        "and out_dir/report.json (held-out loss/accuracy before and after).",
+    )
+    add_config_arguments(p, DEFAULT_CONFIG)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
+    p.set_defaults(func=cmd_finetune)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from scratchllm.config import load_config
+    from scratchllm.finetune.config import FinetuneConfig
+    from scratchllm.finetune.run import run
+
+    cfg = load_config(FinetuneConfig, args.config, args.overrides)
+    stopped, report = run(cfg, resume=args.resume)
+    if stopped.reason != "done":
+        print(f"stopped by {stopped.reason} after step {stopped.step}; continue with --resume", file=sys.stderr)
+        return stopped.exit_code
+    summary = {k: report[k] for k in ("method", "trainable_params", "total_params", "before", "after") if k in report}
+    print(json.dumps(summary, indent=2))
+    print(f"done: merged model in {cfg.out_dir}/model"
+          + ("" if cfg.method == "full" else f", adapters in {cfg.out_dir}/adapter and {cfg.out_dir}/peft_adapter"),
+          file=sys.stderr)
+    return 0
