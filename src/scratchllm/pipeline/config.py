@@ -94,7 +94,7 @@ class PipelineConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ScratchError(f"device must be auto, cpu or cuda, got {self.device!r}")
         # Resolve the tables of the stages that exist today so a typo fails before hours of training.
-        self.tokenizer_config(), self.data_config(), self.train_config()
+        self.tokenizer_config(), self.data_config(), self.train_config(), self.sft_config()
 
     # The resolved stage configs, every path pointing into run_dir.
 
@@ -127,6 +127,18 @@ class PipelineConfig:
         if self.device != "auto":
             table.setdefault("train", {})["device"] = self.device
         return _section("pretrain", TrainConfig, table)
+
+    def sft_config(self):  # -> FinetuneConfig
+        from scratchllm.finetune.config import FinetuneConfig
+
+        table = merged(self.sft, {
+            "out_dir": str(self.run_dir / "sft"), "base.checkpoint": str(self.run_dir / "pretrain"),
+            "base.tokenizer": str(self.run_dir / "tokenizer"),
+        })
+        table.setdefault("seed", self.seed)
+        if self.device != "auto":
+            table.setdefault("train", {})["device"] = self.device
+        return _section("sft", FinetuneConfig, table)
 
 
 def merged(table: dict[str, Any], forced: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -170,7 +182,7 @@ def stage_tables(cfg: PipelineConfig) -> dict[str, Any]:
         "tokenizer": to_dict(cfg.tokenizer_config()),
         "data": to_dict(cfg.data_config()),
         "pretrain": to_dict(cfg.train_config()),
-        "sft": merged(cfg.sft),
+        "sft": to_dict(cfg.sft_config()),
         "dpo": merged(cfg.dpo),
         "eval": to_dict(cfg.eval),
         "quantize": merged(cfg.quantize),
@@ -179,6 +191,6 @@ def stage_tables(cfg: PipelineConfig) -> dict[str, Any]:
         "report": to_dict(cfg.report),
     }
     # Runtime-only settings that do not change what a stage computes.
-    for t in ("pretrain",):
+    for t in ("pretrain", "sft"):
         tables[t].get("log", {}).pop("progress", None)
     return tables

@@ -176,6 +176,37 @@ def verify_pretrain(ctx: Context) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# sft (LoRA)
+
+
+def run_sft(ctx: Context) -> dict[str, Any]:
+    from scratchllm.finetune.run import run
+
+    cfg = ctx.cfg.sft_config()
+    stopped, report = run(cfg, resume=True, progress=True)
+    if stopped.reason != "done":
+        from scratchllm.pipeline.runner import StageInterrupted
+
+        raise StageInterrupted(f"fine-tuning stopped by {stopped.reason} at step {stopped.step}")
+    out = _training_summary(ctx, "sft", ctx.dir("sft") / "model", cfg.train.max_steps)
+    out.update({k: report[k] for k in ("method", "trainable_params", "total_params", "before", "after") if k in report})
+    if cfg.method != "full":
+        out["adapter_dir"] = str(ctx.dir("sft") / "adapter")
+    return out
+
+
+def verify_sft(ctx: Context) -> None:
+    from scratchllm.model.model import Transformer
+
+    d = ctx.dir("sft")
+    _need(d / "report.json", "fine-tuning report")
+    Transformer.from_pretrained(d / "model")
+    if ctx.cfg.sft_config().method != "full":
+        _need(d / "adapter", "LoRA adapter")
+        _need(d / "peft_adapter" / "adapter_config.json", "PEFT adapter")
+
+
+# ------------------------------------------------------------------------------------------------
 # eval
 
 
@@ -352,6 +383,8 @@ def all_stages() -> list[Stage]:
         Stage("tokenizer", run_tokenizer, verify_tokenizer, "train the BPE tokenizer"),
         Stage("data", run_data, verify_data, "ingest, clean, filter, dedup, mix, shard"),
         Stage("pretrain", run_pretrain, verify_pretrain, "pre-train the model (resumes from its checkpoints)"),
+        Stage("sft", run_sft, verify_sft, "instruction-tune with LoRA (resumes from its checkpoints)",
+              requires=("scratchllm.finetune.run",)),
         Stage("eval", run_eval, verify_eval, "held-out perplexity vs n-gram baselines, tasks, samples"),
         Stage("export_hf", run_export_hf, verify_export_hf, "export to Hugging Face Llama and check with transformers",
               requires=("transformers",)),
