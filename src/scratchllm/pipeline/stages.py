@@ -365,6 +365,97 @@ def verify_export_hf(ctx: Context) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# serve + check with the official openai client
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def served_model_dir(ctx: Context) -> Path:
+    if ctx.cfg.serve.model == "quantized" and ctx.done("quantize") is not None:
+        return Path(ctx.done("quantize")["summary"]["path"])
+    return final_model_dir(ctx)
+
+
+def serve_command(ctx: Context, model_dir: Path, host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "scratchllm", "serve", str(model_dir), "--tokenizer", str(ctx.dir("tokenizer")),
+            "--host", host, "--port", str(port), *ctx.cfg.serve.extra_args]
+
+
+def run_serve(ctx: Context) -> dict[str, Any]:
+    """Start `scratchllm serve` in a child process, query it with the openai client, stop it."""
+    import subprocess
+    import time
+
+    from openai import OpenAI
+
+    from scratchllm.io import atomic_write_text
+
+    s = ctx.cfg.serve
+    port = s.port or _free_port(s.host)
+    model_dir = served_model_dir(ctx)
+    cmd = serve_command(ctx, model_dir, s.host, port)
+    log_path = ctx.dir("serve") / "server.log"
+    ctx.log(f"serve: {' '.join(cmd)}  (log: {log_path})")
+    with open(log_path, "w", encoding="utf-8") as server_log:
+        proc = subprocess.Popen(cmd, stdout=server_log, stderr=subprocess.STDOUT)
+    try:
+        client = OpenAI(base_url=f"http://{s.host}:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+        deadline = time.monotonic() + s.startup_timeout
+        t0 = time.monotonic()
+        while True:
+            if proc.poll() is not None:
+                tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
+                raise ScratchError(f"the server exited with status {proc.returncode} before answering:\n{tail}",
+                                   f"see {log_path}")
+            try:
+                models = [m.id for m in client.models.list().data]
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                if time.monotonic() > deadline:
+                    raise ScratchError(f"the server did not answer within {s.startup_timeout:.0f}s",
+                                       f"see {log_path}; raise serve.startup_timeout") from None
+                time.sleep(0.5)
+        startup = time.monotonic() - t0
+        model = models[0]
+        t0 = time.monotonic()
+        comp = client.completions.create(model=model, prompt=s.prompt, max_tokens=s.max_tokens, temperature=0.0)
+        comp_s = time.monotonic() - t0
+        chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": s.chat_prompt}],
+                                              max_tokens=s.max_tokens, temperature=0.0)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    result = {
+        "model_dir": str(model_dir), "models": models, "startup_seconds": round(startup, 2),
+        "completion": {"prompt": s.prompt, "text": comp.choices[0].text, "finish_reason": comp.choices[0].finish_reason,
+                       "usage": comp.usage.model_dump() if comp.usage else None, "seconds": round(comp_s, 3)},
+        "chat": {"prompt": s.chat_prompt, "text": chat.choices[0].message.content,
+                 "finish_reason": chat.choices[0].finish_reason},
+        "serve_command": " ".join(["scratchllm", *cmd[3:]]),
+    }
+    atomic_write_text(ctx.dir("serve") / "check.json", json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def verify_serve(ctx: Context) -> None:
+    path = ctx.dir("serve") / "check.json"
+    _need(path, "served-completion check")
+    check = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(check.get("completion", {}).get("text"), str):
+        raise ScratchError(f"{path} holds no completion")
+
+
+# ------------------------------------------------------------------------------------------------
 
 
 def run_report(ctx: Context) -> dict[str, Any]:
