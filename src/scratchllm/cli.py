@@ -24,6 +24,7 @@ STAGES: list[str] = [
     "scratchllm.data.cli",
     "scratchllm.train.cli",
     "scratchllm.finetune.cli",
+    "scratchllm.align.cli",
     "scratchllm.eval.cli",
     "scratchllm.pipeline.cli",
 ]

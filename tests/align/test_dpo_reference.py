@@ -111,6 +111,18 @@ def test_label_smoothing_is_the_mix_of_both_label_orders(trl_setup):
     assert float(loss) == pytest.approx((1 - e) * straight + e * swapped, rel=1e-6)
 
 
+def test_sft_term_equals_trls_sigmoid_plus_sft(trl_setup):
+    """RPO: sigmoid DPO + coef * NLL(chosen) = trl's loss_type=["sigmoid", "sft"] with weights [1, coef]."""
+    trainer, rows, _, _ = trl_setup
+    coef = 0.7
+    trainer.loss_types, trainer.loss_weights, trainer.beta = ["sigmoid", "sft"], [1.0, coef], 0.1
+    batch = trainer.data_collator(rows)
+    with torch.no_grad():
+        expected = float(trainer.compute_loss(trainer.model, batch))
+        loss, _ = DPOObjective(HFLogits(trainer.ref_model), 0.1, sft_coef=coef)(HFLogits(trainer.model), batch)
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+
+
 def test_per_pair_rewards_equal_trl(trl_setup):
     trainer, rows, _, _ = trl_setup
     for row in rows:

@@ -7,7 +7,9 @@ delta = h_w - h_l, the per-pair losses are
     robust   (-(1 - e) log sigmoid(beta delta) + e log sigmoid(-beta delta)) / (1 - 2e)   (rDPO)
     ipo      (delta' - 1 / (2 beta))^2, delta' = h_w / |y_w| - h_l / |y_l|   (IPO, length-normalised as trl)
 
-The implicit rewards are beta * h_w and beta * h_l; logged are their means, the margin and the
+Optionally ``sft_coef`` adds the chosen replies' mean token negative log-likelihood (RPO, Pang et al. 2024;
+trl's "sft" loss term), which keeps DPO from lowering the chosen replies' likelihood along with the
+rejected ones. The implicit rewards are beta * h_w and beta * h_l; logged are their means, the margin and the
 accuracy (fraction of pairs whose chosen reward is higher). log pi(y|x) is the sum of the reply's
 token log-probs (prompt tokens excluded). Checked against trl's DPOTrainer in tests/align.
 """
@@ -103,14 +105,18 @@ class DPOObjective:
     """
 
     def __init__(self, reference: nn.Module, beta: float = 0.1, loss_type: str = "sigmoid",
-                 label_smoothing: float = 0.0) -> None:
+                 label_smoothing: float = 0.0, sft_coef: float = 0.0) -> None:
         check_dpo_settings(beta, loss_type, label_smoothing)
+        if sft_coef < 0:
+            raise ScratchError(f"dpo.sft_coef must be >= 0, got {sft_coef}", "0 disables the NLL term")
         self.reference = reference.eval().requires_grad_(False)
-        self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
+        self.beta, self.loss_type, self.label_smoothing, self.sft_coef = beta, loss_type, label_smoothing, sft_coef
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         ids, mask = batch["input_ids"], batch["completion_mask"]
-        logps = sequence_logps(model, ids, mask)
+        target_mask = mask[:, 1:]
+        per_token = token_logps(model, ids)
+        logps = (per_token * target_mask).sum(-1)
         with torch.no_grad():
             ref_logps = sequence_logps(self.reference, ids, mask)
         lengths = mask.sum(-1).float()
@@ -119,7 +125,14 @@ class DPOObjective:
         len_c, len_r = lengths.chunk(2)
         losses, r_c, r_r = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta, self.loss_type,
                                     self.label_smoothing, len_c, len_r)
-        return losses.mean(), reward_metrics(r_c, r_r, chosen.detach(), rejected.detach())
+        loss = losses.mean()
+        metrics = reward_metrics(r_c, r_r, chosen.detach(), rejected.detach())
+        if self.sft_coef:
+            chosen_tokens, chosen_mask = per_token.chunk(2)[0], target_mask.chunk(2)[0]
+            nll = -(chosen_tokens * chosen_mask).sum() / chosen_mask.sum().clamp(min=1)
+            loss = loss + self.sft_coef * nll
+            metrics["nll/chosen"] = float(nll.detach())
+        return loss, metrics
 
 
 def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
@@ -135,6 +148,8 @@ def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
     if chosen_logps is not None and rejected_logps is not None:
         out["logps/chosen"] = float(chosen_logps.float().mean())
         out["logps/rejected"] = float(rejected_logps.float().mean())
+        # Does the policy itself rank the chosen reply higher? (meaningful before training, unlike rewards)
+        out["logps/accuracies"] = float((chosen_logps > rejected_logps).float().mean())
     return out
 
 

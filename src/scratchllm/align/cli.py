@@ -1,0 +1,48 @@
+"""``scratchllm align dpo|reward|ppo|constitutional --config ...``: alignment after SFT."""
+
+from __future__ import annotations
+
+import argparse
+
+COMMANDS = {
+    "dpo": ("Direct Preference Optimisation against a frozen reference (sigmoid/cDPO, robust, IPO)",
+            "configs/align/dpo.toml"),
+    "reward": ("train a reward model (the decoder + a scalar head, Bradley-Terry loss)", "configs/align/reward.toml"),
+    "ppo": ("RLHF-style policy optimisation: GRPO with a KL penalty, rewards from the checker or a reward model",
+            "configs/align/ppo.toml"),
+    "constitutional": ("critique -> revise with a written constitution; writes preference pairs for DPO",
+                       "configs/align/constitutional.toml"),
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from scratchllm.cli import add_config_arguments
+
+    p = subparsers.add_parser("align", help="align a fine-tuned model: reward model, DPO, GRPO, constitutional data",
+                              description="Alignment after SFT. Each command reads a TOML preset plus key=value "
+                              "overrides and writes out_dir/model and out_dir/report.json (held-out metrics "
+                              "before and after).")
+    sub = p.add_subparsers(dest="align_command", metavar="<command>", required=True)
+    for name, (help_text, default) in COMMANDS.items():
+        c = sub.add_parser(name, help=help_text, description=help_text)
+        add_config_arguments(c, default)
+        if name != "constitutional":
+            c.add_argument("--resume", action="store_true",
+                           help="continue from the latest checkpoint in out_dir (start fresh if there is none)")
+        c.set_defaults(func=cmd_align)
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from scratchllm.align.config import AlignConfig
+    from scratchllm.config import load_config
+
+    cfg = load_config(AlignConfig, args.config, args.overrides)
+    if args.align_command == "constitutional":
+        from scratchllm.align.constitutional import run_constitutional
+
+        run_constitutional(cfg)
+        return 0
+    from scratchllm.align import run
+
+    runner = {"dpo": run.run_dpo, "reward": run.run_reward, "ppo": run.run_ppo}[args.align_command]
+    return int(runner(cfg, resume=args.resume)["exit_code"])

@@ -1,0 +1,267 @@
+"""``scratchllm align dpo|reward|ppo``: load the models and data, train with the one Trainer, report.
+
+Each run measures its held-out metric before and after training and writes ``out_dir/report.json``;
+the trained model goes to ``out_dir/model`` (a model directory; the reward model adds ``reward.json``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from scratchllm.align.config import AlignConfig
+from scratchllm.align.data import (
+    PairBatchSource,
+    PreferencePair,
+    batches_of,
+    checkable_pairs,
+    encode_pairs,
+    load_preferences,
+)
+from scratchllm.align.dpo import DPOObjective, check_reference, evaluate_pairs
+from scratchllm.errors import ScratchError
+from scratchllm.finetune.chat import CHAT_SPECIAL_TOKENS
+from scratchllm.io import atomic_write_text
+from scratchllm.train import checkpoint as ckpt
+from scratchllm.train.loop import Trainer, configure_torch, select_device
+from scratchllm.train.parallel import Dist
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --- models -------------------------------------------------------------------------------------------
+
+
+def load_tokenizer(path: Path) -> Any:
+    from scratchllm.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(path)
+    missing = [t for t in CHAT_SPECIAL_TOKENS if t not in tok.special_tokens]
+    if missing:
+        raise ScratchError(f"the tokenizer at {path} has no {missing[0]} token, needed by the chat format",
+                           "use the tokenizer the SFT model was trained with (default special tokens)")
+    return tok
+
+
+def load_model(path: Path, what: str, tokenizer: Any) -> nn.Module:
+    from scratchllm.model.model import Transformer
+
+    if (Path(path) / "reward.json").is_file():
+        raise ScratchError(f"{what} {path} is a reward model, not a language model",
+                           "point models.policy/models.reference at an SFT model directory")
+    model = Transformer.from_pretrained(path)
+    if tokenizer.vocab_size > model.cfg.vocab_size:
+        raise ScratchError(f"the tokenizer has {tokenizer.vocab_size} tokens but the {what} model's vocab_size is "
+                           f"{model.cfg.vocab_size}", "use the tokenizer the model was trained with")
+    return model
+
+
+def load_policy_and_reference(cfg: AlignConfig, tokenizer: Any) -> tuple[nn.Module, nn.Module]:
+    """The policy to train and a frozen reference (by default a copy of the policy's starting weights)."""
+    policy = load_model(cfg.models.policy, "policy", tokenizer)
+    if cfg.models.reference is None:
+        reference = copy.deepcopy(policy)
+    else:
+        reference = load_model(cfg.models.reference, "reference", tokenizer)
+        check_reference(policy, reference)
+    return policy, reference.requires_grad_(False).eval()
+
+
+def make_trainer(cfg: AlignConfig, model: nn.Module, source: Any, loss_fn: Callable, resume: bool) -> Trainer:
+    """The one Trainer, single process, with this run's loss and batch source; resumes if asked."""
+    configure_torch(cfg)  # type: ignore[arg-type]
+    device = select_device(cfg.train.device, Dist())
+    trainer = Trainer(cfg, model, source, loss_fn=loss_fn, device=device)  # type: ignore[arg-type]
+    existing = ckpt.latest_checkpoint(trainer.ckpt_root)
+    if resume:
+        if trainer.resume() is None:
+            log(f"note: --resume: no checkpoint in {trainer.ckpt_root} yet, starting from step 0")
+    elif existing is not None:
+        raise ScratchError(f"{cfg.out_dir} already holds a run (latest checkpoint: {existing.name})",
+                           "continue it with --resume, or choose a new out_dir=... (or delete the old run)")
+    return trainer
+
+
+def move(module: nn.Module, trainer: Trainer) -> nn.Module:
+    return module.to(trainer.device)
+
+
+def write_report(cfg: AlignConfig, report: dict[str, Any]) -> None:
+    atomic_write_text(Path(cfg.out_dir) / "report.json", json.dumps(report, indent=2) + "\n")
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+def checkable_examples(cfg: AlignConfig) -> tuple[list[Any], list[Any]]:
+    from scratchllm.finetune.instruct_data import embedded_instructions
+
+    d = cfg.data
+    kinds = tuple(d.kinds)
+    return (embedded_instructions(d.n_train, "train", cfg.seed, kinds, d.system_prompt),
+            embedded_instructions(d.n_heldout, "heldout", cfg.seed, kinds, d.system_prompt))
+
+
+def policy_sampler(policy: nn.Module, tokenizer: Any, cfg: AlignConfig) -> Callable[[list[Any]], list[str]]:
+    """One sampled reply per example (temperature 1), to find the policy's own mistakes."""
+    from scratchllm.align.grpo import prompt_ids, reply_text, respond
+
+    def sample(examples: list[Any]) -> list[str]:
+        out: list[str] = []
+        for i in range(0, len(examples), 64):
+            chunk = examples[i : i + 64]
+            replies = respond(policy, tokenizer, prompt_ids(tokenizer, [e.prompt for e in chunk]),
+                              cfg.ppo.max_new_tokens, temperature=1.0, seed=cfg.seed + i)
+            out += [reply_text(tokenizer, r) for r in replies]
+        return out
+
+    return sample
+
+
+Examples = tuple[list[Any], list[Any]]
+
+
+def preference_data(cfg: AlignConfig, tokenizer: Any, policy: nn.Module, examples: Examples | None = None
+                    ) -> tuple[list[PreferencePair], list[PreferencePair], list[Any] | None]:
+    """Training pairs, held-out pairs, and (checkable source) the held-out examples for task accuracy."""
+    d = cfg.data
+    if d.source == "jsonl":
+        pairs = load_preferences(d.path)
+        if d.heldout_path is not None:
+            return pairs, load_preferences(d.heldout_path), None
+        order = list(range(len(pairs)))
+        random.Random(cfg.seed).shuffle(order)
+        k = max(1, round(len(pairs) * d.heldout_fraction))
+        if len(pairs) - k < 1:
+            raise ScratchError(f"{d.path}: {len(pairs)} pair(s) are too few to hold some out",
+                               "add pairs, or give data.heldout_path")
+        return [pairs[i] for i in order[k:]], [pairs[i] for i in order[:k]], None
+    train_ex, heldout_ex = examples or checkable_examples(cfg)
+    sampler = policy_sampler(policy, tokenizer, cfg) if d.policy_negatives else None
+    train = checkable_pairs(train_ex, cfg.seed, sampler)
+    heldout = checkable_pairs(heldout_ex, cfg.seed + 1)
+    log(f"data: {len(train)} training pairs, {len(heldout)} held-out pairs from checkable tasks")
+    return train, heldout, heldout_ex
+
+
+# --- the three trainers -------------------------------------------------------------------------------
+
+
+def run_dpo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> dict[str, Any]:
+    """DPO; ``examples`` (train, held-out) replaces the embedded checkable tasks with your own
+    (objects with ``prompt``, ``answer``, ``kind``, checked by ``is_correct``)."""
+    from scratchllm.align.grpo import evaluate_replies
+
+    torch.manual_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.models.tokenizer)
+    policy, reference = load_policy_and_reference(cfg, tokenizer)
+    train_pairs, heldout_pairs, heldout_ex = preference_data(cfg, tokenizer, policy, examples)
+    ctx = policy.cfg.context_length
+    train_enc = encode_pairs(train_pairs, tokenizer, ctx, "training pair")
+    heldout = batches_of(encode_pairs(heldout_pairs, tokenizer, ctx, "held-out pair"), cfg.train.batch_size,
+                         tokenizer.pad_id)
+    objective = DPOObjective(reference, cfg.dpo.beta, cfg.dpo.loss_type, cfg.dpo.label_smoothing, cfg.dpo.sft_coef)
+    source = PairBatchSource(train_enc, cfg.train.batch_size, tokenizer.pad_id, cfg.seed)
+    trainer = make_trainer(cfg, policy, source, objective, resume)
+    move(reference, trainer)
+
+    def measure() -> dict[str, float]:
+        m = evaluate_pairs(objective, policy, heldout)
+        if heldout_ex is not None:
+            m.update(evaluate_replies(policy, tokenizer, heldout_ex, cfg.ppo.eval_max_new_tokens))
+        return m
+
+    return _train_and_report(cfg, trainer, "dpo", measure, policy, tokenizer)
+
+
+def run_reward(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> dict[str, Any]:
+    from scratchllm.align.reward import RewardModel, RewardObjective, pair_accuracy
+
+    torch.manual_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.models.tokenizer)
+    policy = load_model(cfg.models.policy, "policy", tokenizer)
+    model = RewardModel.from_policy(policy)
+    train_pairs, heldout_pairs, _ = preference_data(cfg, tokenizer, policy, examples)
+    del policy
+    ctx = model.cfg.context_length
+    train_enc = encode_pairs(train_pairs, tokenizer, ctx, "training pair")
+    heldout = batches_of(encode_pairs(heldout_pairs, tokenizer, ctx, "held-out pair"), cfg.train.batch_size,
+                         tokenizer.pad_id)
+    source = PairBatchSource(train_enc, cfg.train.batch_size, tokenizer.pad_id, cfg.seed)
+    trainer = make_trainer(cfg, model, source, RewardObjective(cfg.reward.center_coef), resume)
+    return _train_and_report(cfg, trainer, "reward", lambda: pair_accuracy(model, heldout), model, tokenizer)
+
+
+def run_ppo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> dict[str, Any]:
+    from scratchllm.align.grpo import GRPOObjective, RolloutSource, checkable_reward, evaluate_replies, model_reward
+
+    torch.manual_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.models.tokenizer)
+    policy, reference = load_policy_and_reference(cfg, tokenizer)
+    if cfg.data.source != "checkable":
+        raise ScratchError("align ppo samples replies to the checkable instruction prompts (data.source = "
+                           "\"checkable\")", "set data.source=checkable; choose ppo.reward=model to score "
+                           "replies with a reward model instead of the checker")
+    train_ex, heldout_ex = examples or checkable_examples(cfg)
+    if cfg.ppo.reward == "model":
+        from scratchllm.align.reward import RewardModel
+
+        if cfg.models.reward_model is None:
+            raise ScratchError("ppo.reward = \"model\" needs models.reward_model",
+                               "train one with `scratchllm align reward` and set models.reward_model=DIR")
+        reward_model = RewardModel.from_pretrained(cfg.models.reward_model)
+        check_reference(policy, reward_model, ("policy", "reward"))
+        reward_fn = model_reward(reward_model.requires_grad_(False), tokenizer.pad_id)
+    else:
+        reward_model, reward_fn = None, checkable_reward
+    source = RolloutSource(policy, tokenizer, train_ex, reward_fn, cfg.ppo, cfg.seed)
+    trainer = make_trainer(cfg, policy, source, GRPOObjective(reference, cfg.ppo.kl_coef, cfg.ppo.clip_eps), resume)
+    move(reference, trainer)
+    if reward_model is not None:
+        move(reward_model, trainer)
+
+    def measure() -> dict[str, float]:
+        return evaluate_replies(policy, tokenizer, heldout_ex, cfg.ppo.eval_max_new_tokens, reward_fn)
+
+    return _train_and_report(cfg, trainer, "ppo", measure, policy, tokenizer)
+
+
+def _train_and_report(cfg: AlignConfig, trainer: Trainer, method: str, measure: Callable[[], dict[str, float]],
+                      model: nn.Module, tokenizer: Any) -> dict[str, Any]:
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"align {method}: {n / 1e6:.2f}M trainable parameters on {trainer.device}, "
+        f"{cfg.train.max_steps} steps -> {cfg.out_dir}")
+    before = measure()
+    log(f"held-out before: {_fmt(before)}")
+    result = trainer.fit()
+    report: dict[str, Any] = {"method": method, "steps": result.step, "stopped": result.reason,
+                              "exit_code": result.exit_code, "heldout_before": before}
+    if result.reason != "done":
+        log(f"stopped by {result.reason} after step {result.step}; checkpoint {result.checkpoint}\n"
+            "continue with the same command plus --resume")
+        return report
+    after = measure()
+    log(f"held-out after:  {_fmt(after)}")
+    out = Path(cfg.out_dir) / "model"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out, model_max_length=model.cfg.context_length)
+    report.update(heldout_after=after, model=str(out))
+    write_report(cfg, report)
+    log(f"done: model -> {out}, report -> {Path(cfg.out_dir) / 'report.json'}")
+    return report
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    keys = [k for k in ("task_accuracy", "accuracy", "reward", "rewards/accuracies", "rewards/margins", "loss")
+            if k in metrics]
+    return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys)
