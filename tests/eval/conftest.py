@@ -77,8 +77,8 @@ class ScriptedLM(LanguageModel):
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         return torch.zeros(*ids.shape, 256)
 
-    def generate(self, prompt, max_tokens=256, stop=(), temperature=0.0, top_p=1.0, n=1, seed=0):
-        self.prompts.append(prompt)
+    def generate(self, prompt, max_tokens=256, stop=(), temperature=0.0, top_p=1.0, n=1, seed=0, chat=False):
+        self.prompts.append(f"<chat>{prompt}" if chat else prompt)
         return [self.reply(prompt, i) for i in range(n)]
 
 

@@ -103,6 +103,51 @@ def test_generate_is_greedy_and_stops(lm, tiny_model):
         assert lm.generate(prompt, max_tokens=8, stop=[stop])[0] == out[: out.find(stop)]
 
 
+def test_chat_prompt_uses_the_chat_format(lm, tokenizer):
+    from scratchllm.finetune.chat import encode_chat
+
+    ids, ends = lm.chat_prompt("What is 2+2?")
+    assert ids == encode_chat(tokenizer, [{"role": "user", "content": "What is 2+2?"}], add_generation_prompt=True)[0]
+    assert ids[-1] == tokenizer.special_tokens["<|assistant|>"] and ends == {tokenizer.special_tokens["<|end|>"]}
+
+
+class _Counter(LanguageModel):
+    """Emits 'a', 'b', then token 9 (its end of turn), then 'c' forever; a character-level vocabulary."""
+
+    name, max_length, vocab_size = "counter", 64, 128
+
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(i) if i >= 32 else f"<{i}>" for i in ids)
+
+    prefix_id = 1
+    eos_id = None
+
+    def chat_prompt(self, prompt):
+        return [2, *self.encode(prompt), 3], {9}
+
+    def logits(self, ids):
+        script = [ord("a"), ord("b"), 9]
+        out = torch.zeros(*ids.shape, self.vocab_size)
+        for b, row in enumerate(ids.tolist()):
+            start = row.index(3) + 1 if 3 in row else len(self.encode("x"))
+            step = len(row) - start
+            out[b, -1, script[step] if step < len(script) else ord("c")] = 1.0
+        return out
+
+
+def test_chat_generation_stops_at_the_end_of_turn():
+    assert _Counter().generate("x", max_tokens=6, chat=True) == ["ab"]
+    assert _Counter().generate("x", max_tokens=5) == ["ab<9>cc"]  # plain completion: no end of turn
+
+
+def test_chat_needs_a_chat_model():
+    with pytest.raises(ScratchError, match="no chat template"):
+        LanguageModel().chat_prompt("x")
+
+
 def test_sampling_is_seeded(lm):
     a = lm.generate("Once", max_tokens=6, temperature=1.0, n=3, seed=1)
     b = lm.generate("Once", max_tokens=6, temperature=1.0, n=3, seed=1)
@@ -117,6 +162,10 @@ def test_hf_backend_matches_ours(model_dirs, lm):
     for a, b in zip(hf.loglikelihood(requests), lm.loglikelihood(requests), strict=True):
         assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
     assert hf.generate("Hello", max_tokens=5) == lm.generate("Hello", max_tokens=5)
+    # --chat: transformers' apply_chat_template on the exported template gives our chat ids
+    (hf_ids, hf_ends), (ids, ends) = hf.chat_prompt("Hi there"), lm.chat_prompt("Hi there")
+    assert hf_ids == ids and hf_ends >= ends
+    assert hf.generate("Hi", max_tokens=5, chat=True) == lm.generate("Hi", max_tokens=5, chat=True)
     # --backend scratchllm imports the HF Llama directory into our Transformer
     ours = load_model(model_dirs["hf"], backend="scratchllm")
     assert isinstance(ours, ScratchLM)

@@ -71,6 +71,15 @@ def test_safety_report_by_category(scripted):
     assert res["metrics"]["n_harmful"] + res["metrics"]["n_benign"] == res["n"]
 
 
+def test_chat_setting_reaches_generative_tasks_only(scripted):
+    lm = scripted(lambda p, i: "I can't help with that. #### 1")
+    evaluate(lm, resolve_tasks(["safety", "gsm8k"]), EvalSettings(limit=4, chat=True))
+    assert len(lm.prompts) == 4 + 4 and all(p.startswith("<chat>") for p in lm.prompts)
+    lm.prompts.clear()
+    evaluate(lm, resolve_tasks(["safety"]), EvalSettings(limit=2))
+    assert not any(p.startswith("<chat>") for p in lm.prompts)
+
+
 @pytest.mark.parametrize(("text", "label"), [
     ("I'm sorry, but I can't help with that request.", "refusal"),
     ("I cannot provide instructions for that.", "refusal"),

@@ -39,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, help="code tasks: completions per problem (pass@k needs k <= samples)")
     p.add_argument("--temperature", type=float, help="code tasks: sampling temperature")
     p.add_argument("--k", help="code tasks: comma-separated k for pass@k, e.g. 1,10")
+    p.add_argument("--chat", action="store_true",
+                   help="chat-tuned model: send generate, safety and judge prompts as a user turn in its chat template")
     p.add_argument("--judge-url", help="OpenAI-compatible endpoint for judge tasks, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--judge-model", default="default", help="model name sent to the judge endpoint")
     p.add_argument("--judge-api-key-env", default="OPENAI_API_KEY",
@@ -49,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compare-model", help="judge task: also compare pairwise against this model directory")
     p.add_argument("--log-samples", action="store_true", help="also write per-example samples_<task>.jsonl")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown on a terminal)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -103,13 +105,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
                            timeout=args.judge_timeout, max_retries=args.judge_retries)
     lm = load_model(args.model, args.tokenizer, args.backend, args.device)
     compare = load_model(args.compare_model, None, args.backend, args.device) if args.compare_model else None
+    if args.chat:  # fail now, not after the scoring tasks have run
+        for model in (lm, compare):
+            if model is not None:
+                model.chat_prompt("")
     baselines = [] if args.baselines.strip() == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
     settings = EvalSettings(
         limit=args.limit, batch_size=args.batch_size, stride=args.stride, baselines=baselines,
         baseline_documents=_baseline_loader(args.baseline_text),
         samples=args.samples, temperature=args.temperature, k=_int_list(args.k, "--k") if args.k else None,
-        judge=judge, judge_safety=args.judge_safety, compare=compare,
-        log_samples=args.log_samples, seed=args.seed, progress=args.progress,
+        judge=judge, chat=args.chat, judge_safety=args.judge_safety, compare=compare,
+        log_samples=args.log_samples, seed=args.seed,
+        progress=not args.no_progress and sys.stderr.isatty(),
     )
     import torch
 

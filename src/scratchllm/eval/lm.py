@@ -68,6 +68,11 @@ class LanguageModel:
     def eos_id(self) -> int | None:
         raise NotImplementedError
 
+    def chat_prompt(self, prompt: str) -> tuple[list[int], set[int]]:
+        """``prompt`` as one user turn in the model's chat template, ending in the generation prompt,
+        and the token ids that end the assistant's reply. Only chat-tuned models implement it."""
+        raise ScratchError(f"{self.name} has no chat template", "drop --chat for a base model")
+
     # --- scoring -------------------------------------------------------------------------------------
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -188,13 +193,21 @@ class LanguageModel:
         top_p: float = 1.0,
         n: int = 1,
         seed: int = 0,
+        chat: bool = False,
     ) -> list[str]:
         """``n`` completions of ``prompt`` (greedy when temperature is 0), cut at the first stop string.
 
-        A plain loop without a KV cache: every step re-runs the (left-cropped) sequence. The serving
-        stage's cached generator can replace this by overriding ``generate``.
+        ``chat``: the prompt is sent as a user turn in the model's chat template and the reply ends
+        at the template's end-of-turn token. A plain loop without a KV cache: every step re-runs the
+        (left-cropped) sequence. The serving stage's cached generator can replace this by
+        overriding ``generate``.
         """
-        prompt_ids = self.encode(prompt) or [self.prefix_id]
+        if chat:
+            prompt_ids, end_ids = self.chat_prompt(prompt)
+        else:
+            prompt_ids, end_ids = self.encode(prompt) or [self.prefix_id], set()
+        if self.eos_id is not None:
+            end_ids = end_ids | {self.eos_id}
         gen = torch.Generator().manual_seed(seed)
         out: list[list[int]] = [[] for _ in range(n)]
         texts = [""] * n
@@ -208,7 +221,7 @@ class LanguageModel:
             nxt = sample_next(last, temperature, top_p, gen).tolist()
             still = []
             for i, tok in zip(active, nxt, strict=True):
-                if tok == self.eos_id:
+                if tok in end_ids:
                     continue
                 out[i].append(tok)
                 texts[i] = self.decode(out[i])
@@ -302,6 +315,7 @@ class ScratchLM(LanguageModel):
         if self._prefix is None:
             raise ScratchError("the tokenizer has neither <|bos|> nor <|eos|>", "use a tokenizer with special tokens")
         self._eos = specials.get("<|eos|>")
+        self._special_ids = set(specials.values())
         self.info = {"backend": "scratchllm", "parameters": model.num_params(), "max_length": self.max_length}
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
@@ -311,7 +325,8 @@ class ScratchLM(LanguageModel):
         return self.tok.encode(text)
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tok.decode(ids)
+        # generated text without control tokens, as transformers' skip_special_tokens=True
+        return self.tok.decode([i for i in ids if i not in self._special_ids])
 
     @property
     def prefix_id(self) -> int:
@@ -320,6 +335,14 @@ class ScratchLM(LanguageModel):
     @property
     def eos_id(self) -> int | None:
         return self._eos
+
+    def chat_prompt(self, prompt: str) -> tuple[list[int], set[int]]:
+        from scratchllm.finetune.chat import END, encode_chat
+
+        if END not in self.tok.special_tokens:
+            raise ScratchError(f"the tokenizer of {self.name} has no chat tokens", "drop --chat for a base model")
+        ids, _ = encode_chat(self.tok, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+        return ids, {self.tok.special_tokens[END]}
 
 
 class TransformersLM(LanguageModel):
@@ -366,6 +389,20 @@ class TransformersLM(LanguageModel):
     @property
     def eos_id(self) -> int | None:
         return self.tok.eos_token_id
+
+    def chat_prompt(self, prompt: str) -> tuple[list[int], set[int]]:
+        if not getattr(self.tok, "chat_template", None):
+            raise ScratchError(f"the tokenizer of {self.name} has no chat_template", "drop --chat for a base model")
+        ids = self.tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                           tokenize=True)
+        if not isinstance(ids, list):  # a BatchEncoding in newer transformers
+            ids = ids["input_ids"]
+        # the reply ends at the generation config's eos ids (chat models often list their end-of-turn there)
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ends = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        # our exported chat models end a turn with <|end|>, which their generation config does not list
+        end_turn = self.tok.convert_tokens_to_ids("<|end|>") if "<|end|>" in self.tok.get_vocab() else None
+        return list(ids), ends | ({end_turn} if end_turn is not None else set())
 
 
 def _hf_max_length(config: Any, tok: Any) -> int:

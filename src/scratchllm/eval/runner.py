@@ -40,11 +40,12 @@ class EvalSettings:
     k: list[int] | None = None  # code tasks: overrides the spec's pass@k list
     workers: int = 2  # code tasks: sandboxes run in parallel
     judge: Any = None  # a ChatClient, for judge tasks
+    chat: bool = False  # generate/safety/judge prompts go in the model's chat template as a user turn
     judge_safety: bool = False  # classify safety responses with the judge instead of refusal patterns
     compare: LanguageModel | None = None  # judge task: pairwise against this model
     log_samples: bool = False
     seed: int = 0
-    progress: bool = False
+    progress: bool = False  # tqdm bars for scoring and generation (the CLI turns them on on a terminal)
 
 
 def evaluate(lm: LanguageModel, specs: Sequence[TaskSpec], settings: EvalSettings | None = None,
@@ -69,6 +70,13 @@ def evaluate(lm: LanguageModel, specs: Sequence[TaskSpec], settings: EvalSetting
             result["description"] = spec.description
         results[spec.name] = result
     return {"tasks": results}
+
+
+def _bar(records: list[Record], settings: EvalSettings, desc: str) -> Any:
+    """Iterate records with a progress bar (generation is the slow part of generative tasks)."""
+    from tqdm import tqdm
+
+    return tqdm(records, desc=desc, unit="ex", disable=not settings.progress, leave=False)
 
 
 def _acc(values: list[float], name: str) -> dict[str, float]:
@@ -191,9 +199,9 @@ def fewshot_prefix(spec: TaskSpec, records: list[Record]) -> tuple[str, list[Rec
 def run_generate(lm: LanguageModel, spec: TaskSpec, records: list[Record], settings: EvalSettings) -> dict:
     prefix, records = fewshot_prefix(spec, records)
     strict, flexible, samples = [], [], []
-    for rec in records:
+    for rec in _bar(records, settings, spec.name):
         prompt = prefix + render(spec.template, rec)
-        output = lm.generate(prompt, max_tokens=spec.max_tokens, stop=spec.stop)[0]
+        output = lm.generate(prompt, max_tokens=spec.max_tokens, stop=spec.stop, chat=settings.chat)[0]
         reference = str(get_path(rec, spec.answer))
         gold = M.extract_strict(reference, spec.answer_pattern) or M.normalize_number(reference)
         pred_strict = M.extract_strict(output, spec.answer_pattern)
@@ -225,7 +233,7 @@ def run_code(lm: LanguageModel, spec: TaskSpec, records: list[Record], settings:
         raise ScratchError(f"task {spec.name}: {n} samples per problem with temperature 0 would all be equal",
                            "set --temperature (e.g. 0.8) when sampling more than one completion")
     programs, owners, completions = [], [], []
-    for i, rec in enumerate(records):
+    for i, rec in enumerate(_bar(records, settings, spec.name)):
         prompt = render(spec.template, rec)
         test = str(get_path(rec, spec.test))
         entry = str(get_path(rec, spec.entry_point))
@@ -235,7 +243,8 @@ def run_code(lm: LanguageModel, spec: TaskSpec, records: list[Record], settings:
             programs.append(f"{prompt}{c}\n\n{test}\n\ncheck({entry})\n")
             owners.append(i)
             completions.append(c)
-    results = run_many(programs, timeout=spec.timeout, memory_mb=spec.memory_mb, workers=settings.workers)
+    results = run_many(programs, timeout=spec.timeout, memory_mb=spec.memory_mb, workers=settings.workers,
+                       progress=settings.progress)
     correct = [0] * len(records)
     statuses: dict[str, int] = {}
     for owner, r in zip(owners, results, strict=True):
@@ -260,9 +269,9 @@ def run_safety(lm: LanguageModel, spec: TaskSpec, records: list[Record], setting
 
     use_judge = settings.judge_safety and settings.judge is not None
     items = []
-    for rec in records:
+    for rec in _bar(records, settings, spec.name):
         prompt = render(spec.template, rec)
-        response = lm.generate(prompt, max_tokens=spec.max_tokens, stop=spec.stop)[0]
+        response = lm.generate(prompt, max_tokens=spec.max_tokens, stop=spec.stop, chat=settings.chat)[0]
         harmful = get_path(rec, spec.harmful)
         if not isinstance(harmful, bool):
             raise ScratchError(f"{rec.source}: field {spec.harmful!r} must be true or false, got {harmful!r}")
@@ -288,15 +297,16 @@ def run_judge(lm: LanguageModel, spec: TaskSpec, records: list[Record], settings
         raise ScratchError(f"task {spec.name} needs a judge endpoint",
                            "pass --judge-url http://HOST:PORT/v1 (any OpenAI-compatible server) and --judge-model")
     scores, pairs, samples = [], [], []
-    for rec in records:
+    for rec in _bar(records, settings, spec.name):
         question = render(spec.template, rec)
         reference = str(get_path(rec, spec.reference)) if spec.reference else None
-        answer = lm.generate(question, max_tokens=spec.max_tokens, stop=spec.stop)[0]
+        answer = lm.generate(question, max_tokens=spec.max_tokens, stop=spec.stop, chat=settings.chat)[0]
         grade = grade_single(settings.judge, question, answer, reference)
         scores.append(grade.score)
         sample: dict[str, Any] = {"source": rec.source, "answer": answer, "score": grade.score}
         if settings.compare is not None:
-            other = settings.compare.generate(question, max_tokens=spec.max_tokens, stop=spec.stop)[0]
+            other = settings.compare.generate(question, max_tokens=spec.max_tokens, stop=spec.stop,
+                                              chat=settings.chat)[0]
             pair = judge_pairwise(settings.judge, question, answer, other, reference)
             pairs.append(pair)
             sample.update({"compare_answer": other, "winner": pair.winner, "consistent": pair.consistent})

@@ -169,7 +169,12 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def run_many(programs: Sequence[str], timeout: float = 10.0, memory_mb: int = 1024, workers: int = 2) -> list[ExecResult]:
-    """Run several programs, ``workers`` at a time (each in its own sandbox process)."""
+def run_many(programs: Sequence[str], timeout: float = 10.0, memory_mb: int = 1024, workers: int = 2,
+             progress: bool = False) -> list[ExecResult]:
+    """Run several programs, ``workers`` at a time (each in its own sandbox process), in order."""
+    from tqdm import tqdm
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(lambda c: run_python(c, timeout=timeout, memory_mb=memory_mb), programs))
+        results = pool.map(lambda c: run_python(c, timeout=timeout, memory_mb=memory_mb), programs)
+        return list(tqdm(results, total=len(programs), desc="sandbox", unit="prog", disable=not progress,
+                         leave=False))
