@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 
 import pytest
 
@@ -61,3 +62,22 @@ def test_unknown_baseline_and_empty_text():
         build_baselines([[1, 2]], V, 0, ["trigram-magic"])
     with pytest.raises(ScratchError, match="empty"):
         KneserNeyLM(V, 0, 3).fit([])
+
+
+def test_kneser_ney_by_hand():
+    """Interpolated modified KN worked out on paper (Chen & Goodman 1998) for a four-token document."""
+    kn = KneserNeyLM(5, 0, 2).fit([[1, 2, 1, 3]])  # padded: 0 1 2 1 3; every bigram seen once
+    # too few counts of counts to estimate discounts: the defaults D1, D2, D3+ = 0.5, 1, 1.5
+    assert kn.discounts == [(0.5, 1.0, 1.5), (0.5, 1.0, 1.5)]
+    # unigram level uses continuation counts: 1 follows {0, 2}, 2 and 3 follow {1} -> N1+ = 2, 1, 1 (total 4);
+    # gamma = (D1 * 2 types seen once + D2 * 1 type seen twice) / 4 = 0.5, times uniform 1/5
+    p_uni = {0: 0.1, 1: (2 - 1) / 4 + 0.1, 2: 0.5 / 4 + 0.1, 3: 0.5 / 4 + 0.1, 4: 0.1}
+    for w, p in p_uni.items():
+        assert kn.prob([7], w) == pytest.approx(p)  # unseen history: the lower order alone
+    # after token 1: followers 2 and 3 once each; gamma = D1 * 2 / 2 = 0.5
+    assert kn.prob([1], 2) == pytest.approx((1 - 0.5) / 2 + 0.5 * p_uni[2])
+    assert kn.prob([1], 4) == pytest.approx(0.5 * p_uni[4])
+    # discounts from counts of counts: Y = n1 / (n1 + 2 n2), D_k = k - (k+1) Y n_{k+1} / n_k
+    counts = Counter({(i,): c for i, c in enumerate([1] * 6 + [2] * 3 + [3] * 2 + [4])})
+    y = 6 / (6 + 2 * 3)
+    assert KneserNeyLM._discounts(counts) == pytest.approx((1 - 2 * y * 3 / 6, 2 - 3 * y * 2 / 3, 3 - 4 * y * 1 / 2))
