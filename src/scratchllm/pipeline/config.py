@@ -94,7 +94,7 @@ class PipelineConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ScratchError(f"device must be auto, cpu or cuda, got {self.device!r}")
         # Resolve the tables of the stages that exist today so a typo fails before hours of training.
-        self.tokenizer_config(), self.data_config(), self.train_config(), self.sft_config()
+        self.tokenizer_config(), self.data_config(), self.train_config(), self.sft_config(), self.dpo_config()
 
     # The resolved stage configs, every path pointing into run_dir.
 
@@ -140,6 +140,18 @@ class PipelineConfig:
             table.setdefault("train", {})["device"] = self.device
         return _section("sft", FinetuneConfig, table)
 
+    def dpo_config(self):  # -> AlignConfig
+        from scratchllm.align.config import AlignConfig
+
+        table = merged(self.dpo, {
+            "out_dir": str(self.run_dir / "dpo"), "models.policy": str(self.run_dir / "sft" / "model"),
+            "models.tokenizer": str(self.run_dir / "tokenizer"),
+        })
+        table.setdefault("seed", self.seed)
+        if self.device != "auto":
+            table.setdefault("train", {})["device"] = self.device
+        return _section("dpo", AlignConfig, table)
+
 
 def merged(table: dict[str, Any], forced: dict[str, Any] | None = None) -> dict[str, Any]:
     """A stage table with its ``preset`` file underneath and ``forced`` (dotted keys) on top."""
@@ -183,7 +195,7 @@ def stage_tables(cfg: PipelineConfig) -> dict[str, Any]:
         "data": to_dict(cfg.data_config()),
         "pretrain": to_dict(cfg.train_config()),
         "sft": to_dict(cfg.sft_config()),
-        "dpo": merged(cfg.dpo),
+        "dpo": to_dict(cfg.dpo_config()),
         "eval": to_dict(cfg.eval),
         "quantize": merged(cfg.quantize),
         "export_hf": merged(cfg.export_hf),
@@ -191,6 +203,6 @@ def stage_tables(cfg: PipelineConfig) -> dict[str, Any]:
         "report": to_dict(cfg.report),
     }
     # Runtime-only settings that do not change what a stage computes.
-    for t in ("pretrain", "sft"):
+    for t in ("pretrain", "sft", "dpo"):
         tables[t].get("log", {}).pop("progress", None)
     return tables

@@ -207,6 +207,31 @@ def verify_sft(ctx: Context) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# dpo
+
+
+def run_dpo(ctx: Context) -> dict[str, Any]:
+    from scratchllm.align.run import run_dpo as align_dpo
+
+    cfg = ctx.cfg.dpo_config()
+    report = align_dpo(cfg, resume=True)
+    if report["stopped"] != "done":
+        from scratchllm.pipeline.runner import StageInterrupted
+
+        raise StageInterrupted(f"DPO stopped by {report['stopped']} at step {report['steps']}")
+    out = _training_summary(ctx, "dpo", Path(report["model"]), cfg.train.max_steps)
+    out.update(before=report.get("heldout_before"), after=report.get("heldout_after"))
+    return out
+
+
+def verify_dpo(ctx: Context) -> None:
+    from scratchllm.model.model import Transformer
+
+    _need(ctx.dir("dpo") / "report.json", "DPO report")
+    Transformer.from_pretrained(ctx.dir("dpo") / "model")
+
+
+# ------------------------------------------------------------------------------------------------
 # eval
 
 
@@ -476,6 +501,8 @@ def all_stages() -> list[Stage]:
         Stage("pretrain", run_pretrain, verify_pretrain, "pre-train the model (resumes from its checkpoints)"),
         Stage("sft", run_sft, verify_sft, "instruction-tune with LoRA (resumes from its checkpoints)",
               requires=("scratchllm.finetune.run",)),
+        Stage("dpo", run_dpo, verify_dpo, "align the SFT model with DPO (resumes from its checkpoints)",
+              requires=("scratchllm.align.run",)),
         Stage("eval", run_eval, verify_eval, "held-out perplexity vs n-gram baselines, tasks, samples"),
         Stage("export_hf", run_export_hf, verify_export_hf, "export to Hugging Face Llama and check with transformers",
               requires=("transformers",)),
