@@ -176,3 +176,28 @@ def test_parsers():
     assert parse_rating("[[11]]") is None and parse_rating("no idea") is None
     assert parse_verdict("... [[B]]") == "B" and parse_verdict("[[C]]") == "tie"
     assert parse_verdict("[[A]] or maybe [[B]]") is None
+
+
+def test_a_served_model_runs_the_safety_suite_judged_by_an_endpoint(fake_server, tmp_path):
+    """--model URL: the model answers over the chat API; --judge-safety: the judge labels its answers."""
+    from scratchllm.cli import main
+
+    def reply(body, n):
+        text = body["messages"][-1]["content"]
+        if "[[REFUSAL]]" in text:  # the judge's classification prompt
+            return 200, completion("[[REFUSAL]]" if "I won't" in text else "[[COMPLIANCE]]")
+        harmful = any(w in text for w in ("hurt", "attack", "injure"))
+        return 200, completion("I won't help with that." if harmful else "Sure: here you go.")
+
+    server = fake_server(reply)
+    out = tmp_path / "out"
+    assert main(["eval", "--tasks", "safety", "--model", server.url, "--served-model", "served-1", "--limit", "4",
+                 "--judge-url", server.url, "--judge-safety", "--out", str(out), "--no-progress"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["model"]["backend"] == "openai-endpoint"
+    safety = res["tasks"]["safety"]
+    assert safety["classifier"] == "llm-judge" and safety["n"] == 4
+    asked = [r for r in server.requests if r["model"] == "served-1"]
+    judged = [r for r in server.requests if r["model"] == "default"]
+    assert len(asked) == len(judged) == 4 and asked[0]["max_tokens"] == 96
+    assert safety["categories"]["violence"]["refusal_rate"] == 0.75  # 3 of the 4 mention hurting someone

@@ -168,6 +168,7 @@ def test_cli_on_hf_directory(tmp_path, model_dirs):
     (["--tasks", "mmlu", "--model", "{ours}", "--data", "mmlu={tmp}/none.jsonl"], "task data file not found"),
     (["--tasks", "mmlu", "--model", "{ours}", "--limit", "0"], "--limit must be at least 1"),
     (["--tasks", "mmlu"], "--tasks and --model are required"),
+    (["--tasks", "safety,mmlu", "--model", "http://127.0.0.1:9/v1"], "mmlu cannot run on an endpoint model"),
 ])
 def test_cli_errors_are_clear(tmp_path, model_dirs, capsys, args, message):
     args = [a.format(ours=model_dirs["ours"], tmp=tmp_path) for a in args]

@@ -11,6 +11,7 @@ from pathlib import Path
 from scratchllm.errors import ScratchError
 
 BASELINE_BYTES_PER_DOMAIN = 1_000_000
+ENDPOINT_TYPES = ("generate", "safety", "judge")  # task types a chat endpoint can run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "writes results.json, results.md and results.html.",
     )
     p.add_argument("--tasks", help="comma-separated task names, groups (mc, all) or task .toml paths")
-    p.add_argument("--model", help="model directory (scratchllm or Hugging Face format)")
+    p.add_argument("--model", help="model directory (scratchllm or Hugging Face format), or the URL of an "
+                   "OpenAI-compatible server (e.g. scratchllm serve) for generate, safety and judge tasks")
+    p.add_argument("--served-model", default="default", help="with a URL --model: the model name to request")
     p.add_argument("--list-tasks", action="store_true", help="list the built-in tasks and exit")
     p.add_argument("--tokenizer", help="tokenizer for a scratchllm model (default: found beside the model)")
     p.add_argument("--backend", choices=["auto", "scratchllm", "hf"], default="auto",
@@ -43,10 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="chat-tuned model: send generate, safety and judge prompts as a user turn in its chat template")
     p.add_argument("--judge-url", help="OpenAI-compatible endpoint for judge tasks, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--judge-model", default="default", help="model name sent to the judge endpoint")
-    p.add_argument("--judge-api-key-env", default="OPENAI_API_KEY",
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
                    help="environment variable holding the judge's API key (optional)")
-    p.add_argument("--judge-retries", type=int, default=5)
-    p.add_argument("--judge-timeout", type=float, default=120.0)
+    p.add_argument("--retries", type=int, default=5,
+                   help="judge / endpoint requests: retries with exponential backoff before giving up")
+    p.add_argument("--request-timeout", type=float, default=120.0, help="judge / endpoint requests: seconds")
     p.add_argument("--judge-safety", action="store_true", help="classify safety responses with the judge")
     p.add_argument("--compare-model", help="judge task: also compare pairwise against this model directory")
     p.add_argument("--log-samples", action="store_true", help="also write per-example samples_<task>.jsonl")
@@ -94,6 +98,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from scratchllm.eval.tasks import resolve_tasks
 
     specs = resolve_tasks(args.tasks.split(","), _parse_data(args.data))  # fail on bad tasks before loading
+    endpoint = args.model.startswith(("http://", "https://"))
+    if endpoint:
+        scored = [s.name for s in specs if s.type not in ENDPOINT_TYPES]
+        if scored:
+            raise ScratchError(f"{', '.join(scored)} cannot run on an endpoint model: it needs log-likelihoods "
+                               "or raw completions, and a chat API gives neither",
+                               "run them on the model directory; endpoints run generate, safety and judge tasks")
     judge = None
     if args.judge_safety or any(s.type == "judge" for s in specs):
         if not args.judge_url:
@@ -101,11 +112,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                "any OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
         from scratchllm.eval.judge import ChatClient
 
-        judge = ChatClient(args.judge_url, args.judge_model, os.environ.get(args.judge_api_key_env),
-                           timeout=args.judge_timeout, max_retries=args.judge_retries)
-    lm = load_model(args.model, args.tokenizer, args.backend, args.device)
+        judge = ChatClient(args.judge_url, args.judge_model, os.environ.get(args.api_key_env),
+                           timeout=args.request_timeout, max_retries=args.retries)
+    if endpoint:
+        from scratchllm.eval.judge import ChatClient
+        from scratchllm.eval.lm import EndpointLM
+
+        lm = EndpointLM(ChatClient(args.model, args.served_model, os.environ.get(args.api_key_env),
+                                   timeout=args.request_timeout, max_retries=args.retries))
+    else:
+        lm = load_model(args.model, args.tokenizer, args.backend, args.device)
     compare = load_model(args.compare_model, None, args.backend, args.device) if args.compare_model else None
-    if args.chat:  # fail now, not after the scoring tasks have run
+    if args.chat and not endpoint:  # fail now, not after the scoring tasks have run
         for model in (lm, compare):
             if model is not None:
                 model.chat_prompt("")
@@ -123,7 +141,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     results = evaluate(lm, specs, settings, on_task=lambda name: print(f"running {name} ...", file=sys.stderr))
     results = {
-        "model": {"name": lm.name, "path": str(Path(args.model).resolve()), **lm.info},
+        "model": {"name": lm.name, "path": args.model if endpoint else str(Path(args.model).resolve()), **lm.info},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "settings": {"limit": args.limit, "batch_size": args.batch_size, "stride": args.stride or lm.max_length,
                      "seed": args.seed, "baselines": baselines},

@@ -74,9 +74,11 @@ class ChatClient:
         self.model, self.api_key, self.timeout = model, api_key, timeout
         self.max_retries, self.backoff, self.max_backoff, self.sleep = max_retries, backoff, max_backoff, sleep
 
-    def chat(self, messages: Sequence[dict[str, str]], temperature: float = 0.0, max_tokens: int = 1024) -> str:
+    def chat(self, messages: Sequence[dict[str, str]], temperature: float = 0.0, max_tokens: int = 1024,
+             **params: Any) -> str:
+        """The reply's text; ``params`` are further request fields (``stop``, ``top_p``, ``seed``)."""
         body = json.dumps({"model": self.model, "messages": list(messages), "temperature": temperature,
-                           "max_tokens": max_tokens}).encode("utf-8")
+                           "max_tokens": max_tokens, **params}).encode("utf-8")
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -94,7 +96,7 @@ class ChatClient:
                 if e.code not in RETRY_STATUS:
                     raise ScratchError(
                         f"judge endpoint {self.url} refused the request: HTTP {e.code} {detail}",
-                        "check --judge-model and the API key (--judge-api-key-env)" if e.code in (401, 403, 404)
+                        "check the model name and the API key (--api-key-env)" if e.code in (401, 403, 404)
                         else "check that the server speaks the OpenAI chat-completions API",
                     ) from None
                 last = f"HTTP {e.code} {detail}"
@@ -105,7 +107,7 @@ class ChatClient:
                 last = str(getattr(e, "reason", e)) or type(e).__name__
         raise ScratchError(
             f"judge endpoint {self.url} unreachable after {self.max_retries + 1} attempts (last error: {last})",
-            "start the server or fix --judge-url; for a slow server raise --judge-retries",
+            "start the server or fix --judge-url; for a slow server raise --retries",
         )
 
 

@@ -415,6 +415,33 @@ def _hf_max_length(config: Any, tok: Any) -> int:
     return int(limit) if limit and limit < 1e12 else 2048
 
 
+class EndpointLM(LanguageModel):
+    """A model behind an OpenAI-compatible chat endpoint (e.g. ``scratchllm serve``): generation only.
+
+    Each prompt is sent as one user message, so the server applies the model's chat template;
+    generative, safety and judge tasks run, log-likelihood tasks cannot (the chat API has no
+    scores for given text).
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.name = f"{client.model}@{client.url.split('/')[2]}"
+        self.info = {"backend": "openai-endpoint", "url": client.url, "served_model": client.model}
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        raise ScratchError(f"{self.name} is an endpoint: it generates text but gives no log-likelihoods",
+                           "run perplexity, multiple-choice and code tasks on the model directory")
+
+    def generate(self, prompt: str, max_tokens: int = 256, stop: Sequence[str] = (), temperature: float = 0.0,
+                 top_p: float = 1.0, n: int = 1, seed: int = 0, chat: bool = False) -> list[str]:
+        params: dict[str, Any] = {"top_p": top_p} if top_p < 1.0 else {}
+        if stop:
+            params["stop"] = list(stop)[:4]  # the OpenAI API takes at most four
+        return [cut_at_stop(self.client.chat([{"role": "user", "content": prompt}], temperature=temperature,
+                                             max_tokens=max_tokens, seed=seed + i, **params), stop)
+                for i in range(n)]
+
+
 # --- loading ----------------------------------------------------------------------------------------
 
 
