@@ -20,6 +20,15 @@ def tiny_model(seed: int = 0, **overrides) -> Transformer:
     return Transformer(ModelConfig(**kw)).eval()
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; two threads on a loaded 2-core machine are ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def make_model() -> Callable[..., Transformer]:
     return tiny_model
