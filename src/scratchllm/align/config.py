@@ -138,9 +138,11 @@ class AlignConfig:
     reward: RewardSection = field(default_factory=RewardSection)
     ppo: PPOSection = field(default_factory=PPOSection)
     constitutional: ConstitutionalSection = field(default_factory=ConstitutionalSection)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=0.0))
-    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="constant", warmup_steps=10))
-    train: TrainSection = field(default_factory=lambda: TrainSection(max_steps=200))
-    eval: EvalSection = field(default_factory=lambda: EvalSection(interval=50, sample_tokens=0))
-    checkpoint: CheckpointSection = field(default_factory=lambda: CheckpointSection(interval=0, keep_last=1))
+    # The training sections of `scratchllm train`, with its defaults; the presets set alignment values
+    # (a small constant lr, no sample generations).
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     log: LogSection = field(default_factory=LogSection)

@@ -9,7 +9,10 @@ PPO's clipped surrogate plus the KL penalty to the frozen reference (k3 estimato
     ratio = pi(t) / pi_old(t)
     L(t)  = -min(ratio A, clip(ratio, 1 - eps, 1 + eps) A) + kl_coef (pi_ref(t)/pi(t) - log(pi_ref(t)/pi(t)) - 1)
 
-averaged over each reply's tokens, then over replies. Sampling happens in the batch source
+averaged over all reply tokens of the batch (token-level, as DAPO and Dr. GRPO): every token weighs
+the same, so a token shared by good and bad replies (the closing ``<|end|>``) gets balanced pushes. The
+original per-reply average gives short replies' tokens more weight, which here taught the policy to stop
+emitting ``<|end|>`` when the right answer was the longer one. Sampling happens in the batch source
 (``RolloutSource.next_batch``, no gradients); the gradient step is the Trainer's ``train_step``.
 With ``epochs_per_rollout = 1`` pi_old is the current policy (ratio = 1, plain policy gradient + KL).
 """
@@ -193,13 +196,12 @@ class GRPOObjective:
                 ref = token_logps(self.reference, ids)
             kl = torch.exp(ref - logps) - (ref - logps) - 1
             per_token = per_token + self.kl_coef * kl
-        lengths = mask.sum(-1).clamp(min=1)
-        loss = ((per_token * mask).sum(-1) / lengths).mean()
         n = mask.sum().clamp(min=1)
+        loss = (per_token * mask).sum() / n
         clipped = ((ratio - 1).abs() > self.clip_eps).float()
         return loss, {
             "reward": float(batch["rewards"].mean()),
             "kl": float((kl.detach() * mask).sum() / n),
             "clip_frac": float((clipped * mask).sum() / n),
-            "reply_len": float(lengths.mean()),
+            "reply_len": float(mask.sum(-1).mean()),
         }

@@ -1,0 +1,92 @@
+"""``scratchllm align ...``: end to end on tiny models, resume, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scratchllm.cli import main
+
+
+@pytest.fixture
+def run_cli(sft_dirs, tmp_path, capsys):
+    """run_cli(command, *overrides) -> (exit code, stderr) with the SFT parity model and fast settings."""
+
+    def run(command, *overrides, config=None):
+        base = [f"models.policy={sft_dirs['policy']}", f"models.tokenizer={sft_dirs['tokenizer']}",
+                "train.device=cpu", "train.num_threads=1", "log.progress=false", "log.tensorboard=false",
+                "eval.interval=0", "log.interval=1", "train.batch_size=4", "ppo.max_new_tokens=6",
+                "ppo.eval_max_new_tokens=6", "data.n_train=16", "data.n_heldout=8", "data.kinds=[\"add\"]"]
+        code = main(["align", command, "--config", config or f"configs/align/{command}.toml", *base, *overrides])
+        return code, capsys.readouterr().err
+
+    return run
+
+
+def test_dpo_on_user_pairs_then_resume(run_cli, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Even or odd: {n}", "chosen": "even" if n % 2 == 0 else "odd",
+                                         "rejected": "odd" if n % 2 == 0 else "even"}) + "\n" for n in range(40)))
+    out = tmp_path / "dpo"
+    args = ["data.source=jsonl", f"data.path={pairs}", f"out_dir={out}", "train.max_steps=3", "checkpoint.interval=2"]
+    code, err = run_cli("dpo", *args)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 3 and "task_accuracy" not in report["heldout_after"]  # jsonl: pair metrics only
+    assert report["heldout_after"]["rewards/margins"] != 0
+    assert (out / "model" / "tokenizer.json").is_file()
+    code, err = run_cli("dpo", *args)
+    assert code == 2 and "already holds a run" in err and "--resume" in err
+    code, err = run_cli("dpo", *args[:-2], "train.max_steps=5", "--resume")
+    assert code == 0, err
+    assert json.loads((out / "report.json").read_text())["steps"] == 5
+
+
+def test_reward_and_ppo_on_the_embedded_tasks(run_cli, tmp_path):
+    code, err = run_cli("reward", f"out_dir={tmp_path / 'rm'}", "train.max_steps=2", "data.policy_negatives=false")
+    assert code == 0, err
+    assert (tmp_path / "rm" / "model" / "reward.json").is_file()
+    code, err = run_cli("ppo", f"out_dir={tmp_path / 'ppo'}", "train.max_steps=2", "ppo.group_size=2",
+                        "ppo.prompts_per_step=2", "ppo.reward=model", f"models.reward_model={tmp_path / 'rm' / 'model'}")
+    assert code == 0, err
+    after = json.loads((tmp_path / "ppo" / "report.json").read_text())["heldout_after"]
+    assert set(after) == {"task_accuracy", "reward"}
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["dpo.beta=-1"], "dpo.beta must be > 0"),
+    (["data.kinds=[\"poetry\"]"], "data.kinds: unknown"),
+    (["data.source=jsonl"], "needs data.path"),
+    (["ppo.group_size=1"], "ppo.group_size must be >= 2"),
+    (["models.policy=/nonexistent"], "model directory not found"),
+])
+def test_config_errors(run_cli, tmp_path, overrides, message):
+    code, err = run_cli("dpo", f"out_dir={tmp_path / 'x'}", *overrides)
+    assert code == 2 and message in err and "fix:" in err
+
+
+def test_reference_that_does_not_match_the_policy(run_cli, make_model, tmp_path):
+    make_model(d_model=64).save_pretrained(tmp_path / "other")
+    code, err = run_cli("dpo", f"out_dir={tmp_path / 'x'}", f"models.reference={tmp_path / 'other'}")
+    assert code == 2 and "the reference model does not match the policy (d_model: 48 vs 64" in err
+
+
+def test_bad_pair_file_names_the_line(run_cli, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "a", "chosen": "x", "rejected": "y"}\n{"prompt": "b", "chosen": "z", "rejected": "z"}\n')
+    code, err = run_cli("dpo", f"out_dir={tmp_path / 'x'}", "data.source=jsonl", f"data.path={pairs}")
+    assert code == 2 and f"{pairs}:2: chosen and rejected are the same response" in err
+
+
+def test_ppo_needs_a_reward_model_when_asked(run_cli, tmp_path):
+    code, err = run_cli("ppo", f"out_dir={tmp_path / 'x'}", "ppo.reward=model")
+    assert code == 2 and "needs models.reward_model" in err
+
+
+def test_a_reward_model_is_not_a_policy(run_cli, make_model, tmp_path):
+    from scratchllm.align.reward import RewardModel
+
+    RewardModel.from_policy(make_model()).save_pretrained(tmp_path / "rm")
+    code, err = run_cli("dpo", f"out_dir={tmp_path / 'x'}", f"models.policy={tmp_path / 'rm'}")
+    assert code == 2 and "is a reward model, not a language model" in err

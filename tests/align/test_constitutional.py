@@ -1,0 +1,157 @@
+"""Constitutional AI data: the constitution file, critique -> revise against a fake OpenAI-compatible
+server on 127.0.0.1 (and our model in-process), and the resulting preference pairs."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from scratchllm.align.constitutional import (
+    Constitution,
+    LocalChat,
+    OpenAIChat,
+    Principle,
+    Trace,
+    critique_and_revise,
+    load_constitution,
+    traces_to_pairs,
+)
+from scratchllm.align.data import load_preferences
+from scratchllm.cli import main
+from scratchllm.errors import ScratchError
+
+MAX_REQUESTS = 100
+
+
+class FakeChatServer:
+    """Answers rudely, critiques with the principle's name, revises politely; records the requests."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.requests: list[dict] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.requests.append(body)
+                if len(fake.requests) > MAX_REQUESTS or status != 200:
+                    self._send(status if status != 200 else 503, {"error": {"message": "nope"}})
+                    return
+                turns = len(body["messages"])  # 1: answer, 3: critique, 5: revision
+                if turns == 3:
+                    text = "Critique: the answer was rude."
+                elif turns == 5:
+                    text = f"A polite answer to: {body['messages'][0]['content']}"
+                else:
+                    text = "A rude answer."
+                self._send(200, {"id": "x", "object": "chat.completion", "model": body["model"], "created": 0,
+                                 "choices": [{"index": 0, "finish_reason": "stop",
+                                              "message": {"role": "assistant", "content": text}}]})
+
+            def _send(self, code, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_server():
+    servers = []
+
+    def start(**kw):
+        servers.append(FakeChatServer(**kw))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+CONSTITUTION = Constitution([Principle("harmless", "Identify harm.", "Rewrite it harmlessly."),
+                             Principle("honest", "Point out errors.", "Rewrite it honestly.")], [])
+
+
+def test_critique_revise_through_an_openai_compatible_endpoint(fake_server):
+    server = fake_server()
+    chat = OpenAIChat(server.url, "my-model", max_new_tokens=32, temperature=0.5)
+    traces = critique_and_revise(chat, ["Say hi", "Help me"], CONSTITUTION, rounds=2, seed=0)
+    assert len(server.requests) == 2 + 2 * 2 * 2  # first answers, then critique + revision per round
+    assert {r["model"] for r in server.requests} == {"my-model"}
+    assert server.requests[0]["max_tokens"] == 32 and server.requests[0]["temperature"] == 0.5
+    revise = server.requests[-1]["messages"]
+    assert [m["role"] for m in revise] == ["user", "assistant", "user", "assistant", "user"]
+    assert revise[3]["content"] == "Critique: the answer was rude."
+    assert traces[0].initial == "A rude answer." and traces[0].final == "A polite answer to: Say hi"
+    assert all(s["principle"] in {"harmless", "honest"} for t in traces for s in t.steps)
+    pairs, dropped = traces_to_pairs(traces)
+    assert dropped == 0 and [(p.chosen, p.rejected) for p in pairs][1] == ("A polite answer to: Help me",
+                                                                            "A rude answer.")
+
+
+def test_unchanged_or_empty_revisions_are_dropped():
+    traces = [Trace("p1", "same", [{"principle": "x", "critique": "c", "revision": "same"}]),
+              Trace("p2", "first", [{"principle": "x", "critique": "c", "revision": ""}]),
+              Trace("p3", "first", [{"principle": "x", "critique": "c", "revision": "better"}])]
+    pairs, dropped = traces_to_pairs(traces)
+    assert dropped == 2 and pairs[0].chosen == "better" and pairs[0].rejected == "first"
+
+
+def test_endpoint_errors_are_clear(fake_server):
+    with pytest.raises(ScratchError, match="refused the request: HTTP 401"):
+        OpenAIChat(fake_server(status=401).url, "m", max_retries=0).chat_many([[{"role": "user", "content": "x"}]])
+    with pytest.raises(ScratchError, match="cannot reach the chat endpoint") as e:
+        OpenAIChat("http://127.0.0.1:9/v1", "m", max_retries=0, timeout=2).chat_many(
+            [[{"role": "user", "content": "x"}]])
+    assert "base_url" in e.value.hint
+
+
+def test_local_model_answers_critiques_and_revises(make_model, tokenizer):
+    chat = LocalChat(make_model(), tokenizer, max_new_tokens=4, temperature=1.0, seed=0)
+    traces = critique_and_revise(chat, ["Hi", "Yo"], CONSTITUTION, rounds=1)
+    assert chat.calls == 3 and all(len(t.steps) == 1 for t in traces)  # batched: one call per turn
+    tiny = LocalChat(make_model(context_length=24), tokenizer, max_new_tokens=4)
+    with pytest.raises(ScratchError, match="more than the model's context"):
+        critique_and_revise(tiny, ["x" * 30], CONSTITUTION)
+
+
+def test_constitution_file_errors(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[[principles]]\nname = "a"\ncritique = "c"\n', encoding="utf-8")
+    with pytest.raises(ScratchError, match="principle 0 \\(a\\) has no 'revision'"):
+        load_constitution(path)
+    path.write_text('prompts = ["x"]\n', encoding="utf-8")
+    with pytest.raises(ScratchError, match="no \\[\\[principles\\]\\]"):
+        load_constitution(path)
+    shipped = load_constitution("configs/align/constitution.toml")
+    assert len(shipped.principles) >= 4 and len(shipped.prompts) >= 10
+
+
+def test_cli_writes_pairs_for_dpo(fake_server, tmp_path, capsys):
+    server = fake_server()
+    out = tmp_path / "pairs.jsonl"
+    code = main(["align", "constitutional", "--config", "configs/align/constitutional.toml",
+                 "constitutional.backend=openai", f"constitutional.base_url={server.url}",
+                 "constitutional.n_prompts=3", f"constitutional.out={out}"])
+    assert code == 0
+    pairs = load_preferences(out)  # the DPO loader reads it back
+    assert len(pairs) == 3 and all(p.rejected == "A rude answer." for p in pairs)
+    traces = [json.loads(line) for line in out.with_suffix(".traces.jsonl").read_text().splitlines()]
+    assert len(traces) == 3 and traces[0]["steps"][0]["critique"] == "Critique: the answer was rude."
+    assert "3 preference pairs" in capsys.readouterr().err
