@@ -95,6 +95,21 @@ def test_qlora_model_forward_grads_and_savings():
     torch.testing.assert_close(plain(x), m(x), atol=1e-5, rtol=1e-5)
 
 
+def test_nf4_linear_gradients_equal_dense_dequantized():
+    lin = torch.nn.Linear(64, 48, bias=False)
+    q = NF4Linear(lin)
+    dense = q.dequantized_weight()
+    x = torch.randn(3, 5, 64, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    y, y2 = q(x), torch.nn.functional.linear(x2, dense)
+    torch.testing.assert_close(y, y2)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(x.grad, x2.grad)
+    assert not list(q.parameters())  # nothing in the quantized layer can train
+
+
 def test_bad_input():
     with pytest.raises(ScratchError, match="blocksize"):
         quantize_nf4(torch.randn(4, 4), 63)

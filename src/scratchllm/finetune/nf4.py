@@ -149,6 +149,24 @@ def dequantize_nf4(q: NF4Tensor) -> torch.Tensor:
     return dequantize_blockwise(idx, q.block_absmax(), nf4_code().to(q.packed.device), q.blocksize).view(q.shape).to(q.dtype)
 
 
+class _NF4Matmul(torch.autograd.Function):
+    """y = x W^T with W dequantized in forward and again in backward.
+
+    Plain ``F.linear(x, dequantize(W))`` would make autograd keep every dense dequantized weight
+    alive until backward (it needs W for the input gradient), undoing the memory saving; here only
+    the 4-bit layer is referenced and W is rebuilt when needed, as bitsandbytes' MatMul4Bit does.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: NF4Linear) -> torch.Tensor:  # type: ignore[override]
+        ctx.layer = layer
+        return F.linear(x, layer.dequantized_weight().to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad @ ctx.layer.dequantized_weight().to(grad.dtype), None
+
+
 class NF4Linear(nn.Module):
     """A frozen linear layer stored in NF4; the weight is dequantized on the fly in forward.
 
@@ -177,7 +195,7 @@ class NF4Linear(nn.Module):
         return dequantize_nf4(self.quantized())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequantized_weight().to(x.dtype))
+        return _NF4Matmul.apply(x, self)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, nf4 blocksize={self.blocksize}"
