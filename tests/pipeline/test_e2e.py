@@ -29,6 +29,7 @@ def _wait_for_checkpoint(proc: subprocess.Popen, ckpts: Path, timeout: float = 6
     pytest.fail("no checkpoint within the timeout")
 
 
+@pytest.mark.slow
 def test_micro_pipeline_killed_resumed_and_every_artefact_checked(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     run_dir = tmp_path / "run"
@@ -51,7 +52,26 @@ def test_micro_pipeline_killed_resumed_and_every_artefact_checked(tmp_path, caps
     err = capsys.readouterr().err
     assert "tokenizer: complete, skipped" in err and "data: complete, skipped" in err
     assert re.search(r"train: resuming at step \d+", err), err
-    assert "starting from step 0" not in err
+    assert f"no checkpoint in {run_dir / 'pretrain' / 'checkpoints'} yet" not in err
+    check_artefacts(run_dir, pretrain_steps=20)
+
+    # 4. A rerun does nothing; --from report redoes only the report.
+    check_rerun_and_from(args, capsys)
+
+
+def test_micro_pipeline_every_artefact(tmp_path, capsys, monkeypatch):
+    """The default-suite version: one uninterrupted run with fewer steps."""
+    monkeypatch.chdir(ROOT)
+    run_dir = tmp_path / "run"
+    args = ["pipeline", "--config", "configs/pipeline/micro.toml", f"run_dir={run_dir}", "pretrain.train.max_steps=10",
+            "sft.train.max_steps=4", "dpo.train.max_steps=2", "pretrain.eval.interval=5"]
+    assert main(args) == 0
+    check_artefacts(run_dir, pretrain_steps=10)
+    check_rerun_and_from(args, capsys)
+
+
+def check_artefacts(run_dir: Path, pretrain_steps: int) -> None:
+    state = run_dir / STATE_DIR
 
     # 3. Every artefact.
     from scratchllm.data.shards import load_manifest, verify
@@ -64,12 +84,28 @@ def test_micro_pipeline_killed_resumed_and_every_artefact_checked(tmp_path, caps
     _, manifest = load_manifest(run_dir / "data")
     assert manifest["splits"]["train"]["tokens"] > 0 and manifest["splits"]["val"]["tokens"] > 0
     ckpt = latest_checkpoint(run_dir / "pretrain" / "checkpoints")
-    assert ckpt.name == "step_000020"
+    assert ckpt.name == f"step_{pretrain_steps:06d}"
     verify_checkpoint(ckpt)
     rows = [json.loads(line) for line in (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if r["kind"] == "train"] == [5, 10, 15, 20]  # no duplicated steps after resume
+    # No duplicated or missing steps after a resume.
+    assert [r["step"] for r in rows if r["kind"] == "train"] == list(range(5, pretrain_steps + 1, 5))
+
+    from scratchllm.model.model import Transformer
+
+    sft = json.loads((state / "sft.done.json").read_text())["summary"]
+    assert 0 < sft["trainable_params"] < sft["total_params"]  # LoRA: only the adapters train
+    assert (run_dir / "sft" / "adapter" / "adapter.safetensors").exists()
+    assert json.loads((run_dir / "sft" / "peft_adapter" / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    base = Transformer.from_pretrained(ckpt)
+    tuned = Transformer.from_pretrained(run_dir / "sft" / "model")
+    aligned = Transformer.from_pretrained(run_dir / "dpo" / "model")
+    assert base.cfg == tuned.cfg == aligned.cfg
+    w = "layers.0.attn.q_proj.weight"
+    assert not base.state_dict()[w].equal(tuned.state_dict()[w])  # the merged adapter changed the weights
+    assert not tuned.state_dict()[w].equal(aligned.state_dict()[w])
 
     summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    assert list(summary["models"]) == ["pretrain", "sft", "dpo"]
     held = summary["models"]["pretrain"]["tasks"]["heldout"]
     assert math.isfinite(held["token_perplexity"]) and 1 < held["token_perplexity"] < tok.vocab_size
     assert set(summary["baselines"]) == {"unigram", "bigram", "kneser_ney_3"}
@@ -77,7 +113,9 @@ def test_micro_pipeline_killed_resumed_and_every_artefact_checked(tmp_path, caps
     ppl = {k: v["token_perplexity"] for k, v in summary["baselines"].items()}
     assert ppl["kneser_ney_3"] < ppl["unigram"] and ppl["bigram"] < ppl["unigram"]
     assert (run_dir / "eval" / "pretrain" / "results.json").exists()
-    assert [s["prompt"] for s in summary["samples"]["pretrain"]] == ["The ", "What is 2+3?"]
+    for label in ("pretrain", "sft", "dpo"):
+        assert [s["prompt"] for s in summary["samples"][label]] == ["The ", "What is 2+3?"]
+        assert (run_dir / "eval" / label / "results.json").exists()
 
     export = json.loads((state / "export_hf.done.json").read_text())["summary"]
     assert export["max_logit_diff"] < 1e-3
@@ -92,7 +130,10 @@ def test_micro_pipeline_killed_resumed_and_every_artefact_checked(tmp_path, caps
         assert (run_dir / "report" / png).read_bytes()[:4] == b"\x89PNG"
     assert "<table>" in (run_dir / "report" / "report.html").read_text()
 
-    # 4. A rerun does nothing; --from report redoes only the report.
+
+def check_rerun_and_from(args: list[str], capsys) -> None:
+    capsys.readouterr()
+    state = Path(args[3].partition("=")[2]) / STATE_DIR
     assert main(args) == 0
     assert "running" not in capsys.readouterr().err
     before = (state / "eval.done.json").read_text()

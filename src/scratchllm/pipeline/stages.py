@@ -390,6 +390,32 @@ def verify_export_hf(ctx: Context) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# quantize
+
+
+def run_quantize(ctx: Context) -> dict[str, Any]:
+    from scratchllm.cli import main
+
+    src = final_model_dir(ctx)
+    args = ["quantize", str(src), "--out", str(ctx.dir("quantize")), *merged_args(ctx.cfg.quantize)]
+    if main(args) != 0:
+        raise ScratchError(f"scratchllm {' '.join(args)} failed (see the messages above)")
+    return {"source": str(src), "path": str(ctx.dir("quantize"))}
+
+
+def merged_args(table: dict[str, Any]) -> list[str]:
+    """A stage table as --key value options for its CLI."""
+    out = []
+    for k, v in table.items():
+        out += [f"--{k.replace('_', '-')}", str(v)]
+    return out
+
+
+def verify_quantize(ctx: Context) -> None:
+    _need(ctx.dir("quantize") / "config.json", "quantized model config")
+
+
+# ------------------------------------------------------------------------------------------------
 # serve + check with the official openai client
 
 
@@ -504,7 +530,11 @@ def all_stages() -> list[Stage]:
         Stage("dpo", run_dpo, verify_dpo, "align the SFT model with DPO (resumes from its checkpoints)",
               requires=("scratchllm.align.run",)),
         Stage("eval", run_eval, verify_eval, "held-out perplexity vs n-gram baselines, tasks, samples"),
+        Stage("quantize", run_quantize, verify_quantize, "INT8/INT4 weights for serving",
+              requires=("scratchllm.serve.quantize",)),
         Stage("export_hf", run_export_hf, verify_export_hf, "export to Hugging Face Llama and check with transformers",
               requires=("transformers",)),
+        Stage("serve", run_serve, verify_serve, "start `scratchllm serve` and query it with the openai client",
+              requires=("scratchllm.serve.cli", "openai")),
         Stage("report", run_report, verify_report, "write report.md / report.html with plots"),
     ]
