@@ -205,6 +205,15 @@ def _split(manifest: dict[str, Any], split: str) -> dict[str, Any]:
     return manifest["splits"][split]
 
 
+def _inputs_targets(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) int64 from windows of seq_len + 1 tokens. Both are made contiguous: a strided view as
+    the model's input makes the CPU training step measurably slower (about 5% at the 1m preset)."""
+    import torch
+
+    data = torch.from_numpy(rows.astype(np.int64))
+    return data[:, :-1].contiguous(), data[:, 1:].contiguous()
+
+
 class ShardDataset:
     """Random fixed-length windows from the shards of one split, for training.
 
@@ -264,8 +273,7 @@ class ShardDataset:
         rows = np.stack([self.shards[s][o : o + seq_len + 1] for s, o in zip(shard, offset, strict=True)])
         if generator is None:
             self.batches += 1
-        data = torch.from_numpy(rows.astype(np.int64))
-        return data[:, :-1], data[:, 1:]
+        return _inputs_targets(rows)
 
     def iter_batches(self, batch_size: int, seq_len: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Every non-overlapping window of every shard, in order (for evaluation); last batch may be short."""
@@ -276,12 +284,10 @@ class ShardDataset:
             for o in range(0, len(s) - seq_len, seq_len):
                 rows.append(s[o : o + seq_len + 1])
                 if len(rows) == batch_size:
-                    data = torch.from_numpy(np.stack(rows).astype(np.int64))
-                    yield data[:, :-1], data[:, 1:]
+                    yield _inputs_targets(np.stack(rows))
                     rows = []
         if rows:
-            data = torch.from_numpy(np.stack(rows).astype(np.int64))
-            yield data[:, :-1], data[:, 1:]
+            yield _inputs_targets(np.stack(rows))
 
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "batches": self.batches, "rng_state": self.generator.get_state()}
