@@ -59,6 +59,7 @@ class ScriptedLM(LanguageModel):
     def __init__(self, reply) -> None:
         self.reply = reply
         self.prompts: list[str] = []
+        self.max_tokens: list[int] = []
 
     def encode(self, text: str) -> list[int]:
         return [min(ord(c), 255) for c in text]
@@ -79,6 +80,7 @@ class ScriptedLM(LanguageModel):
 
     def generate(self, prompt, max_tokens=256, stop=(), temperature=0.0, top_p=1.0, n=1, seed=0, chat=False):
         self.prompts.append(f"<chat>{prompt}" if chat else prompt)
+        self.max_tokens.append(max_tokens)
         return [self.reply(prompt, i) for i in range(n)]
 
 

@@ -103,6 +103,17 @@ def test_generate_is_greedy_and_stops(lm, tiny_model):
         assert lm.generate(prompt, max_tokens=8, stop=[stop])[0] == out[: out.find(stop)]
 
 
+def test_prompts_longer_than_the_cache_use_a_sliding_window(lm, tiny_model):
+    prompt = "the cat sat on the mat " * 20
+    ids = lm.encode(prompt)
+    assert len(ids) > tiny_model.cfg.context_length
+    new: list[int] = []
+    with torch.no_grad():
+        for _ in range(5):
+            new.append(int(tiny_model(torch.tensor([(ids + new)[-tiny_model.cfg.context_length:]]))[0, -1].argmax()))
+    assert lm.generate(prompt, max_tokens=5)[0] == lm.decode(new)
+
+
 def test_chat_prompt_uses_the_chat_format(lm, tokenizer):
     from scratchllm.finetune.chat import encode_chat
 

@@ -71,13 +71,15 @@ def test_safety_report_by_category(scripted):
     assert res["metrics"]["n_harmful"] + res["metrics"]["n_benign"] == res["n"]
 
 
-def test_chat_setting_reaches_generative_tasks_only(scripted):
+def test_chat_and_max_tokens_settings_reach_generative_tasks(scripted):
     lm = scripted(lambda p, i: "I can't help with that. #### 1")
     evaluate(lm, resolve_tasks(["safety", "gsm8k"]), EvalSettings(limit=4, chat=True))
     assert len(lm.prompts) == 4 + 4 and all(p.startswith("<chat>") for p in lm.prompts)
+    assert set(lm.max_tokens) == {96, 256}  # each spec's generation length
     lm.prompts.clear()
-    evaluate(lm, resolve_tasks(["safety"]), EvalSettings(limit=2))
-    assert not any(p.startswith("<chat>") for p in lm.prompts)
+    lm.max_tokens.clear()
+    evaluate(lm, resolve_tasks(["safety"]), EvalSettings(limit=2, max_tokens=7))
+    assert not any(p.startswith("<chat>") for p in lm.prompts) and lm.max_tokens == [7, 7]
 
 
 @pytest.mark.parametrize(("text", "label"), [
@@ -143,7 +145,7 @@ def test_cli_end_to_end_on_our_model_directory(tmp_path, model_dirs, capsys):
     out = tmp_path / "out"
     code = main(["eval", "--tasks", "ppl,mc,gsm8k,humaneval,safety", "--model", str(model_dirs["ours"]),
                  "--limit", "2", "--out", str(out), "--baseline-text", str(model_dirs["ours"] / "config.json"),
-                 "--log-samples"])
+                 "--log-samples", "--max-tokens", "12"])
     assert code == 0
     data = json.loads((out / "results.json").read_text())
     assert list(data["tasks"]) == ["ppl", "mmlu", "hellaswag", "arc", "gsm8k", "humaneval", "safety"]

@@ -39,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="n-gram baselines next to perplexity ('none' to skip)")
     p.add_argument("--baseline-text", action="append", default=[], metavar="FILE",
                    help="text the baselines are fit on (default: the embedded corpus)")
+    p.add_argument("--max-tokens", type=int, help="generated tokens per answer at most (default: each task's)")
     p.add_argument("--samples", type=int, help="code tasks: completions per problem (pass@k needs k <= samples)")
     p.add_argument("--temperature", type=float, help="code tasks: sampling temperature")
     p.add_argument("--k", help="code tasks: comma-separated k for pass@k, e.g. 1,10")
@@ -88,7 +89,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.tasks or not args.model:
         raise ScratchError("--tasks and --model are required", "e.g. scratchllm eval --tasks ppl,mc --model runs/model")
     for name, value in (("--limit", args.limit), ("--batch-size", args.batch_size), ("--stride", args.stride),
-                        ("--samples", args.samples)):
+                        ("--samples", args.samples), ("--max-tokens", args.max_tokens)):
         if value is not None and value < 1:
             raise ScratchError(f"{name} must be at least 1, got {value}")
 
@@ -131,7 +132,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     settings = EvalSettings(
         limit=args.limit, batch_size=args.batch_size, stride=args.stride, baselines=baselines,
         baseline_documents=_baseline_loader(args.baseline_text),
-        samples=args.samples, temperature=args.temperature, k=_int_list(args.k, "--k") if args.k else None,
+        max_tokens=args.max_tokens, samples=args.samples, temperature=args.temperature,
+        k=_int_list(args.k, "--k") if args.k else None,
         judge=judge, chat=args.chat, judge_safety=args.judge_safety, compare=compare,
         log_samples=args.log_samples, seed=args.seed,
         progress=not args.no_progress and sys.stderr.isatty(),

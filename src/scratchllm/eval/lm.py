@@ -68,6 +68,14 @@ class LanguageModel:
     def eos_id(self) -> int | None:
         raise NotImplementedError
 
+    def prompt_ids(self, prompt: str, chat: bool = False) -> tuple[list[int], set[int]]:
+        """The prompt's token ids and the ids that end a reply (EOS, plus end of turn with ``chat``)."""
+        if chat:
+            ids, ends = self.chat_prompt(prompt)
+        else:
+            ids, ends = self.encode(prompt) or [self.prefix_id], set()
+        return ids, ends | ({self.eos_id} if self.eos_id is not None else set())
+
     def chat_prompt(self, prompt: str) -> tuple[list[int], set[int]]:
         """``prompt`` as one user turn in the model's chat template, ending in the generation prompt,
         and the token ids that end the assistant's reply. Only chat-tuned models implement it."""
@@ -199,15 +207,9 @@ class LanguageModel:
 
         ``chat``: the prompt is sent as a user turn in the model's chat template and the reply ends
         at the template's end-of-turn token. A plain loop without a KV cache: every step re-runs the
-        (left-cropped) sequence. The serving stage's cached generator can replace this by
-        overriding ``generate``.
+        sequence, left-cropped to the context window (so prompt + output may exceed it).
         """
-        if chat:
-            prompt_ids, end_ids = self.chat_prompt(prompt)
-        else:
-            prompt_ids, end_ids = self.encode(prompt) or [self.prefix_id], set()
-        if self.eos_id is not None:
-            end_ids = end_ids | {self.eos_id}
+        prompt_ids, end_ids = self.prompt_ids(prompt, chat)
         gen = torch.Generator().manual_seed(seed)
         out: list[list[int]] = [[] for _ in range(n)]
         texts = [""] * n
@@ -335,6 +337,20 @@ class ScratchLM(LanguageModel):
     @property
     def eos_id(self) -> int | None:
         return self._eos
+
+    def generate(self, prompt: str, max_tokens: int = 256, stop: Sequence[str] = (), temperature: float = 0.0,
+                 top_p: float = 1.0, n: int = 1, seed: int = 0, chat: bool = False) -> list[str]:
+        """The serving stage's batched KV-cache generator when prompt + output fit the context window
+        (the ``n`` samples run as one batch); otherwise the base class's sliding-window loop."""
+        ids, ends = self.prompt_ids(prompt, chat)
+        if len(ids) + max_tokens > self.max_length:
+            return super().generate(prompt, max_tokens, stop, temperature, top_p, n, seed, chat)
+        from scratchllm.serve.generate import SamplingParams, complete
+
+        params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=list(stop),
+                                stop_token_ids=sorted(ends), seed=seed)
+        done = complete(self.model, [ids] * n, params, self.tok)
+        return [cut_at_stop(self.decode([t for t in c.tokens if t not in ends]), stop) for c in done]
 
     def chat_prompt(self, prompt: str) -> tuple[list[int], set[int]]:
         from scratchllm.finetune.chat import END, encode_chat

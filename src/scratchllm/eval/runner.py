@@ -35,6 +35,7 @@ class EvalSettings:
     stride: int | None = None  # perplexity window stride; None: the model's max length
     baselines: list[str] = field(default_factory=lambda: ["unigram", "bigram", "kneser_ney"])
     baseline_documents: Callable[[], list[str]] | None = None  # texts the n-gram baselines are fit on
+    max_tokens: int | None = None  # generation length cap for every generative task (default: each spec's)
     samples: int | None = None  # code tasks: overrides the spec's samples per problem
     temperature: float | None = None  # code tasks: overrides the spec
     k: list[int] | None = None  # code tasks: overrides the spec's pass@k list
@@ -201,7 +202,7 @@ def run_generate(lm: LanguageModel, spec: TaskSpec, records: list[Record], setti
     strict, flexible, samples = [], [], []
     for rec in _bar(records, settings, spec.name):
         prompt = prefix + render(spec.template, rec)
-        output = lm.generate(prompt, max_tokens=spec.max_tokens, stop=spec.stop, chat=settings.chat)[0]
+        output = lm.generate(prompt, max_tokens=settings.max_tokens or spec.max_tokens, stop=spec.stop, chat=settings.chat)[0]
         reference = str(get_path(rec, spec.answer))
         gold = M.extract_strict(reference, spec.answer_pattern) or M.normalize_number(reference)
         pred_strict = M.extract_strict(output, spec.answer_pattern)
@@ -237,7 +238,7 @@ def run_code(lm: LanguageModel, spec: TaskSpec, records: list[Record], settings:
         prompt = render(spec.template, rec)
         test = str(get_path(rec, spec.test))
         entry = str(get_path(rec, spec.entry_point))
-        outs = lm.generate(prompt, max_tokens=spec.max_tokens, stop=spec.stop, temperature=temperature,
+        outs = lm.generate(prompt, max_tokens=settings.max_tokens or spec.max_tokens, stop=spec.stop, temperature=temperature,
                            n=n, seed=settings.seed + i)
         for c in outs:
             programs.append(f"{prompt}{c}\n\n{test}\n\ncheck({entry})\n")
@@ -271,7 +272,7 @@ def run_safety(lm: LanguageModel, spec: TaskSpec, records: list[Record], setting
     items = []
     for rec in _bar(records, settings, spec.name):
         prompt = render(spec.template, rec)
-        response = lm.generate(prompt, max_tokens=spec.max_tokens, stop=spec.stop, chat=settings.chat)[0]
+        response = lm.generate(prompt, max_tokens=settings.max_tokens or spec.max_tokens, stop=spec.stop, chat=settings.chat)[0]
         harmful = get_path(rec, spec.harmful)
         if not isinstance(harmful, bool):
             raise ScratchError(f"{rec.source}: field {spec.harmful!r} must be true or false, got {harmful!r}")
@@ -300,12 +301,12 @@ def run_judge(lm: LanguageModel, spec: TaskSpec, records: list[Record], settings
     for rec in _bar(records, settings, spec.name):
         question = render(spec.template, rec)
         reference = str(get_path(rec, spec.reference)) if spec.reference else None
-        answer = lm.generate(question, max_tokens=spec.max_tokens, stop=spec.stop, chat=settings.chat)[0]
+        answer = lm.generate(question, max_tokens=settings.max_tokens or spec.max_tokens, stop=spec.stop, chat=settings.chat)[0]
         grade = grade_single(settings.judge, question, answer, reference)
         scores.append(grade.score)
         sample: dict[str, Any] = {"source": rec.source, "answer": answer, "score": grade.score}
         if settings.compare is not None:
-            other = settings.compare.generate(question, max_tokens=spec.max_tokens, stop=spec.stop,
+            other = settings.compare.generate(question, max_tokens=settings.max_tokens or spec.max_tokens, stop=spec.stop,
                                               chat=settings.chat)[0]
             pair = judge_pairwise(settings.judge, question, answer, other, reference)
             pairs.append(pair)
