@@ -177,6 +177,17 @@ def build_blocks(ctx: Context, out: Path) -> tuple[list[Block], dict[str, Any]]:
                                  "tokens/s (median)", "MFU"], rows))
         for stage, name in curves:
             blocks.append(("img", name, f"{stage}: loss, learning rate, tokens/s"))
+        rows = []
+        for stage in ("sft", "dpo"):
+            s = markers.get(stage, {}).get("summary", {})
+            before, after = s.get("before") or {}, s.get("after") or {}
+            for key in before:
+                if isinstance(before[key], int | float) and isinstance(after.get(key), int | float):
+                    rows.append([stage, key, _fmt(before[key], 4), _fmt(after[key], 4)])
+        if rows:
+            blocks.append(("p", "Held-out metrics of the fine-tuning and alignment stages, on their own held-out "
+                                "conversations / preference pairs, before and after training:"))
+            blocks.append(("table", ["stage", "metric", "before", "after"], rows))
 
     # Samples before/after SFT and DPO.
     if ev and ev.get("samples"):

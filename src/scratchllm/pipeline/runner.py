@@ -179,7 +179,8 @@ def run_stages(stages: Sequence[Stage], ctx: Context, start_from: str | None = N
     outcome: dict[str, str] = {}
     previous = ""
     for stage in stages:
-        fp = fingerprint(stage.name, ctx.tables.get(stage.name), previous)
+        # A left-out stage is part of the chain too: bringing it back reruns everything after it.
+        fp = fingerprint(stage.name, "left out" if stage.name in skip else ctx.tables.get(stage.name), previous)
         previous = fp
         if stage.name in skip:
             outcome[stage.name] = "left out"
