@@ -122,3 +122,14 @@ def test_cli_other_bad_input(tok_dir, tmp_path, capsys):
     assert "the tokenizer has 512 tokens" in capsys.readouterr().err
     assert main([*args, "lora.target_modules=[\"c_attn\"]", "method=lora"]) == 2
     assert "match no linear layer" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_longer_finetune_raises_heldout_accuracy(tok_dir, tmp_path):
+    """Exact answers on held-out prompts: a fresh tiny model gets none right, after fine-tuning many."""
+    cfg = make_cfg(tok_dir, tmp_path, "method=full", "model.d_model=64", "model.d_ff=192", "train.max_steps=400",
+                   "train.batch_size=16", "optim.lr=3e-3", "schedule.warmup_steps=20", "data.n_train=3000",
+                   "data.n_heldout=80", 'data.kinds=["length", "count", "upper"]', "eval.max_new_tokens=8")
+    _, report = run(cfg, progress=False)
+    assert report["before"]["heldout_accuracy"] == 0.0
+    assert report["after"]["heldout_accuracy"] >= 0.3, report["after"]
