@@ -33,6 +33,10 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
     cfg = load_config(PipelineConfig, args.config, args.overrides)
     run_dir = cfg.run_dir
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     tables = stage_tables(cfg)
     # The exact config: the preset as given plus the command-line overrides, and every stage's resolved table.
