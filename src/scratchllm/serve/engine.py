@@ -1,0 +1,151 @@
+"""Loading a model for inference, and the Engine: one generation worker thread fed by a bounded queue.
+
+The KV cache lives on the model, so one model generates one request at a time; requests wait in a
+queue of bounded length (the server answers 429 when it is full). Generation runs on the worker
+thread, never on the web server's event loop, so health checks stay responsive while it works.
+Each job streams Deltas back to its asyncio consumer; cancelling a job (client gone, timeout) stops
+its generation at the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scratchllm.errors import ScratchError
+from scratchllm.serve.generate import Delta, SamplingParams, stream
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model directory, or a training run directory (its latest checkpoint)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ScratchError(f"model directory not found: {path}",
+                           "pass a directory with config.json + model.safetensors, or a training run directory")
+    if (path / "config.json").is_file():
+        return path
+    from scratchllm.train.checkpoint import latest_checkpoint
+
+    for root in (path / "checkpoints", path):
+        if root.is_dir() and (ckpt := latest_checkpoint(root)) is not None:
+            return ckpt
+    raise ScratchError(f"{path} holds neither a model (config.json) nor training checkpoints",
+                       "pass a model directory or the out_dir of 'scratchllm train'")
+
+
+def load_for_inference(model_path: str | Path, tokenizer_path: str | Path | None = None,
+                       device: str = "cpu") -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer). The tokenizer defaults to one saved inside the model directory."""
+    from scratchllm.serve.quantize import load_model
+    from scratchllm.tokenizer import Tokenizer
+
+    model_dir = resolve_model_dir(model_path)
+    model = load_model(model_dir, map_location=device).eval()
+    if tokenizer_path is None:
+        candidates = [model_dir, Path(model_path)]
+        tokenizer_path = next((c for c in candidates if any(c.glob("tokenizer*.json"))), None)
+        if tokenizer_path is None:
+            raise ScratchError(f"no tokenizer found next to the model in {model_dir}",
+                               "pass --tokenizer DIR (the directory written by 'scratchllm tokenizer train')")
+    tokenizer = Tokenizer.load(tokenizer_path)
+    if tokenizer.vocab_size > model.cfg.vocab_size:
+        raise ScratchError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model.cfg.vocab_size}",
+                           "pass the tokenizer the model was trained with")
+    return model, tokenizer
+
+
+class QueueFull(Exception):
+    """The engine already holds max_pending requests."""
+
+
+@dataclass
+class Job:
+    prompt: list[int]
+    params: SamplingParams
+    deadline: float  # time.monotonic() after which the job is abandoned
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue = field(default_factory=asyncio.Queue)  # Delta | Exception, then None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def emit(self, item: Any) -> None:
+        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+
+
+class JobTimeout(Exception):
+    pass
+
+
+class Engine:
+    """One worker thread generating for queued jobs, in arrival order."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_pending: int = 64) -> None:
+        self.model, self.tokenizer, self.max_pending = model, tokenizer, max_pending
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._pending = 0  # admitted and not finished
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._work, name="scratchllm-generate", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def submit(self, prompt: list[int], params: SamplingParams, timeout_s: float) -> Job:
+        """Queue a job (call from the event loop); raises QueueFull when max_pending jobs are waiting or running."""
+        with self._lock:
+            if self._pending >= self.max_pending:
+                raise QueueFull
+            self._pending += 1
+        job = Job(prompt, params, time.monotonic() + timeout_s, asyncio.get_running_loop())
+        self._queue.put(job)
+        return job
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            try:
+                self._run(job)
+            except Exception as e:  # noqa: BLE001 - reported to the request; the worker must survive
+                job.emit(e)
+            finally:
+                with self._lock:
+                    self._pending -= 1
+                job.emit(None)
+
+    def _run(self, job: Job) -> None:
+        if job.cancelled.is_set():
+            return
+        if time.monotonic() > job.deadline:
+            raise JobTimeout("the request timed out while waiting in the queue")
+        steps = stream(self.model, job.prompt, job.params, self.tokenizer)
+        try:
+            for delta in steps:
+                job.emit(delta)
+                if job.cancelled.is_set():
+                    return
+                if time.monotonic() > job.deadline and delta.finish_reason is None:
+                    raise JobTimeout("the request timed out during generation")
+        finally:
+            steps.close()
+
+
+async def deltas(job: Job) -> Any:
+    """Async iterator over a job's Deltas; raises the job's error. Cancels the job if the consumer stops."""
+    try:
+        while (item := await job.out.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        job.cancelled.set()
+
+
+__all__ = ["Delta", "Engine", "Job", "JobTimeout", "QueueFull", "deltas", "load_for_inference", "resolve_model_dir"]

@@ -1,0 +1,346 @@
+"""An OpenAI-compatible HTTP server: FastAPI + uvicorn.
+
+    GET  /health                liveness: the process answers (no auth)
+    GET  /ready                 readiness: 200 once the model is loaded, else 503 (no auth)
+    GET  /v1/models             the one model served
+    POST /v1/completions        text completion; stream=true sends server-sent events
+    POST /v1/chat/completions   chat (the fine-tuning chat template); stream=true as well
+
+Every error is a 4xx/5xx with OpenAI's body ``{"error": {"message", "type", "param", "code"}}``: bad
+JSON, wrong fields, prompts that do not fit the context -> 400, wrong API key -> 401, unknown model ->
+404, queue full -> 429, timeout -> 504. Generation runs on the engine's worker thread (engine.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from scratchllm.errors import ScratchError
+from scratchllm.serve.engine import Engine, JobTimeout, QueueFull, deltas
+from scratchllm.serve.generate import SamplingParams
+
+log = logging.getLogger("scratchllm.serve")
+
+
+@dataclass
+class ServeConfig:
+    """Server settings. Preset: configs/serve/default.toml."""
+
+    model: str = ""  # model directory (or training run directory)
+    tokenizer: str = ""  # tokenizer directory/file; "" = look inside the model directory
+    model_name: str = "scratchllm"  # the id clients pass as "model"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str = ""  # "" = no auth; else clients must send "Authorization: Bearer <api_key>"
+    max_pending: int = 64  # requests queued or running before 429
+    timeout_s: float = 120.0  # per request, from arrival (queue wait included)
+    device: str = "cpu"
+
+
+# --- request bodies (pydantic validates types and ranges; extra fields are ignored, as OpenAI does) ------
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=0, ge=0)
+    min_p: float = Field(default=0.0, ge=0, le=1)
+    repetition_penalty: float = Field(default=1.0, gt=0)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(default=1, ge=1, le=1)
+    stream: bool = False
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int]
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+
+
+# --- errors -------------------------------------------------------------------------------------------
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return "the request body is not valid JSON", None
+    where = ".".join(loc) or "body"
+    return f"{where}: {first.get('msg', 'invalid value')}", where
+
+
+# --- the app ------------------------------------------------------------------------------------------
+
+
+def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> FastAPI:
+    """The FastAPI app. With model/tokenizer None they are loaded from cfg at startup (then /ready turns 200)."""
+    state: dict[str, Any] = {"engine": None}
+
+    async def lifespan(app: FastAPI):  # noqa: ANN202
+        import asyncio
+
+        m, t = model, tokenizer
+        if m is None:
+            from scratchllm.serve.engine import load_for_inference
+
+            m, t = await asyncio.to_thread(load_for_inference, cfg.model, cfg.tokenizer or None, cfg.device)
+        state["engine"] = Engine(m, t, cfg.max_pending)
+        log.info(json.dumps({"event": "ready", "model": cfg.model_name, "params": m.num_params()}))
+        yield
+        state["engine"].close()
+
+    app = FastAPI(title="scratchllm", lifespan=lifespan)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return APIError(400, message, param=param).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return APIError(exc.status_code, str(exc.detail), type_).response()
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Any:
+        """Auth for /v1, undecodable bodies -> 400, one structured log line per request."""
+        start = time.perf_counter()
+        rid = uuid.uuid4().hex[:12]
+        if request.url.path.startswith("/v1") and cfg.api_key:
+            if request.headers.get("authorization", "") != f"Bearer {cfg.api_key}":
+                response = APIError(401, "invalid or missing API key", "authentication_error",
+                                    code="invalid_api_key").response()
+                _log(rid, request, response.status_code, start)
+                return response
+        if request.method == "POST":
+            body = await request.body()
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError:
+                response = APIError(400, "the request body is not valid UTF-8").response()
+                _log(rid, request, response.status_code, start)
+                return response
+        request.state.rid = rid
+        response = await call_next(request)
+        _log(rid, request, response.status_code, start)
+        return response
+
+    def engine() -> Engine:
+        if state["engine"] is None:
+            raise APIError(503, "the model is still loading", "server_error", code="not_ready")
+        return state["engine"]
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        if state["engine"] is None:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return JSONResponse({"status": "ready", "pending": state["engine"].pending})
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        card = {"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "scratchllm"}
+        return {"object": "list", "data": [card]}
+
+    def prepare(req: _Sampling, prompt: list[int], default_max: int | None, extra_stop: list[int]
+                ) -> SamplingParams:
+        if req.model != cfg.model_name:
+            raise APIError(404, f"the model {req.model!r} does not exist; this server serves {cfg.model_name!r}",
+                           "not_found_error", "model", "model_not_found")
+        eng = engine()
+        ctx = eng.model.cfg.context_length
+        if len(prompt) >= ctx:
+            raise APIError(400, f"the prompt has {len(prompt)} tokens; the model's context window is {ctx}",
+                           param="messages" if extra_stop else "prompt", code="context_length_exceeded")
+        room = ctx - len(prompt)
+        max_tokens = req.max_completion_tokens or req.max_tokens
+        if max_tokens is None:
+            max_tokens = min(room, default_max or room)
+        if max_tokens > room:
+            raise APIError(400, f"max_tokens={max_tokens} + {len(prompt)} prompt tokens exceed the model's context "
+                                f"window of {ctx} tokens", param="max_tokens", code="context_length_exceeded")
+        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if any(not s for s in stop):
+            raise APIError(400, "stop strings must not be empty", param="stop")
+        return SamplingParams(
+            max_new_tokens=max_tokens, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
+            min_p=req.min_p, repetition_penalty=req.repetition_penalty, frequency_penalty=req.frequency_penalty,
+            presence_penalty=req.presence_penalty, stop=stop, stop_token_ids=extra_stop, seed=req.seed)
+
+    def submit(prompt: list[int], params: SamplingParams) -> Any:
+        try:
+            return engine().submit(prompt, params, cfg.timeout_s)
+        except QueueFull:
+            raise APIError(429, f"the server is busy ({cfg.max_pending} requests pending); retry later",
+                           "rate_limit_error", code="queue_full") from None
+
+    async def run(job: Any, on_delta: Any) -> str:
+        """Drive a job to the end; returns finish_reason; maps engine errors to API errors."""
+        try:
+            finish = "length"
+            async for d in deltas(job):
+                on_delta(d)
+                finish = d.finish_reason or finish
+            return finish
+        except JobTimeout as e:
+            raise APIError(504, str(e), "timeout_error", code="timeout") from None
+        except ScratchError as e:
+            raise APIError(400, e.message) from None
+
+    async def respond(req: _Sampling, prompt: list[int], params: SamplingParams, chat: bool) -> Any:
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        created = int(time.time())
+        job = submit(prompt, params)
+
+        def chunk(text: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
+            if chat:
+                delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
+                if text:
+                    delta["content"] = text
+                choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+                return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": cfg.model_name,
+                        "choices": [choice]}
+            choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+            return {"id": rid, "object": "text_completion", "created": created, "model": cfg.model_name,
+                    "choices": [choice]}
+
+        if req.stream:
+            async def events() -> Any:
+                pieces: list[str] = []
+                if chat:
+                    yield _sse(chunk(None, None, first=True))
+                try:
+                    async for d in deltas(job):
+                        if d.finish_reason:
+                            if d.text:
+                                yield _sse(chunk(d.text, None))
+                            yield _sse(chunk(None, d.finish_reason))
+                        elif d.text:
+                            pieces.append(d.text)
+                            yield _sse(chunk(d.text, None))
+                except JobTimeout as e:
+                    yield _sse(APIError(504, str(e), "timeout_error", code="timeout").body())
+                except ScratchError as e:
+                    yield _sse(APIError(400, e.message).body())
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+        parts: list[str] = []
+        n_tokens = [0]
+
+        def collect(d: Any) -> None:
+            parts.append(d.text)
+            n_tokens[0] += d.token_id is not None
+
+        finish = await run(job, collect)
+        text = "".join(parts)
+        usage = {"prompt_tokens": len(prompt), "completion_tokens": n_tokens[0],
+                 "total_tokens": len(prompt) + n_tokens[0]}
+        if chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+                      "logprobs": None}
+            return {"id": rid, "object": "chat.completion", "created": created, "model": cfg.model_name,
+                    "choices": [choice], "usage": usage}
+        choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+        return {"id": rid, "object": "text_completion", "created": created, "model": cfg.model_name,
+                "choices": [choice], "usage": usage}
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest) -> Any:
+        tok = engine().tokenizer
+        p = req.prompt
+        if isinstance(p, list) and p and isinstance(p[0], str):
+            if len(p) != 1:
+                raise APIError(400, "only one prompt per request is supported", param="prompt")
+            p = p[0]
+        if isinstance(p, str):
+            prompt = tok.encode(p)
+        else:
+            vocab = engine().model.cfg.vocab_size
+            if any(not 0 <= i < vocab for i in p):
+                raise APIError(400, f"prompt token ids must be in 0..{vocab - 1}", param="prompt")
+            prompt = list(p)
+        if not prompt:
+            prompt = [tok.bos_id] if "<|bos|>" in tok.special_tokens else []
+        if not prompt:
+            raise APIError(400, "the prompt is empty", param="prompt")
+        return await respond(req, prompt, prepare(req, prompt, 16, []), chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatRequest) -> Any:
+        from scratchllm.finetune.chat import END, encode_chat
+
+        tok = engine().tokenizer
+        try:
+            prompt, _ = encode_chat(tok, [m.model_dump() for m in req.messages], add_generation_prompt=True)
+            end = tok.token_id(END)
+        except ScratchError as e:
+            raise APIError(400, e.message, param="messages") from None
+        return await respond(req, prompt, prepare(req, prompt, None, [end]), chat=True)
+
+    return app
+
+
+def _sse(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _log(rid: str, request: Request, status: int, start: float) -> None:
+    log.info(json.dumps({"event": "request", "id": rid, "method": request.method, "path": request.url.path,
+                         "status": status, "ms": round(1000 * (time.perf_counter() - start), 1)}))
+
+
+def serve(cfg: ServeConfig) -> None:
+    """Run the server until interrupted (uvicorn; logs are JSON lines on stderr)."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=5)

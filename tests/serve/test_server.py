@@ -1,0 +1,171 @@
+"""The OpenAI-compatible server over real HTTP on loopback: the official openai client, streaming, bad input."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+
+from scratchllm.serve.server import ServeConfig, create_app
+
+from .conftest import tiny_model
+
+KEY = "sk-test"
+
+
+class _Server:
+    """uvicorn on a free loopback port, in a thread."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def served(byte_tokenizer):
+    torch.set_num_threads(1)
+    model = tiny_model(vocab_size=byte_tokenizer.vocab_size, context_length=64)
+    cfg = ServeConfig(model_name="tiny", api_key=KEY, max_pending=4, timeout_s=30)
+    srv = _Server(create_app(cfg, model, byte_tokenizer))
+    yield srv, model, byte_tokenizer
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=served[0].url + "/v1", api_key=KEY, max_retries=0)
+
+
+def _http(served, method: str, path: str, **kw) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {KEY}", **kw.pop("headers", {})}
+    return httpx.request(method, served[0].url + path, headers=headers, timeout=30, **kw)
+
+
+def test_openai_client_completion_matches_generate(served, client):
+    from scratchllm.serve.generate import SamplingParams, complete
+
+    _, model, tok = served
+    out = client.completions.create(model="tiny", prompt="hello", max_tokens=12, temperature=0)
+    want = complete(model, [tok.encode("hello")], SamplingParams(max_new_tokens=12, temperature=0), tok)[0]
+    assert out.choices[0].text == want.text
+    assert out.usage.completion_tokens == len(want.tokens) and out.usage.prompt_tokens == 5
+    assert out.choices[0].finish_reason == want.finish_reason
+
+
+def test_openai_client_chat_and_streaming_chat_agree(client):
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    full = client.chat.completions.create(model="tiny", messages=messages, max_tokens=20, temperature=0)
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=20, temperature=0,
+                                                 stream=True))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert full.choices[0].message.role == "assistant"
+    assert streamed == full.choices[0].message.content and len(streamed) > 0
+    assert chunks[-1].choices[0].finish_reason == full.choices[0].finish_reason
+
+
+def test_streaming_completion_with_stop_string(client):
+    free = client.completions.create(model="tiny", prompt="ab", max_tokens=20, temperature=0).choices[0].text
+    stop = free[6:8]
+    chunks = list(client.completions.create(model="tiny", prompt="ab", max_tokens=20, temperature=0, stop=stop,
+                                            stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == free[: free.index(stop)]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_models_health_ready(served, client):
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    assert httpx.get(served[0].url + "/health").json() == {"status": "ok"}  # no auth needed
+    assert httpx.get(served[0].url + "/ready").status_code == 200
+
+
+def _assert_openai_error(r: httpx.Response, status: int, fragment: str) -> None:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert fragment in err["message"] and set(err) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize(
+    "body,status,fragment",
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b'{"model": "tiny", "prompt": "\xff\xfe"}', 400, "UTF-8"),
+        (json.dumps({"model": "tiny"}).encode(), 400, "prompt"),
+        (json.dumps({"model": "tiny", "prompt": 5}).encode(), 400, "prompt"),
+        (json.dumps({"model": "tiny", "prompt": "x", "max_tokens": 0}).encode(), 400, "max_tokens"),
+        (json.dumps({"model": "tiny", "prompt": "x", "max_tokens": 1000}).encode(), 400, "context window"),
+        (json.dumps({"model": "tiny", "prompt": "x" * 100, "max_tokens": 1}).encode(), 400, "context window"),
+        (json.dumps({"model": "tiny", "prompt": "x", "temperature": "hot"}).encode(), 400, "temperature"),
+        (json.dumps({"model": "gpt-9", "prompt": "x"}).encode(), 404, "does not exist"),
+        (json.dumps({"model": "tiny", "prompt": [99999]}).encode(), 400, "token ids"),
+    ],
+    ids=["json", "utf8", "missing", "type", "max0", "max_ctx", "long_prompt", "temp_type", "model", "ids"],
+)
+def test_bad_completion_requests_get_openai_errors(served, body, status, fragment):
+    r = _http(served, "POST", "/v1/completions", content=body, headers={"Content-Type": "application/json"})
+    _assert_openai_error(r, status, fragment)
+
+
+def test_bad_chat_requests_and_auth(served):
+    r = _http(served, "POST", "/v1/chat/completions", json={"model": "tiny", "messages": []})
+    _assert_openai_error(r, 400, "messages")
+    r = _http(served, "POST", "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "bot", "content": "x"}]})
+    _assert_openai_error(r, 400, "role")
+    r = httpx.post(served[0].url + "/v1/completions", json={"model": "tiny", "prompt": "x"},
+                   headers={"Authorization": "Bearer wrong"})
+    _assert_openai_error(r, 401, "API key")
+    _assert_openai_error(httpx.get(served[0].url + "/nope"), 404, "Not Found")
+
+
+def test_disconnect_mid_stream_frees_the_worker_and_health_stays_responsive(served):
+    """Drop a long stream after the first event: the worker must stop it and serve the next request."""
+    url = served[0].url + "/v1/completions"
+    body = {"model": "tiny", "prompt": "a", "max_tokens": 60, "temperature": 0, "stream": True}
+    with httpx.stream("POST", url, json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())
+        t = time.perf_counter()
+        assert httpx.get(served[0].url + "/health", timeout=5).status_code == 200
+        assert time.perf_counter() - t < 2
+    r = _http(served, "POST", "/v1/completions", json={"model": "tiny", "prompt": "b", "max_tokens": 3})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3
+    deadline = time.monotonic() + 10
+    while _http(served, "GET", "/ready").json()["pending"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _http(served, "GET", "/ready").json()["pending"] == 0
+
+
+def test_queue_full_gives_429(byte_tokenizer):
+    model = tiny_model(vocab_size=byte_tokenizer.vocab_size, context_length=64)
+    fast = model.forward
+    model.forward = lambda *a, **k: (time.sleep(0.05), fast(*a, **k))[1]  # ~3 s for 60 tokens
+    srv = _Server(create_app(ServeConfig(model_name="tiny", max_pending=1), model, byte_tokenizer))
+    try:
+        body = {"model": "tiny", "prompt": "a", "max_tokens": 60, "stream": True}
+        with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=30) as r:
+            lines = r.iter_lines()  # keep a reference: a collected iterator would close the stream
+            next(lines)  # the first request holds the only slot while it streams
+            second = httpx.post(srv.url + "/v1/completions", json={"model": "tiny", "prompt": "b"}, timeout=30)
+            _assert_openai_error(second, 429, "busy")
+    finally:
+        srv.stop()
