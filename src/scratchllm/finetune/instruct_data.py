@@ -71,15 +71,14 @@ def is_correct(example: InstructExample, response: str) -> bool:
 
 @functools.cache
 def _corpus_sentences() -> tuple[str, ...]:
-    """Short plain sentences from the embedded prose (pydoc topics: fast to load, always present)."""
-    from scratchllm.data.corpus import prose_documents
+    """Short plain sentences from the embedded prose's Python reference topics (``pydoc_data``, the
+    first part of ``data.corpus.prose_documents``; read directly, without scanning the stdlib)."""
+    from pydoc_data import topics
 
     sentences = []
-    for i, doc in enumerate(prose_documents()):
-        if not doc.source.startswith("pydoc_data"):
-            break
-        for s in re.split(r"(?<=[.!?])\s+", " ".join(doc.text.split())):
-            words = s.rstrip(".!?").split()
+    for name in sorted(topics.topics):
+        for s in re.split(r"(?<=[.!?])\s+", " ".join(topics.topics[name].split())):
+            words = [w.rstrip(",;:") for w in s.rstrip(".!?").split()]
             if 6 <= len(words) <= 16 and all(re.fullmatch(r"[A-Za-z][a-z]*", w) for w in words):
                 sentences.append(" ".join(words))
     return tuple(dict.fromkeys(sentences))
