@@ -1,0 +1,110 @@
+"""'scratchllm generate | chat | quantize | serve' end to end on a tiny model directory."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from scratchllm.cli import main
+from scratchllm.serve.generate import SamplingParams, complete
+
+from .conftest import tiny_model
+
+
+@pytest.fixture
+def model_dir(tmp_path, byte_tokenizer):
+    model = tiny_model(vocab_size=byte_tokenizer.vocab_size)
+    d = tmp_path / "m"
+    model.save_pretrained(d)
+    byte_tokenizer.save_pretrained(d)
+    return d, model
+
+
+def test_generate_prints_prompt_and_greedy_continuation(model_dir, byte_tokenizer, capsys):
+    d, model = model_dir
+    assert main(["generate", "--model", str(d), "--prompt", "hi", "--temperature", "0", "--max-new-tokens", "10"]) == 0
+    want = complete(model, [byte_tokenizer.encode("hi")], SamplingParams(max_new_tokens=10, temperature=0),
+                    byte_tokenizer)[0].text
+    assert capsys.readouterr().out == "hi" + want + "\n"
+    # speculative decoding with the model as its own draft prints the same
+    assert main(["generate", "--model", str(d), "--prompt", "hi", "--temperature", "0", "--max-new-tokens", "10",
+                 "--draft", str(d)]) == 0
+    assert capsys.readouterr().out == "hi" + want + "\n"
+
+
+def test_quantize_then_generate(model_dir, tmp_path, capsys):
+    d, _ = model_dir
+    out = tmp_path / "q"
+    assert main(["quantize", "--model", str(d), "--out", str(out), "--mode", "int4", "--group-size", "32"]) == 0
+    assert "int4" in capsys.readouterr().out and (out / "quantization.json").is_file()
+    assert main(["generate", "--model", str(out), "--prompt", "hi", "--max-new-tokens", "5", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.startswith("hi")
+
+
+def test_chat_keeps_the_conversation(model_dir, monkeypatch, capsys):
+    d, _ = model_dir
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n/reset\nagain\n/exit\n"))
+    assert main(["chat", "--model", str(d), "--temperature", "0", "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.count("assistant> ") == 2
+
+
+def test_cli_errors(tmp_path, capsys, model_dir):
+    assert main(["serve"]) == 2
+    assert "no model" in capsys.readouterr().err
+    assert main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "x"]) == 2
+    assert "not found" in capsys.readouterr().err
+    d, _ = model_dir
+    assert main(["generate", "--model", str(d), "--prompt", "x", "--top-p", "0"]) == 2
+    assert "top_p" in capsys.readouterr().err
+
+
+def test_training_run_directory_serves_its_latest_checkpoint(model_dir, tmp_path, byte_tokenizer, capsys):
+    from scratchllm.serve.engine import load_for_inference
+
+    d, model = model_dir
+    run = tmp_path / "run"
+    for step in (5, 10):
+        ckpt = run / "checkpoints" / f"step_{step:06d}"
+        tiny_model(seed=step, vocab_size=byte_tokenizer.vocab_size).save_pretrained(ckpt)
+        (ckpt / "checksums.json").write_text("{}")
+    (run / "checkpoints" / "latest").write_text("step_000010")
+    loaded, _ = load_for_inference(run, d)
+    want = tiny_model(seed=10, vocab_size=byte_tokenizer.vocab_size)
+    assert all((a == b).all() for a, b in zip(loaded.state_dict().values(), want.state_dict().values()))
+    assert main(["generate", "--model", str(run), "--prompt", "x", "--max-new-tokens", "2"]) == 2
+    assert "--tokenizer" in capsys.readouterr().err  # no tokenizer in a run directory: say how to pass one
+
+
+def test_serve_command_in_a_subprocess(model_dir):
+    """The real 'scratchllm serve' process: loads the model at startup, /ready turns 200, stops on SIGTERM."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    d, _ = model_dir
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "scratchllm", "serve", f"model={d}", f"port={port}",
+                             "model_name=tiny"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not come up"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"model": "tiny", "prompt": "a",
+                                                                      "max_tokens": 3}, timeout=30)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=20)
+    assert '"event": "request"' in out and '"status": 200' in out  # structured JSON log lines
