@@ -43,9 +43,9 @@ from scratchllm.train.parallel import Dist
 
 
 def resolve_base(path: str) -> Path:
-    """A model directory, or the latest checkpoint of a run's ``checkpoints/`` (or run) directory."""
+    """A model directory, a fine-tuning run's merged ``model/``, or the latest checkpoint of a run."""
     p = Path(path)
-    for candidate in (p, p / "checkpoints"):
+    for candidate in (p, p / "model", p / "checkpoints"):
         if (candidate / "config.json").is_file():
             return candidate
         latest = ckpt.latest_checkpoint(candidate)
