@@ -117,12 +117,27 @@ def check_artefacts(run_dir: Path, pretrain_steps: int) -> None:
         assert [s["prompt"] for s in summary["samples"][label]] == ["The ", "What is 2+3?"]
         assert (run_dir / "eval" / label / "results.json").exists()
 
+    quant = json.loads((state / "quantize.done.json").read_text())["summary"]
+    assert quant["mode"] == "int8" and quant["quantized_weight_bytes"] < quant["dense_weight_bytes"]
+    assert json.loads((run_dir / "quantize" / "quantization.json").read_text())["mode"] == "int8"
+    # INT8 per-channel weights barely move held-out perplexity.
+    assert abs(quant["heldout_ppl_quantized"] / quant["heldout_ppl_dense"] - 1) < 0.05
+
+    served = json.loads((run_dir / "serve" / "check.json").read_text())
+    assert served["model_dir"] == str(run_dir / "quantize") and served["models"] == ["scratchllm"]
+    assert served["completion"]["usage"]["completion_tokens"] >= 1  # a real completion, via the openai client
+    assert served["completion"]["finish_reason"] in ("length", "stop")
+    assert isinstance(served["chat"]["text"], str)
+    log = (run_dir / "serve" / "server.log").read_text()
+    assert '"path": "/v1/completions", "status": 200' in log
+
     export = json.loads((state / "export_hf.done.json").read_text())["summary"]
     assert export["max_logit_diff"] < 1e-3
     assert json.loads((run_dir / "export_hf" / "config.json").read_text())["model_type"] == "llama"
 
     report = (run_dir / "report" / "report.md").read_text()
     for heading in ("Held-out perplexity against n-gram baselines", "Training", "Sample generations",
+                    "Quantized export", "Hugging Face export", "Served completion (openai client)",
                     "Post-mortem", "Reproduce"):
         assert f"## {heading}" in report
     assert "kneser_ney_3" in report and "git commit" in report

@@ -48,6 +48,23 @@ class EvalStageConfig:
 
 
 @dataclass
+class QuantizeStageConfig:
+    mode: str = "int8"  # "int8" (per output channel) or "int4" (per group of group_size inputs)
+    group_size: int = 64
+
+    def validate(self) -> None:
+        if self.mode not in ("int8", "int4"):
+            raise ScratchError(f"quantize.mode must be 'int8' or 'int4', got {self.mode!r}")
+        if self.group_size < 2:
+            raise ScratchError(f"quantize.group_size must be >= 2, got {self.group_size}")
+
+
+@dataclass
+class ExportHFStageConfig:
+    check_with_transformers: bool = True  # load the export with transformers and compare its logits with ours
+
+
+@dataclass
 class ServeCheckConfig:
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port
@@ -56,7 +73,7 @@ class ServeCheckConfig:
     chat_prompt: str = "What is Python?"
     max_tokens: int = 24
     startup_timeout: float = 120.0  # seconds to wait for the server to answer
-    extra_args: list[str] = field(default_factory=list)  # passed to `scratchllm serve`
+    model_name: str = "scratchllm"  # the id the server answers to
 
     def validate(self) -> None:
         if self.model not in ("quantized", "final"):
@@ -83,8 +100,8 @@ class PipelineConfig:
     sft: dict[str, Any] = field(default_factory=dict)
     dpo: dict[str, Any] = field(default_factory=dict)
     eval: EvalStageConfig = field(default_factory=EvalStageConfig)
-    quantize: dict[str, Any] = field(default_factory=dict)
-    export_hf: dict[str, Any] = field(default_factory=dict)
+    quantize: QuantizeStageConfig = field(default_factory=QuantizeStageConfig)
+    export_hf: ExportHFStageConfig = field(default_factory=ExportHFStageConfig)
     serve: ServeCheckConfig = field(default_factory=ServeCheckConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
@@ -205,8 +222,8 @@ def stage_tables(cfg: PipelineConfig) -> dict[str, Any]:
         "sft": to_dict(cfg.sft_config()),
         "dpo": to_dict(cfg.dpo_config()),
         "eval": to_dict(cfg.eval),
-        "quantize": merged(cfg.quantize),
-        "export_hf": merged(cfg.export_hf),
+        "quantize": to_dict(cfg.quantize),
+        "export_hf": to_dict(cfg.export_hf),
         "serve": to_dict(cfg.serve),
         "report": to_dict(cfg.report),
     }
