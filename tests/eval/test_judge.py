@@ -201,3 +201,53 @@ def test_a_served_model_runs_the_safety_suite_judged_by_an_endpoint(fake_server,
     judged = [r for r in server.requests if r["model"] == "default"]
     assert len(asked) == len(judged) == 4 and asked[0]["max_tokens"] == 96
     assert safety["categories"]["violence"]["refusal_rate"] == 0.75  # 3 of the 4 mention hurting someone
+
+
+def test_our_own_server_as_judge_and_as_the_evaluated_model(tokenizer, tmp_path):
+    """``scratchllm serve``'s app over loopback HTTP: judge client, position-swapped pairwise, endpoint model, CLI."""
+    pytest.importorskip("fastapi")
+    uvicorn = pytest.importorskip("uvicorn")
+    import time
+
+    import torch
+
+    from scratchllm.cli import main
+    from scratchllm.eval.lm import EndpointLM, ScratchLM
+    from scratchllm.model.model import ModelConfig, Transformer
+    from scratchllm.serve.server import ServeConfig, create_app
+
+    torch.manual_seed(0)  # a context long enough for the judge's rubric prompt
+    model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, context_length=512, d_model=32, n_layers=1,
+                                    n_heads=2, n_kv_heads=2, d_ff=64, tie_embeddings=False)).eval()
+    with torch.no_grad():  # a random model that never emits control tokens writes plain text to compare
+        model.lm_head.weight[sorted(tokenizer.special_tokens.values())] = 0.0
+    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(model_name="tiny"), model, tokenizer),
+                                           host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/v1"
+        # the served model answers what our in-process model answers under --chat
+        question = "Why is the sky blue?"
+        answer = EndpointLM(ChatClient(url, "tiny")).generate(question, max_tokens=8)
+        assert answer == ScratchLM(model, tokenizer).generate(question, max_tokens=8, chat=True) and answer[0]
+        judge = ChatClient(url, "tiny", max_retries=0)
+        grade = grade_single(judge, question, "Rayleigh scattering.")
+        assert grade.explanation == grade_single(judge, question, "Rayleigh scattering.").explanation  # greedy
+        assert grade.score == parse_rating(grade.explanation)
+        pair = judge_pairwise(judge, question, "Rayleigh scattering.", "No idea.")
+        assert pair.winner in ("A", "B", "tie") and (pair.consistent or pair.winner == "tie")
+        # the whole CLI: our server is both the evaluated model and the judge
+        out = tmp_path / "out"
+        assert main(["eval", "--tasks", "judge,safety", "--model", url, "--served-model", "tiny", "--limit", "2",
+                     "--max-tokens", "8", "--judge-url", url, "--judge-model", "tiny", "--judge-safety",
+                     "--out", str(out), "--no-progress"]) == 0
+        tasks = json.loads((out / "results.json").read_text())["tasks"]
+        assert tasks["judge"]["n"] == 2 and tasks["safety"]["classifier"] == "llm-judge"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -74,11 +74,17 @@ class ChatClient:
         self.model, self.api_key, self.timeout = model, api_key, timeout
         self.max_retries, self.backoff, self.max_backoff, self.sleep = max_retries, backoff, max_backoff, sleep
 
-    def chat(self, messages: Sequence[dict[str, str]], temperature: float = 0.0, max_tokens: int = 1024,
+    def chat(self, messages: Sequence[dict[str, str]], temperature: float = 0.0, max_tokens: int | None = None,
              **params: Any) -> str:
-        """The reply's text; ``params`` are further request fields (``stop``, ``top_p``, ``seed``)."""
-        body = json.dumps({"model": self.model, "messages": list(messages), "temperature": temperature,
-                           "max_tokens": max_tokens, **params}).encode("utf-8")
+        """The reply's text; ``params`` are further request fields (``stop``, ``top_p``, ``seed``).
+
+        ``max_tokens=None`` leaves the length to the server (for a small-context model, such as one
+        of ours, a fixed large value would not fit beside a long judge prompt).
+        """
+        fields = {"model": self.model, "messages": list(messages), "temperature": temperature, **params}
+        if max_tokens is not None:
+            fields["max_tokens"] = max_tokens
+        body = json.dumps(fields).encode("utf-8")
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
