@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from scratchllm.align.config import AlignConfig  # noqa: E402
-from scratchllm.align.data import PairBatchSource, checkable_pairs, encode_pairs  # noqa: E402
+from scratchllm.align.data import PairBatchSource, checkable_pairs, collate_pairs, encode_pairs  # noqa: E402
 from scratchllm.align.dpo import DPOObjective  # noqa: E402
 from scratchllm.config import load_config, read_toml  # noqa: E402
 from scratchllm.finetune.instruct_data import embedded_instructions  # noqa: E402
@@ -75,7 +75,8 @@ def ours(args, model_cfg, tok, pairs, device) -> tuple[list[float], int]:
             trainer.train_step([batch])
             sync(device)
             times.append(time.perf_counter() - t0)
-        batch = {k: v.to(device) for k, v in src.next_batch().items()}
+        # Memory on the first `pairs` pairs: the batch trl's measurement uses (same token ids).
+        batch = {k: v.to(device) for k, v in collate_pairs(encoded[: args.pairs], tok.pad_id).items()}
         memory = peak_memory(device, lambda: trainer.train_step([batch]), policy, trainer.optimizer, reference)
     return times[args.warmup:], memory
 
