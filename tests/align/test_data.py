@@ -132,3 +132,5 @@ def test_batch_source_resumes_exactly(tokenizer):
     other = PairBatchSource(encoded, 3, tokenizer.pad_id, seed=5)
     other.load_state_dict(state)
     assert all(torch.equal(a, other.next_batch()["input_ids"]) for a in expected)
+    with pytest.raises(ScratchError, match="trained on 7 preference pairs, this run has 6"):
+        PairBatchSource(encoded[:6], 3, tokenizer.pad_id, seed=5).load_state_dict(state)

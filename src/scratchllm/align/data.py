@@ -232,9 +232,12 @@ class PairBatchSource:
         return collate_pairs(picked, self.pad_id)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "pos": self.pos}
+        return {"epoch": self.epoch, "pos": self.pos, "n": len(self.pairs)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("n") != len(self.pairs):
+            raise ScratchError(f"the checkpoint was trained on {state.get('n')} preference pairs, this run has "
+                               f"{len(self.pairs)}", "resume with the same data settings")
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
         self._order = self._shuffle()
 

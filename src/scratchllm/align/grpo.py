@@ -166,9 +166,12 @@ class RolloutSource:
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "pos": self.pos, "draws": self.draws}
+        return {"epoch": self.epoch, "pos": self.pos, "draws": self.draws, "n": len(self.examples)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("n") != len(self.examples):
+            raise ScratchError(f"the checkpoint was trained on {state.get('n')} prompts, this run has "
+                               f"{len(self.examples)}", "resume with the same data settings")
         self.epoch, self.pos, self.draws = int(state["epoch"]), int(state["pos"]), int(state["draws"])
         self._order = self._shuffle()
         self._pending = []

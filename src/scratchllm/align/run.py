@@ -79,6 +79,8 @@ def load_policy_and_reference(cfg: AlignConfig, tokenizer: Any) -> tuple[nn.Modu
 
 def make_trainer(cfg: AlignConfig, model: nn.Module, source: Any, loss_fn: Callable, resume: bool) -> Trainer:
     """The one Trainer, single process, with this run's loss and batch source; resumes if asked."""
+    if cfg.train.max_tokens:
+        raise ScratchError("train.max_tokens is not used by alignment runs", "set train.max_steps instead")
     configure_torch(cfg)  # type: ignore[arg-type]
     device = select_device(cfg.train.device, Dist())
     trainer = Trainer(cfg, model, source, loss_fn=loss_fn, device=device)  # type: ignore[arg-type]
