@@ -155,3 +155,39 @@ def test_cli_writes_pairs_for_dpo(fake_server, tmp_path, capsys):
     traces = [json.loads(line) for line in out.with_suffix(".traces.jsonl").read_text().splitlines()]
     assert len(traces) == 3 and traces[0]["steps"][0]["critique"] == "Critique: the answer was rude."
     assert "3 preference pairs" in capsys.readouterr().err
+
+
+def test_our_own_server_as_the_endpoint(tokenizer):
+    """``scratchllm serve``'s app over loopback HTTP answers, critiques and revises through the openai client."""
+    pytest.importorskip("fastapi")
+    uvicorn = pytest.importorskip("uvicorn")
+    import time
+
+    import torch
+
+    from scratchllm.model.model import ModelConfig, Transformer
+    from scratchllm.serve.server import ServeConfig, create_app
+
+    torch.manual_seed(0)  # a context long enough for the critique and revision requests
+    model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, context_length=512, d_model=32, n_layers=1,
+                                    n_heads=2, n_kv_heads=2, d_ff=64, tie_embeddings=False)).eval()
+    with torch.no_grad():  # never emit control tokens: every reply is plain, non-empty text
+        model.lm_head.weight[sorted(tokenizer.special_tokens.values())] = 0.0
+    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(model_name="tiny"), model, tokenizer),
+                                           host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/v1"
+        chat = OpenAIChat(url, "tiny", max_new_tokens=6, temperature=0.0, max_retries=0)
+        traces = critique_and_revise(chat, ["Say hi", "Help me"], CONSTITUTION, rounds=1, seed=0)
+        assert all(t.initial and t.steps[0]["critique"] and t.final for t in traces), traces
+        pairs, dropped = traces_to_pairs(traces)
+        assert len(pairs) + dropped == 2
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
