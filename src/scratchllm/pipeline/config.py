@@ -118,13 +118,21 @@ class PipelineConfig:
 
     # The resolved stage configs, every path pointing into run_dir.
 
-    def _runtime(self, table: dict[str, Any]) -> None:
-        """The pipeline-wide device and thread count, for a training stage's table."""
+    def _training(self, name: str, cls: type, table: dict[str, Any], paths: dict[str, Path]) -> Any:
+        """A training stage's config: its table with the run's paths, seed, device and thread count."""
+        table = merged(table, {k: str(v) for k, v in paths.items()})
+        table.setdefault("seed", self.seed)
+        if name == "pretrain" and "vocab_size" not in (model := table.setdefault("model", {})):
+            # The model's vocabulary follows the tokenizer's.
+            if "preset" in model:
+                model.update({k: v for k, v in read_toml(model["preset"]).items() if k not in model})
+            model["vocab_size"] = self.tokenizer_config().tokenizer.vocab_size
         train = table.setdefault("train", {})
         if self.device != "auto":
             train["device"] = self.device
         if self.threads:
             train.setdefault("num_threads", self.threads)
+        return _section(name, cls, table)
 
     def tokenizer_config(self):  # -> TokenizerTrainConfig
         from scratchllm.tokenizer.cli import TokenizerTrainConfig
@@ -141,41 +149,23 @@ class PipelineConfig:
     def train_config(self):  # -> TrainConfig
         from scratchllm.train.config import TrainConfig
 
-        table = merged(self.pretrain, {
-            "out_dir": str(self.run_dir / "pretrain"), "data.path": str(self.run_dir / "data"),
-            "data.tokenizer": str(self.run_dir / "tokenizer"),
-        })
-        table.setdefault("seed", self.seed)
-        model = table.setdefault("model", {})
-        if "vocab_size" not in model:  # the model's vocabulary follows the tokenizer's
-            vocab = self.tokenizer_config().tokenizer.vocab_size
-            if "preset" in model:
-                model.update({k: v for k, v in read_toml(model["preset"]).items() if k not in model})
-            model["vocab_size"] = vocab
-        self._runtime(table)
-        return _section("pretrain", TrainConfig, table)
+        r = self.run_dir
+        return self._training("pretrain", TrainConfig, self.pretrain, {
+            "out_dir": r / "pretrain", "data.path": r / "data", "data.tokenizer": r / "tokenizer"})
 
     def sft_config(self):  # -> FinetuneConfig
         from scratchllm.finetune.config import FinetuneConfig
 
-        table = merged(self.sft, {
-            "out_dir": str(self.run_dir / "sft"), "base.checkpoint": str(self.run_dir / "pretrain"),
-            "base.tokenizer": str(self.run_dir / "tokenizer"),
-        })
-        table.setdefault("seed", self.seed)
-        self._runtime(table)
-        return _section("sft", FinetuneConfig, table)
+        r = self.run_dir
+        return self._training("sft", FinetuneConfig, self.sft, {
+            "out_dir": r / "sft", "base.checkpoint": r / "pretrain", "base.tokenizer": r / "tokenizer"})
 
     def dpo_config(self):  # -> AlignConfig
         from scratchllm.align.config import AlignConfig
 
-        table = merged(self.dpo, {
-            "out_dir": str(self.run_dir / "dpo"), "models.policy": str(self.run_dir / "sft" / "model"),
-            "models.tokenizer": str(self.run_dir / "tokenizer"),
-        })
-        table.setdefault("seed", self.seed)
-        self._runtime(table)
-        return _section("dpo", AlignConfig, table)
+        r = self.run_dir
+        return self._training("dpo", AlignConfig, self.dpo, {
+            "out_dir": r / "dpo", "models.policy": r / "sft" / "model", "models.tokenizer": r / "tokenizer"})
 
 
 def merged(table: dict[str, Any], forced: dict[str, Any] | None = None) -> dict[str, Any]:
