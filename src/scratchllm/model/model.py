@@ -165,11 +165,11 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if self.kv_cache is not None:  # incremental decoding: store the new keys/values, attend over the cache
-            k, v = self.kv_cache.update(input_pos, k, v, mask.size(-1) if mask is not None else T)
+            k, v = self.kv_cache.update(input_pos, k, v)
         dropout = self.dropout if self.training else 0.0
         if self.impl == "sdpa":
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout,
+                q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, dropout_p=dropout,
                 enable_gqa=self.n_kv_heads != self.n_heads,
             )
         else:
@@ -184,8 +184,9 @@ class Attention(nn.Module):
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)  # KV head j -> q heads j*g..
         T = q.size(-2)
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, S)
-        if mask is None:
-            mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        if mask is None:  # causal, aligned to the last key (T == S in training; T == 1 when decoding)
+            S = k.size(-2)
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
         probs = F.dropout(scores.masked_fill(~mask, float("-inf")).softmax(dim=-1), dropout)
         return probs @ v
 
@@ -204,13 +205,13 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, KV, T, hd) at slots input_pos; return the first ``length`` slots of the cache."""
-        B = k.size(0)
-        self.k[:B, :, input_pos] = k.to(self.k.dtype)
-        self.v[:B, :, input_pos] = v.to(self.v.dtype)
-        return self.k[:B, :, :length], self.v[:B, :, :length]
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, KV, T, hd) at slots input_pos; return the cache up to the newest slot."""
+        B, start = k.size(0), int(input_pos[0])  # input_pos is contiguous: a slice copy, not a scatter
+        end = start + k.size(2)
+        self.k[:B, :, start:end] = k.to(self.k.dtype)
+        self.v[:B, :, start:end] = v.to(self.v.dtype)
+        return self.k[:B, :, :end], self.v[:B, :, :end]
 
 
 class MLP(nn.Module):
@@ -312,8 +313,8 @@ class Transformer(nn.Module):
         positions = input_pos if pad is None else (input_pos[None, :] - pad[:, None]).clamp(min=0)  # (T,) | (B, T)
         if cached or pad is not None:
             # Keys: cache slots 0..newest (cache) or the new tokens' slots. Causal from slot 0 needs no mask.
-            key_pos = torch.arange(int(input_pos[-1]) + 1, device=idx.device) if cached else input_pos
-            if pad is not None or int(input_pos[0]) != 0:
+            if pad is not None or (T > 1 and int(input_pos[0]) != 0):  # one new token may see every key: no mask
+                key_pos = torch.arange(int(input_pos[-1]) + 1, device=idx.device) if cached else input_pos
                 q, k = input_pos[:, None], key_pos[None, :]
                 mask = (k <= q)[None, None]  # (1, 1, T, S)
                 if pad is not None:
