@@ -205,10 +205,24 @@ def build_blocks(ctx: Context, out: Path) -> tuple[list[Block], dict[str, Any]]:
                         "(`model.pos_emb`); rerun the pretrain stage with `pretrain.model.pos_emb=learned` in a "
                         "second run directory to compare."))
 
+    serve = markers.get("serve", {}).get("summary")
+    if serve:
+        c, ch = serve["completion"], serve["chat"]
+        usage = c.get("usage") or {}
+        rows = [["served model", serve["model_dir"]], ["startup (s)", _fmt(serve["startup_seconds"])],
+                ["completion prompt", c["prompt"]], ["completion", f"{c['text']!r} ({c['finish_reason']}, "
+                                                                   f"{usage.get('completion_tokens')} tokens, {c['seconds']} s)"],
+                ["chat prompt", ch["prompt"]], ["chat reply", f"{ch['text']!r} ({ch['finish_reason']})"],
+                ["serve it yourself", serve["serve_command"].rsplit(" port=", 1)[0] + " port=8000"]]
     for stage, title in (("quantize", "Quantized export"), ("export_hf", "Hugging Face export"),
                          ("serve", "Served completion (openai client)")):
         s = markers.get(stage, {}).get("summary")
-        if s:
+        if s and stage == "serve":
+            blocks.append(("h", 2, title))
+            blocks.append(("p", "The server was started as a child process and queried with the official `openai` "
+                                "Python client (`completions.create` and `chat.completions.create`, greedy)."))
+            blocks.append(("table", ["", ""], rows))
+        elif s:
             blocks.append(("h", 2, title))
             blocks.append(("table", ["key", "value"], [[k, _fmt(v, 4) if not isinstance(v, dict | list) else
                                                         json.dumps(v)[:300]] for k, v in s.items()]))

@@ -455,16 +455,19 @@ def served_model_dir(ctx: Context) -> Path:
 
 
 def serve_command(ctx: Context, model_dir: Path, host: str, port: int) -> list[str]:
-    """The server as a child process (the Python API, so it does not depend on the CLI's flags)."""
-    cfg = {"model": str(model_dir), "tokenizer": str(ctx.dir("tokenizer")), "host": host, "port": port,
-           "device": _device(ctx), "model_name": ctx.cfg.serve.model_name}
-    code = ("import sys, json; from scratchllm.serve.server import ServeConfig, serve; "
-            "serve(ServeConfig(**json.loads(sys.argv[1])))")
-    return [sys.executable, "-c", code, json.dumps(cfg)]
+    """``scratchllm serve key=value ...``, the command a user runs."""
+    from scratchllm.config import parse_override
+
+    settings = {"model": str(model_dir), "tokenizer": str(ctx.dir("tokenizer")), "host": host,
+                "device": _device(ctx), "model_name": ctx.cfg.serve.model_name}
+    # Quote a value only where it would otherwise be read as a TOML number, boolean, ...
+    args = [f"{k}={v}" if parse_override(f"{k}={v}")[1] == v else f"{k}={json.dumps(v)}" for k, v in settings.items()]
+    return ["scratchllm", "serve", *args, f"port={port}"]
 
 
 def run_serve(ctx: Context) -> dict[str, Any]:
     """Start `scratchllm serve` in a child process, query it with the openai client, stop it."""
+    import shlex
     import subprocess
     import time
 
@@ -477,9 +480,10 @@ def run_serve(ctx: Context) -> dict[str, Any]:
     model_dir = served_model_dir(ctx)
     cmd = serve_command(ctx, model_dir, s.host, port)
     log_path = ctx.dir("serve") / "server.log"
-    ctx.log(f"serve: {' '.join(cmd)}  (log: {log_path})")
+    ctx.log(f"serve: {shlex.join(cmd)}  (log: {log_path})")
     with open(log_path, "w", encoding="utf-8") as server_log:
-        proc = subprocess.Popen(cmd, stdout=server_log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "scratchllm", *cmd[1:]], stdout=server_log,
+                                stderr=subprocess.STDOUT)
     try:
         client = OpenAI(base_url=f"http://{s.host}:{port}/v1", api_key="unused", max_retries=0, timeout=60)
         deadline = time.monotonic() + s.startup_timeout
@@ -517,7 +521,7 @@ def run_serve(ctx: Context) -> dict[str, Any]:
                        "usage": comp.usage.model_dump() if comp.usage else None, "seconds": round(comp_s, 3)},
         "chat": {"prompt": s.chat_prompt, "text": chat.choices[0].message.content,
                  "finish_reason": chat.choices[0].finish_reason},
-        "server": json.loads(cmd[-1]),
+        "serve_command": shlex.join(cmd),
     }
     atomic_write_text(ctx.dir("serve") / "check.json", json.dumps(result, indent=1) + "\n")
     return result
@@ -559,6 +563,6 @@ def all_stages() -> list[Stage]:
               requires=("scratchllm.serve.quantize",)),
         Stage("export_hf", run_export_hf, verify_export_hf, "export to Hugging Face Llama and check with transformers"),
         Stage("serve", run_serve, verify_serve, "start `scratchllm serve` and query it with the openai client",
-              requires=("scratchllm.serve.server", "openai")),
+              requires=("scratchllm.serve.cli", "openai")),
         Stage("report", run_report, verify_report, "write report.md / report.html with plots"),
     ]
