@@ -143,10 +143,19 @@ def quantize_nf4(w: torch.Tensor, blocksize: int = 64, double_quant: bool = True
     return out
 
 
+@functools.cache
+def _byte_pairs(device: torch.device) -> torch.Tensor:
+    """(256, 2): the two code values packed in each byte (high nibble first): one gather per byte."""
+    code = nf4_code().to(device)
+    b = torch.arange(256, device=device)
+    return torch.stack([code[b >> 4], code[b & 0x0F]], dim=1)
+
+
 def dequantize_nf4(q: NF4Tensor) -> torch.Tensor:
     """Back to a dense tensor of ``q.shape`` and ``q.dtype``."""
-    idx = torch.stack([q.packed >> 4, q.packed & 0x0F], dim=1).view(-1)[: math.prod(q.shape)]
-    return dequantize_blockwise(idx, q.block_absmax(), nf4_code().to(q.packed.device), q.blocksize).view(q.shape).to(q.dtype)
+    n = math.prod(q.shape)
+    values, _ = _blockwise(_byte_pairs(q.packed.device)[q.packed.long()].view(-1)[:n], q.blocksize)
+    return (values * q.block_absmax()[:, None]).view(-1)[:n].view(q.shape).to(q.dtype)
 
 
 class _NF4Matmul(torch.autograd.Function):
