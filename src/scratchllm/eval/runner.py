@@ -198,11 +198,12 @@ def fewshot_prefix(spec: TaskSpec, records: list[Record]) -> tuple[str, list[Rec
 
 
 def run_generate(lm: LanguageModel, spec: TaskSpec, records: list[Record], settings: EvalSettings) -> dict:
+    max_tokens = settings.max_tokens or spec.max_tokens
     prefix, records = fewshot_prefix(spec, records)
     strict, flexible, samples = [], [], []
     for rec in _bar(records, settings, spec.name):
         prompt = prefix + render(spec.template, rec)
-        output = lm.generate(prompt, max_tokens=settings.max_tokens or spec.max_tokens, stop=spec.stop, chat=settings.chat)[0]
+        output = lm.generate(prompt, max_tokens=max_tokens, stop=spec.stop, chat=settings.chat)[0]
         reference = str(get_path(rec, spec.answer))
         gold = M.extract_strict(reference, spec.answer_pattern) or M.normalize_number(reference)
         pred_strict = M.extract_strict(output, spec.answer_pattern)
@@ -238,8 +239,8 @@ def run_code(lm: LanguageModel, spec: TaskSpec, records: list[Record], settings:
         prompt = render(spec.template, rec)
         test = str(get_path(rec, spec.test))
         entry = str(get_path(rec, spec.entry_point))
-        outs = lm.generate(prompt, max_tokens=settings.max_tokens or spec.max_tokens, stop=spec.stop, temperature=temperature,
-                           n=n, seed=settings.seed + i)
+        outs = lm.generate(prompt, max_tokens=settings.max_tokens or spec.max_tokens, stop=spec.stop,
+                           temperature=temperature, n=n, seed=settings.seed + i)
         for c in outs:
             programs.append(f"{prompt}{c}\n\n{test}\n\ncheck({entry})\n")
             owners.append(i)
@@ -269,10 +270,11 @@ def run_safety(lm: LanguageModel, spec: TaskSpec, records: list[Record], setting
     from scratchllm.eval.safety import SafetyItem, classify_refusal, classify_with_judge, safety_report
 
     use_judge = settings.judge_safety and settings.judge is not None
+    max_tokens = settings.max_tokens or spec.max_tokens
     items = []
     for rec in _bar(records, settings, spec.name):
         prompt = render(spec.template, rec)
-        response = lm.generate(prompt, max_tokens=settings.max_tokens or spec.max_tokens, stop=spec.stop, chat=settings.chat)[0]
+        response = lm.generate(prompt, max_tokens=max_tokens, stop=spec.stop, chat=settings.chat)[0]
         harmful = get_path(rec, spec.harmful)
         if not isinstance(harmful, bool):
             raise ScratchError(f"{rec.source}: field {spec.harmful!r} must be true or false, got {harmful!r}")
@@ -297,16 +299,17 @@ def run_judge(lm: LanguageModel, spec: TaskSpec, records: list[Record], settings
     if settings.judge is None:
         raise ScratchError(f"task {spec.name} needs a judge endpoint",
                            "pass --judge-url http://HOST:PORT/v1 (any OpenAI-compatible server) and --judge-model")
+    max_tokens = settings.max_tokens or spec.max_tokens
     scores, pairs, samples = [], [], []
     for rec in _bar(records, settings, spec.name):
         question = render(spec.template, rec)
         reference = str(get_path(rec, spec.reference)) if spec.reference else None
-        answer = lm.generate(question, max_tokens=settings.max_tokens or spec.max_tokens, stop=spec.stop, chat=settings.chat)[0]
+        answer = lm.generate(question, max_tokens=max_tokens, stop=spec.stop, chat=settings.chat)[0]
         grade = grade_single(settings.judge, question, answer, reference)
         scores.append(grade.score)
         sample: dict[str, Any] = {"source": rec.source, "answer": answer, "score": grade.score}
         if settings.compare is not None:
-            other = settings.compare.generate(question, max_tokens=settings.max_tokens or spec.max_tokens, stop=spec.stop,
+            other = settings.compare.generate(question, max_tokens=max_tokens, stop=spec.stop,
                                               chat=settings.chat)[0]
             pair = judge_pairwise(settings.judge, question, answer, other, reference)
             pairs.append(pair)
