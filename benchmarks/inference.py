@@ -153,6 +153,8 @@ def main() -> None:
     ap.add_argument("--draft", help="a draft model directory (default: truncated copy of --model)")
     ap.add_argument("--draft-layers", type=int, default=1)
     ap.add_argument("--data", help="prepared data directory with a val split (perplexity)")
+    ap.add_argument("--tokenizer", help="the --model's tokenizer: the prompt is then --prompt, encoded")
+    ap.add_argument("--prompt", default="def main():\n    ")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ks", default="2,4,6")
@@ -167,13 +169,19 @@ def main() -> None:
     torch.manual_seed(0)
     prompt = list(range(1, 17))
 
-    random_model = Transformer(load_config(ModelConfig, ROOT / args.preset)).eval()
-    print(f"\n== {args.preset}: {random_model.num_params() / 1e6:.1f}M params, random weights ==")
-    bench_vs_hf(random_model, prompt, args.tokens, args.repeats)
-    bench_quant(random_model, prompt, args.tokens, args.repeats, args.group_size, None, 0, 0)
+    if args.preset:  # --preset "" skips the random-weights figures
+        random_model = Transformer(load_config(ModelConfig, ROOT / args.preset)).eval()
+        print(f"\n== {args.preset}: {random_model.num_params() / 1e6:.1f}M params, random weights ==")
+        bench_vs_hf(random_model, prompt, args.tokens, args.repeats)
+        bench_quant(random_model, prompt, args.tokens, args.repeats, args.group_size, None, 0, 0)
 
     if args.model:
         model = load_model(args.model).eval()
+        if args.tokenizer:  # a natural prompt: drafts agree with the target far more often than on ids 1..16
+            from scratchllm.tokenizer import Tokenizer
+
+            prompt = Tokenizer.load(args.tokenizer).encode(args.prompt)
+            print(f"prompt {args.prompt!r} ({len(prompt)} tokens)")
         print(f"\n== {args.model}: {model.num_params() / 1e6:.2f}M params, trained ==")
         bench_vs_hf(model, prompt, args.tokens, args.repeats)
         if args.draft:
@@ -184,7 +192,7 @@ def main() -> None:
             label = f"first {args.draft_layers} layer(s) of the target"
         ks = [int(k) for k in args.ks.split(",")]
         bench_speculative(model, draft, prompt, args.tokens, ks, args.repeats, label)
-        bench_speculative(model, model, prompt, args.tokens, ks[:1], args.repeats, "the target itself (upper bound)")
+        bench_speculative(model, model, prompt, args.tokens, [4], args.repeats, "the target itself (upper bound)")
         seq = min(128, model.cfg.context_length)
         bench_quant(model, prompt, args.tokens, args.repeats, args.group_size, args.data, seq, args.val_batches)
 
