@@ -267,16 +267,20 @@ def generate(model: Any, prompts: list[list[int]], params: SamplingParams, token
 
 def stream(model: Any, prompt: list[int], params: SamplingParams, tokenizer: Any = None) -> Iterator[Delta]:
     """Generate for one prompt, yielding a Delta per sampled token; the last one carries finish_reason."""
-    checker = StopChecker(params, tokenizer)
-    steps = decode_steps(model, [prompt], params)
+    yield from stream_deltas(decode_steps(model, [prompt], params), StopChecker(params, tokenizer))
+
+
+def stream_deltas(steps: Iterator[Any], checker: StopChecker) -> Iterator[Delta]:
+    """Deltas for the tokens a decoding loop yields (each step an iterable of ints); closes the loop when done."""
     try:
-        for tok in steps:
-            t = int(tok[0])
-            text = checker.push(t)
-            if checker.finish_reason:
-                yield Delta(t, text, checker.finish_reason)
-                return
-            yield Delta(t, text)
+        for new in steps:
+            for t in new:
+                t = int(t)
+                text = checker.push(t)
+                if checker.finish_reason:
+                    yield Delta(t, text, checker.finish_reason)
+                    return
+                yield Delta(t, text)
         yield Delta(None, checker.flush(), "length")
     finally:
         steps.close()

@@ -27,6 +27,7 @@ from scratchllm.serve.generate import (
     StopChecker,
     _check_prompts,
     filter_logits,
+    stream_deltas,
 )
 
 
@@ -128,19 +129,7 @@ def speculative_stream(
     target: Any, draft: Any, prompt: list[int], params: SamplingParams, tokenizer: Any = None, k: int = 4
 ) -> Iterator[Delta]:
     """Like generate.stream, with a draft model; the last Delta carries finish_reason."""
-    checker = StopChecker(params, tokenizer)
-    steps = speculative_steps(target, draft, prompt, params, k)
-    try:
-        for new in steps:
-            for t in new:
-                text = checker.push(t)
-                if checker.finish_reason:
-                    yield Delta(t, text, checker.finish_reason)
-                    return
-                yield Delta(t, text)
-        yield Delta(None, checker.flush(), "length")
-    finally:
-        steps.close()
+    yield from stream_deltas(speculative_steps(target, draft, prompt, params, k), StopChecker(params, tokenizer))
 
 
 def speculative_generate(
