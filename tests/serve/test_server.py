@@ -169,3 +169,20 @@ def test_queue_full_gives_429(byte_tokenizer):
             _assert_openai_error(second, 429, "busy")
     finally:
         srv.stop()
+
+
+def test_request_timeout_gives_504_and_frees_the_worker(byte_tokenizer):
+    model = tiny_model(vocab_size=byte_tokenizer.vocab_size, context_length=64)
+    fast = model.forward
+    model.forward = lambda *a, **k: (time.sleep(0.05), fast(*a, **k))[1]
+    srv = _Server(create_app(ServeConfig(model_name="tiny", timeout_s=0.5), model, byte_tokenizer))
+    try:
+        r = httpx.post(srv.url + "/v1/completions", json={"model": "tiny", "prompt": "a", "max_tokens": 60}, timeout=30)
+        _assert_openai_error(r, 504, "timed out")
+        body = {"model": "tiny", "prompt": "a", "max_tokens": 60, "stream": True}
+        with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=30) as s:
+            events = [line for line in s.iter_lines() if line]
+        assert '"timeout"' in events[-2] and events[-1] == "data: [DONE]"  # a clean end of the stream
+        assert httpx.get(srv.url + "/ready", timeout=5).json()["pending"] == 0
+    finally:
+        srv.stop()
