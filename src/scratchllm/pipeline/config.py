@@ -35,9 +35,11 @@ class EvalStageConfig:
     tasks: list[str] = field(default_factory=list)  # built-in `scratchllm eval` tasks, e.g. ["ppl", "arc"]
     limit: int | None = None  # examples per built-in task
     batch_size: int = 16
-    # Sample generations of every model (before/after SFT and DPO). Plain prompts for the base model,
-    # the same prompts as a user turn for the chat models.
-    sample_prompts: list[str] = field(default_factory=lambda: ["The ", "def ", "What is Python?"])
+    # Sample generations of every model (before/after SFT and DPO). Plain prompts for the base model
+    # (sampled), the same prompts as a user turn after chat_system for the chat models (greedy, as
+    # the fine-tuning stages measure their accuracy).
+    sample_prompts: list[str] = field(default_factory=lambda: ["The ", "def ", "What is 37 + 50?"])
+    chat_system: str = "You are a helpful assistant. Answer with the answer only."  # "" for none
     sample_tokens: int = 48
     temperature: float = 0.8
     top_k: int = 50

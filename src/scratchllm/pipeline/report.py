@@ -192,8 +192,8 @@ def build_blocks(ctx: Context, out: Path) -> tuple[list[Block], dict[str, Any]]:
     # Samples before/after SFT and DPO.
     if ev and ev.get("samples"):
         blocks.append(("h", 2, "Sample generations before and after SFT / DPO"))
-        blocks.append(("p", "Same prompts and seed for every model: plain text for the base model, a user turn in "
-                            "the chat format for the fine-tuned ones."))
+        blocks.append(("p", "Same prompts and seed for every model: plain text for the base model (sampled), a "
+                            "user turn in the chat format after the system message for the fine-tuned ones (greedy)."))
         prompts = [s["prompt"] for s in next(iter(ev["samples"].values()))]
         for j, prompt in enumerate(prompts):
             blocks.append(("h", 3, f"Prompt: {prompt!r}"))

@@ -337,12 +337,13 @@ def sample_generations(model: Any, tok: Any, label: str, e: Any, device: str, se
         if chat:
             from scratchllm.finetune.chat import encode_chat
 
-            ids, _ = encode_chat(tok, [{"role": "user", "content": prompt}], add_generation_prompt=True)
-            stop = tok.special_tokens.get("<|end|>")
+            system = [{"role": "system", "content": e.chat_system}] if e.chat_system else []
+            ids, _ = encode_chat(tok, [*system, {"role": "user", "content": prompt}], add_generation_prompt=True)
+            stop, top_k = tok.special_tokens.get("<|end|>"), 1  # greedy
         else:
-            ids, stop = tok.encode(prompt) or [tok.eos_id], tok.eos_id
+            ids, stop, top_k = tok.encode(prompt) or [tok.eos_id], tok.eos_id, e.top_k
         g = torch.Generator(device=device).manual_seed(seed + j)
-        new = sample(model, ids, e.sample_tokens, e.temperature, e.top_k, g, model.cfg.context_length, stop,
+        new = sample(model, ids, e.sample_tokens, e.temperature, top_k, g, model.cfg.context_length, stop,
                      torch.device(device))
         out.append({"prompt": prompt, "format": "chat" if chat else "text", "completion": tok.decode(new)})
     return out
