@@ -80,5 +80,11 @@ def test_load_jsonl_formats_and_errors(tmp_path):
     joined = "\n".join(reports)
     assert ":3: malformed JSON" in joined and ":5:" in joined and "no (non-empty) assistant turn" in joined
     assert ":7: unrecognised chat format" in joined and "skipped 3 bad line(s)" in joined
+    bad_utf8 = tmp_path / "latin1.jsonl"
+    bad_utf8.write_bytes(("\n".join([lines[0]] * 300) + "\n").encode() + '{"instruction": "caf\xe9", "output": "x"}\n'
+                         .encode("latin-1") + (lines[1] + "\n").encode())
+    with pytest.raises(ScratchError, match=r"latin1.jsonl:301: not valid UTF-8"):
+        load_chat_jsonl(bad_utf8)
+    assert len(load_chat_jsonl(bad_utf8, skip_bad=True, report=reports.append)) == 301
     with pytest.raises(ScratchError, match="not found"):
         load_chat_jsonl(tmp_path / "missing.jsonl")

@@ -199,25 +199,22 @@ def load_chat_jsonl(
     report = report or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     out: list[list[dict[str, str]]] = []
     skipped = 0
-    with path.open(encoding="utf-8", errors="strict") as f:
-        lineno = 0
-        while True:
-            lineno += 1
+    with path.open("rb") as f:  # bytes, decoded line by line: a bad byte is reported at its own line
+        for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
             try:
-                line = f.readline()
-            except UnicodeDecodeError as e:
-                raise ScratchError(f"{where}: not valid UTF-8 ({e.reason})", "re-encode the file as UTF-8") from None
-            if not line:
-                break
-            if not line.strip():
-                continue
-            try:
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ScratchError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})",
+                                       "re-encode the file as UTF-8, or set data.skip_bad=true") from None
+                if not line.strip():
+                    continue
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ScratchError(f"{where}: malformed JSON ({e.msg} at column {e.colno})",
-                                       "fix the line, or pass skip_bad / finetune.data.skip_bad=true") from None
+                                       "fix the line, or set data.skip_bad=true to skip bad lines") from None
                 out.append(record_to_messages(record, where))
             except ScratchError as e:
                 if not skip_bad:
