@@ -111,6 +111,7 @@ def _assert_openai_error(r: httpx.Response, status: int, fragment: str) -> None:
         (b"{not json", 400, "not valid JSON"),
         (b'{"model": "tiny", "prompt": "\xff\xfe"}', 400, "UTF-8"),
         (json.dumps({"model": "tiny"}).encode(), 400, "prompt"),
+        (b'{"model": "tiny", "prompt": "\\ud800"}', 400, "invalid Unicode"),
         (json.dumps({"model": "tiny", "prompt": 5}).encode(), 400, "prompt"),
         (json.dumps({"model": "tiny", "prompt": "x", "max_tokens": 0}).encode(), 400, "max_tokens"),
         (json.dumps({"model": "tiny", "prompt": "x", "max_tokens": 1000}).encode(), 400, "context window"),
@@ -119,7 +120,7 @@ def _assert_openai_error(r: httpx.Response, status: int, fragment: str) -> None:
         (json.dumps({"model": "gpt-9", "prompt": "x"}).encode(), 404, "does not exist"),
         (json.dumps({"model": "tiny", "prompt": [99999]}).encode(), 400, "token ids"),
     ],
-    ids=["json", "utf8", "missing", "type", "max0", "max_ctx", "long_prompt", "temp_type", "model", "ids"],
+    ids=["json", "utf8", "missing", "surrogate", "type", "max0", "max_ctx", "long_prompt", "temp_type", "model", "ids"],
 )
 def test_bad_completion_requests_get_openai_errors(served, body, status, fragment):
     r = _http(served, "POST", "/v1/completions", content=body, headers={"Content-Type": "application/json"})
@@ -131,6 +132,9 @@ def test_bad_chat_requests_and_auth(served):
     _assert_openai_error(r, 400, "messages")
     r = _http(served, "POST", "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "bot", "content": "x"}]})
     _assert_openai_error(r, 400, "role")
+    r = _http(served, "POST", "/v1/chat/completions", content=b'{"model": "tiny", "messages": [{"role": "user", '
+              b'"content": "\\udc80"}]}', headers={"Content-Type": "application/json"})
+    _assert_openai_error(r, 400, "invalid Unicode")
     r = httpx.post(served[0].url + "/v1/completions", json={"model": "tiny", "prompt": "x"},
                    headers={"Authorization": "Bearer wrong"})
     _assert_openai_error(r, 401, "API key")

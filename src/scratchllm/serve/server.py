@@ -302,7 +302,7 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
                 raise APIError(400, "only one prompt per request is supported", param="prompt")
             p = p[0]
         if isinstance(p, str):
-            prompt = tok.encode(p)
+            prompt = _encode(lambda: tok.encode(p), "prompt")
         else:
             vocab = engine().model.cfg.vocab_size
             if any(not 0 <= i < vocab for i in p):
@@ -320,13 +320,21 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
 
         tok = engine().tokenizer
         try:
-            prompt, _ = encode_chat(tok, [m.model_dump() for m in req.messages], add_generation_prompt=True)
+            prompt, _ = _encode(lambda: encode_chat(tok, [m.model_dump() for m in req.messages], True), "messages")
             end = tok.token_id(END)
         except ScratchError as e:
             raise APIError(400, e.message, param="messages") from None
         return await respond(req, prompt, prepare(req, prompt, None, [end]), chat=True)
 
     return app
+
+
+def _encode(fn: Any, param: str) -> Any:
+    """Run a tokenizer call; text JSON can carry but UTF-8 cannot (lone surrogates like "\\ud800") -> 400."""
+    try:
+        return fn()
+    except UnicodeEncodeError:
+        raise APIError(400, f"{param} contains invalid Unicode (a lone surrogate)", param=param) from None
 
 
 def _sse(obj: dict[str, Any]) -> str:
