@@ -15,6 +15,7 @@ The tokenizer comes before the data stage because the data stage writes *token* 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -169,7 +170,10 @@ def verify_pretrain(ctx: Context) -> None:
 
     path = base_model_dir(ctx)
     verify_checkpoint(path)
-    want = ctx.cfg.train_config().train.max_steps
+    cfg = ctx.cfg.train_config()
+    t = cfg.train
+    # max_tokens, when set, decides the steps (as in train.pretrain.build_trainer, one process).
+    want = math.ceil(t.max_tokens / (t.batch_size * cfg.data.seq_len * t.grad_accum)) if t.max_tokens else t.max_steps
     state = read_json(path / "state.json")
     if int(state.get("step", -1)) < want:
         raise ScratchError(f"the last checkpoint {path} is at step {state.get('step')}, not {want}")
