@@ -135,7 +135,7 @@ def main() -> None:
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         server = subprocess.Popen(
             [sys.executable, "-m", "scratchllm", "serve", f"model={model}", f"port={port}", "model_name=bench",
-             f"max_pending={max(64, args.clients)}", f"timeout_s={args.max_seconds}"],
+             f"max_pending={max(64, args.clients)}", f"timeout_s={args.max_seconds}", f"threads={args.threads}"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
         try:

@@ -46,6 +46,7 @@ class ServeConfig:
     max_pending: int = 64  # requests queued or running before 429
     timeout_s: float = 120.0  # per request, from arrival (queue wait included)
     device: str = "cpu"
+    threads: int = 0  # torch CPU threads for generation; 0 = torch's default (one per core)
 
 
 # --- request bodies (pydantic validates types and ranges; extra fields are ignored, as OpenAI does) ------
@@ -351,4 +352,8 @@ def serve(cfg: ServeConfig) -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)  # small models decode faster on fewer threads (per-op overhead)
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=5)
