@@ -269,6 +269,8 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
                     yield _sse(APIError(504, str(e), "timeout_error", code="timeout").body())
                 except ScratchError as e:
                     yield _sse(APIError(400, e.message).body())
+                finally:  # also when the client disconnects (the response task is cancelled): stop generating
+                    job.cancelled.set()
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream",
