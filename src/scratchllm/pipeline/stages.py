@@ -41,7 +41,7 @@ def trained_models(ctx: Context) -> list[tuple[str, Path]]:
     """(label, model directory) of every model trained so far, in order: base, sft, dpo."""
     out = []
     for stage in ("pretrain", "sft", "dpo"):
-        marker = ctx.done(stage)
+        marker = ctx.done(stage) if stage not in ctx.cfg.skip else None  # not an old run's left-out stage
         if marker is not None and marker.get("summary", {}).get("model_dir"):
             out.append((stage, Path(marker["summary"]["model_dir"])))
     if not out:
@@ -321,7 +321,7 @@ def run_eval(ctx: Context) -> dict[str, Any]:
         summary["samples"][label] = sample_generations(model, tok, label, e, device, ctx.cfg.seed)
     ppl = {k: v["tasks"]["heldout"]["token_perplexity"] for k, v in summary["models"].items()}
     base = {k: v["token_perplexity"] for k, v in summary["baselines"].items()}
-    summary["beats_baselines"] = {m: all(p < b for b in base.values()) for m, p in ppl.items()}
+    summary["beats_baselines"] = {m: all(p < b for b in base.values()) if base else None for m, p in ppl.items()}
     from scratchllm.io import atomic_write_text
 
     atomic_write_text(ctx.dir("eval") / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
