@@ -92,6 +92,13 @@ def check_artefacts(run_dir: Path, pretrain_steps: int) -> None:
 
     from scratchllm.model.model import Transformer
 
+    ablation = json.loads((state / "ablation.done.json").read_text())["summary"]
+    assert list(ablation["schemes"]) == ["rope", "learned"]
+    assert all(math.isfinite(v["final_val_loss"]) for v in ablation["schemes"].values())
+    learned = Transformer.from_pretrained(latest_checkpoint(run_dir / "ablation" / "learned" / "checkpoints"))
+    assert learned.cfg.pos_emb == "learned" and learned.cfg.d_model == Transformer.from_pretrained(ckpt).cfg.d_model
+
+
     sft = json.loads((state / "sft.done.json").read_text())["summary"]
     assert 0 < sft["trainable_params"] < sft["total_params"]  # LoRA: only the adapters train
     assert (run_dir / "sft" / "adapter" / "adapter.safetensors").exists()
@@ -137,6 +144,7 @@ def check_artefacts(run_dir: Path, pretrain_steps: int) -> None:
 
     report = (run_dir / "report" / "report.md").read_text()
     for heading in ("Held-out perplexity against n-gram baselines", "Training", "Sample generations",
+                    "Position-scheme ablation",
                     "Quantized export", "Hugging Face export", "Served completion (openai client)",
                     "Post-mortem", "Reproduce"):
         assert f"## {heading}" in report

@@ -24,7 +24,22 @@ from typing import Any
 from scratchllm.config import from_dict, read_toml
 from scratchllm.errors import ScratchError
 
-STAGE_NAMES = ("tokenizer", "data", "pretrain", "sft", "dpo", "eval", "quantize", "export_hf", "serve", "report")
+STAGE_NAMES = ("tokenizer", "data", "pretrain", "ablation", "sft", "dpo", "eval", "quantize", "export_hf", "serve", "report")
+
+
+@dataclass
+class AblationConfig:
+    """Position-scheme ablation: the pretrain config retrained for ``steps`` steps with each scheme."""
+
+    pos_emb: list[str] = field(default_factory=list)  # e.g. ["rope", "sinusoidal", "learned"]; empty: not run
+    steps: int = 200
+
+    def validate(self) -> None:
+        bad = [p for p in self.pos_emb if p not in ("rope", "sinusoidal", "learned")]
+        if bad:
+            raise ScratchError(f"ablation.pos_emb: unknown scheme {bad[0]!r}", "choose from rope, sinusoidal, learned")
+        if self.steps < 1:
+            raise ScratchError(f"ablation.steps must be >= 1, got {self.steps}")
 
 
 @dataclass
@@ -99,6 +114,7 @@ class PipelineConfig:
     tokenizer: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     pretrain: dict[str, Any] = field(default_factory=dict)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
     sft: dict[str, Any] = field(default_factory=dict)
     dpo: dict[str, Any] = field(default_factory=dict)
     eval: EvalStageConfig = field(default_factory=EvalStageConfig)
@@ -120,9 +136,9 @@ class PipelineConfig:
 
     # The resolved stage configs, every path pointing into run_dir.
 
-    def _training(self, name: str, cls: type, table: dict[str, Any], paths: dict[str, Path]) -> Any:
+    def _training(self, name: str, cls: type, table: dict[str, Any], paths: dict[str, Any]) -> Any:
         """A training stage's config: its table with the run's paths, seed, device and thread count."""
-        table = merged(table, {k: str(v) for k, v in paths.items()})
+        table = merged(table, {k: v if isinstance(v, int | str) else str(v) for k, v in paths.items()})
         table.setdefault("seed", self.seed)
         if name == "pretrain" and "vocab_size" not in (model := table.setdefault("model", {})):
             # The model's vocabulary follows the tokenizer's.
@@ -154,6 +170,17 @@ class PipelineConfig:
         r = self.run_dir
         return self._training("pretrain", TrainConfig, self.pretrain, {
             "out_dir": r / "pretrain", "data.path": r / "data", "data.tokenizer": r / "tokenizer"})
+
+    def ablation_config(self, scheme: str):  # -> TrainConfig
+        """The pretrain config, shortened to ablation.steps, with positions ``scheme``, in its own folder."""
+        from scratchllm.train.config import TrainConfig
+
+        r, steps = self.run_dir, self.ablation.steps
+        return self._training("pretrain", TrainConfig, self.pretrain, {
+            "out_dir": r / "ablation" / scheme, "data.path": r / "data", "data.tokenizer": r / "tokenizer",
+            "model.pos_emb": scheme, "train.max_steps": steps, "train.max_tokens": 0,
+            "eval.interval": max(1, steps // 4), "eval.sample_interval": 0, "eval.sample_tokens": 0,
+            "checkpoint.interval": max(1, steps // 4)})
 
     def sft_config(self):  # -> FinetuneConfig
         from scratchllm.finetune.config import FinetuneConfig
@@ -211,6 +238,7 @@ def stage_tables(cfg: PipelineConfig) -> dict[str, Any]:
         "tokenizer": to_dict(cfg.tokenizer_config()),
         "data": to_dict(cfg.data_config()),
         "pretrain": to_dict(cfg.train_config()),
+        "ablation": to_dict(cfg.ablation),
         "sft": to_dict(cfg.sft_config()),
         "dpo": to_dict(cfg.dpo_config()),
         "eval": to_dict(cfg.eval),

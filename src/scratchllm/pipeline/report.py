@@ -90,6 +90,23 @@ def _plot_training(stage: str, rows: list[dict[str, Any]], out: Path) -> str | N
     return name
 
 
+def _plot_ablation(curves: dict[str, list[dict[str, Any]]], out: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for scheme, rows in curves.items():
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], "o-", label=scheme)
+    ax.set(title="validation loss by position scheme", xlabel="step", ylabel="nats/token")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "ablation.png", dpi=90)
+    plt.close(fig)
+    return "ablation.png"
+
+
 def _plot_bars(labels: list[str], values: list[float], title: str, ylabel: str, name: str, out: Path,
                log: bool = False) -> str:
     import matplotlib
@@ -201,9 +218,19 @@ def build_blocks(ctx: Context, out: Path) -> tuple[list[Block], dict[str, Any]]:
                            [[label, s[j]["completion"]] for label, s in ev["samples"].items() if j < len(s)]))
 
     blocks.append(("h", 2, "Position-scheme ablation"))
-    blocks.append(("p", "Not run by this pipeline: the model stage provides RoPE, sinusoidal and learned positions "
-                        "(`model.pos_emb`); rerun the pretrain stage with `pretrain.model.pos_emb=learned` in a "
-                        "second run directory to compare."))
+    ab = markers.get("ablation", {}).get("summary", {})
+    if ab.get("schemes"):
+        blocks.append(("p", f"The pretrain config retrained for {ab['steps']} steps with each position scheme "
+                            "(same data, seed and schedule length); validation loss in nats per token."))
+        blocks.append(("table", ["positions", "final val loss", "final train loss", "tokens/s (median)"],
+                       [[k, _fmt(v["final_val_loss"], 4), _fmt(v["final_train_loss"], 4), _fmt(v["tokens_per_s"], 0)]
+                        for k, v in ab["schemes"].items()]))
+        name = _plot_ablation({k: read_metrics(ctx.dir("ablation") / k / "metrics.jsonl", "val")
+                               for k in ab["schemes"]}, out)
+        blocks.append(("img", name, "validation loss per position scheme"))
+    else:
+        blocks.append(("p", "Not run (set `ablation.pos_emb = [\"rope\", \"sinusoidal\", \"learned\"]` to retrain the "
+                            "pretrain config briefly with each scheme of the model stage and compare)."))
 
     serve = markers.get("serve", {}).get("summary")
     if serve:

@@ -180,6 +180,34 @@ def verify_pretrain(ctx: Context) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# position-scheme ablation (optional)
+
+
+def run_ablation(ctx: Context) -> dict[str, Any]:
+    """Retrain the pretrain config for ablation.steps steps per position scheme; compare val losses."""
+    from scratchllm.train.pretrain import run
+
+    out: dict[str, Any] = {"steps": ctx.cfg.ablation.steps, "schemes": {}}
+    for scheme in ctx.cfg.ablation.pos_emb:
+        result = run(ctx.cfg.ablation_config(scheme), resume=True, resume_command=ctx.resume_command)
+        if result.reason != "done":
+            from scratchllm.pipeline.runner import StageInterrupted
+
+            raise StageInterrupted(f"ablation run {scheme} stopped by {result.reason} at step {result.step}")
+        s = _training_summary(ctx, f"ablation/{scheme}", result.checkpoint, ctx.cfg.ablation.steps)
+        out["schemes"][scheme] = {k: s.get(k) for k in ("final_val_loss", "final_train_loss", "tokens_per_s", "tokens")}
+    return out
+
+
+def verify_ablation(ctx: Context) -> None:
+    from scratchllm.train.checkpoint import latest_checkpoint
+
+    for scheme in ctx.cfg.ablation.pos_emb:
+        if latest_checkpoint(ctx.dir("ablation") / scheme / "checkpoints") is None:
+            raise ScratchError(f"ablation run {scheme} has no checkpoint")
+
+
+# ------------------------------------------------------------------------------------------------
 # sft (LoRA)
 
 
@@ -559,6 +587,7 @@ def all_stages() -> list[Stage]:
         Stage("tokenizer", run_tokenizer, verify_tokenizer, "train the BPE tokenizer"),
         Stage("data", run_data, verify_data, "ingest, clean, filter, dedup, mix, shard"),
         Stage("pretrain", run_pretrain, verify_pretrain, "pre-train the model (resumes from its checkpoints)"),
+        Stage("ablation", run_ablation, verify_ablation, "position-scheme ablation (when ablation.pos_emb is set)"),
         Stage("sft", run_sft, verify_sft, "instruction-tune with LoRA (resumes from its checkpoints)",
               requires=("scratchllm.finetune.run",)),
         Stage("dpo", run_dpo, verify_dpo, "align the SFT model with DPO (resumes from its checkpoints)",
