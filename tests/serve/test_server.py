@@ -160,18 +160,35 @@ def test_disconnect_mid_stream_frees_the_worker_and_health_stays_responsive(serv
 
 
 def test_queue_full_gives_429(byte_tokenizer):
+    """The worker is held inside the first request's forward pass by an event the test controls, so the
+    first request certainly holds the only slot when the second arrives, however loaded the machine is."""
     model = tiny_model(vocab_size=byte_tokenizer.vocab_size, context_length=64)
     fast = model.forward
-    model.forward = lambda *a, **k: (time.sleep(0.05), fast(*a, **k))[1]  # ~3 s for 60 tokens
+    running, release = threading.Event(), threading.Event()
+
+    def held_forward(*a, **k):
+        running.set()
+        assert release.wait(timeout=60), "the test never released the worker"
+        return fast(*a, **k)
+
+    model.forward = held_forward
     srv = _Server(create_app(ServeConfig(model_name="tiny", max_pending=1), model, byte_tokenizer))
     try:
-        body = {"model": "tiny", "prompt": "a", "max_tokens": 60, "stream": True}
-        with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=30) as r:
-            lines = r.iter_lines()  # keep a reference: a collected iterator would close the stream
-            next(lines)  # the first request holds the only slot while it streams
-            second = httpx.post(srv.url + "/v1/completions", json={"model": "tiny", "prompt": "b"}, timeout=30)
+        body = {"model": "tiny", "prompt": "a", "max_tokens": 8, "temperature": 0, "stream": True}
+        with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=60) as r:
+            assert r.status_code == 200
+            assert running.wait(timeout=60), "the first request never reached the model"
+            second = httpx.post(srv.url + "/v1/completions", json={"model": "tiny", "prompt": "b"}, timeout=60)
             _assert_openai_error(second, 429, "busy")
+            assert second.json()["error"]["code"] == "queue_full"
+            release.set()
+            events = [line for line in r.iter_lines() if line]
+        assert events[-1] == "data: [DONE]" and '"finish_reason": "length"' in events[-2]  # the first one completes
+        third = httpx.post(srv.url + "/v1/completions", json={"model": "tiny", "prompt": "c", "max_tokens": 2},
+                           timeout=60)
+        assert third.status_code == 200  # the slot is free again
     finally:
+        release.set()
         srv.stop()
 
 
