@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The two set-up commands of the README:
-#   ./run.sh demo   create/reuse .venv, install, run the main job on the embedded default corpus
+#   ./run.sh demo   create/reuse .venv, install, run the whole pipeline on the embedded default corpus
 #   ./run.sh test   create/reuse .venv, install with the test extra, run the default (lean) test suite
 # Extra arguments after `test` go to pytest (e.g. ./run.sh test -m slow).
 set -euo pipefail
@@ -35,12 +35,6 @@ fi
 if [ "$mode" = test ]; then
   exec "$py" -m pytest "$@"
 fi
-# The main job on the embedded default corpus. (Later stages extend this to the whole pipeline.)
-cli="$venv/bin/scratchllm"
-"$cli" tokenizer train --config configs/tokenizer/default.toml "$@"
-"$cli" tokenizer info runs/tokenizer
-sample='Hello, world! def add(a, b): return a + b  # 2 + 2 = 4 🙂 你好'
-echo "encode: $sample"
-ids=$("$cli" tokenizer encode runs/tokenizer "$sample")
-echo "ids:    $ids"
-echo "decode: $("$cli" tokenizer decode runs/tokenizer $ids)"
+# The main job: the whole pipeline on the embedded default corpus (extra arguments are config
+# overrides, e.g. ./run.sh demo pretrain.train.max_steps=200). A rerun continues where it stopped.
+exec "$venv/bin/scratchllm" pipeline --config configs/pipeline/cpu-demo.toml "$@"
