@@ -29,6 +29,7 @@ def _wait_for_checkpoint(proc: subprocess.Popen, ckpts: Path, timeout: float = 6
     pytest.fail("no checkpoint within the timeout")
 
 
+@pytest.mark.slow
 def test_micro_pipeline_killed_resumed_and_every_artefact_checked(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     run_dir = tmp_path / "run"
