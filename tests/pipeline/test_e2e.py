@@ -70,6 +70,37 @@ def test_micro_pipeline_every_artefact(tmp_path, capsys, monkeypatch):
     check_rerun_and_from(args, capsys)
 
 
+# The gpu-125m preset's own stage settings (bf16 autocast, torch.compile, WSD, grad accumulation, the
+# hellaswag/arc eval tasks), with only the sizes shrunk and the device moved to the CPU.
+GPU_PRESET_ON_CPU = [
+    "device=cpu", "threads=1", "tokenizer.tokenizer.vocab_size=300", "tokenizer.corpus.max_bytes_per_domain=40000",
+    'data.sources=[{kind="embedded", domains=["prose","code"], max_bytes_per_domain=60000}]',
+    "pretrain.model={d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=96, context_length=64}",
+    "pretrain.data.seq_len=64", "pretrain.train.batch_size=2", "pretrain.train.grad_accum=2",
+    "pretrain.train.max_steps=4", "pretrain.schedule.warmup_steps=1", "pretrain.eval.interval=2",
+    "pretrain.eval.batches=1", "pretrain.checkpoint.interval=2",
+    "sft.train.max_steps=3", "sft.data.n_train=16", "sft.data.n_heldout=4", "sft.data.overflow=truncate",
+    "sft.eval.interval=3", "sft.eval.batches=1", "sft.eval.max_new_tokens=2",
+    "dpo.train.max_steps=2", "dpo.data.n_train=8", "dpo.data.n_heldout=4", "dpo.train.batch_size=2",
+    "dpo.ppo.max_new_tokens=2", "dpo.ppo.eval_max_new_tokens=2",
+    "eval.heldout_documents=4", "eval.baseline_train_tokens=5000", "eval.limit=4", "serve.max_tokens=4",
+]
+
+
+@pytest.mark.slow
+def test_gpu_preset_runs_every_stage_on_cpu_when_shrunk(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    run_dir = tmp_path / "run"
+    assert main(["pipeline", "--config", "configs/pipeline/gpu-125m.toml", f"run_dir={run_dir}",
+                 *GPU_PRESET_ON_CPU]) == 0
+    resolved = json.loads((run_dir / "resolved.json").read_text())["pretrain"]
+    assert resolved["train"]["precision"] == "bf16" and resolved["train"]["compile"] is True
+    assert resolved["schedule"]["kind"] == "wsd"
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    assert {"heldout", "hellaswag", "arc"} <= set(summary["models"]["pretrain"]["tasks"])
+    assert (run_dir / "serve" / "check.json").exists() and (run_dir / "report" / "report.html").exists()
+
+
 def check_artefacts(run_dir: Path, pretrain_steps: int) -> None:
     state = run_dir / STATE_DIR
 
