@@ -196,17 +196,26 @@ class KVCache(nn.Module):
 
     Slot i holds the token fed at input_pos i. Rolling back (speculative decoding) is free: later
     writes overwrite stale slots, and attention only reads slots up to the newest position.
+
+    static=True (for torch.compile): writes are an index_copy_ at the input_pos tensor and attention
+    reads every slot (the model masks the unused ones), so shapes never depend on the position and
+    one compiled decode step serves every position without recompiling or a graph break.
     """
 
     def __init__(self, batch_size: int, max_seq_len: int, n_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str | None) -> None:
+                 dtype: torch.dtype, device: torch.device | str | None, static: bool = False) -> None:
         super().__init__()
         shape = (batch_size, n_kv_heads, max_seq_len, head_dim)
+        self.static = static
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, KV, T, hd) at slots input_pos; return the cache up to the newest slot."""
+        """Write k, v (B, KV, T, hd) at slots input_pos; return the cache up to the newest slot (static: all slots)."""
+        if self.static:  # the batch must fill the cache (B rows): no data-dependent slicing
+            self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
+            self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
+            return self.k, self.v
         B, start = k.size(0), int(input_pos[0])  # input_pos is contiguous: a slice copy, not a scatter
         end = start + k.size(2)
         self.k[:B, :, start:end] = k.to(self.k.dtype)
@@ -308,13 +317,18 @@ class Transformer(nn.Module):
                     "truncate the input, or use a model built with a larger context_length",
                 )
             input_pos = torch.arange(T, device=idx.device)
-        cached = self.layers[0].attn.kv_cache is not None
+        cache = self.layers[0].attn.kv_cache
+        cached, static = cache is not None, cache is not None and cache.static
         mask = None
         positions = input_pos if pad is None else (input_pos[None, :] - pad[:, None]).clamp(min=0)  # (T,) | (B, T)
         if cached or pad is not None:
-            # Keys: cache slots 0..newest (cache) or the new tokens' slots. Causal from slot 0 needs no mask.
-            if pad is not None or (T > 1 and int(input_pos[0]) != 0):  # one new token may see every key: no mask
-                key_pos = torch.arange(int(input_pos[-1]) + 1, device=idx.device) if cached else input_pos
+            # Keys: cache slots 0..newest (cache; static: every slot) or the new tokens' slots. Causal from
+            # slot 0 needs no mask, nor does one new token seeing every key; a static cache always needs one.
+            if static or pad is not None or (T > 1 and int(input_pos[0]) != 0):
+                if static:
+                    key_pos = torch.arange(cache.k.size(2), device=idx.device)
+                else:
+                    key_pos = torch.arange(int(input_pos[-1]) + 1, device=idx.device) if cached else input_pos
                 q, k = input_pos[:, None], key_pos[None, :]
                 mask = (k <= q)[None, None]  # (1, 1, T, S)
                 if pad is not None:
@@ -347,8 +361,11 @@ class Transformer(nn.Module):
         max_seq_len: int,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        static: bool = False,
     ) -> None:
-        """Preallocate every layer's KV cache for batches of up to batch_size rows of max_seq_len slots."""
+        """Preallocate every layer's KV cache for batches of up to batch_size rows of max_seq_len slots.
+
+        static=True: fixed shapes for torch.compile (see KVCache); batches must then have batch_size rows."""
         if not 1 <= max_seq_len <= self.cfg.context_length:
             raise ScratchError(
                 f"KV cache of {max_seq_len} slots does not fit the model's context_length={self.cfg.context_length}",
@@ -358,7 +375,7 @@ class Transformer(nn.Module):
         dtype = dtype or (ref.dtype if ref.is_floating_point() else torch.float32)
         for layer in self.layers:
             a = layer.attn
-            a.kv_cache = KVCache(batch_size, max_seq_len, a.n_kv_heads, a.head_dim, dtype, device or ref.device)
+            a.kv_cache = KVCache(batch_size, max_seq_len, a.n_kv_heads, a.head_dim, dtype, device or ref.device, static)
 
     def clear_cache(self) -> None:
         """Drop the KV caches: forward is the plain full-sequence (training) computation again."""
