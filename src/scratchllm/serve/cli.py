@@ -54,6 +54,8 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory (or a training run directory)")
     p.add_argument("--tokenizer", help="tokenizer directory or file (default: the one inside the model directory)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step: faster decoding after a compile of 5-30 s (docs/serve.md)")
 
 
 def _add_sampling_arguments(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float = 1.0) -> None:
@@ -104,6 +106,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ScratchError("the prompt is empty", "pass some text with --prompt")
     params = _params(args)
     if args.draft:
+        if args.compile:
+            raise ScratchError("--compile does not apply to speculative decoding (--draft)", "drop one of them")
         from scratchllm.serve.quantize import load_model
         from scratchllm.serve.engine import resolve_model_dir
         from scratchllm.serve.speculative import speculative_stream
@@ -111,7 +115,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         draft = load_model(resolve_model_dir(args.draft), args.device).eval()
         deltas = speculative_stream(model, draft, prompt, params, tok, k=args.k)
     else:
-        deltas = stream(model, prompt, params, tok)
+        deltas = stream(model, prompt, params, tok, compile=args.compile)
     sys.stdout.write(prompt_text)
     _print_stream(deltas)
     return 0
@@ -147,7 +151,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             continue
         params.max_new_tokens = min(args.max_new_tokens, room)
         sys.stdout.write("assistant> ")
-        reply = _print_stream(stream(model, prompt, params, tok))
+        reply = _print_stream(stream(model, prompt, params, tok, compile=args.compile))
         messages.append({"role": "assistant", "content": reply})
 
 

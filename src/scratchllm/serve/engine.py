@@ -86,8 +86,9 @@ class JobTimeout(Exception):
 class Engine:
     """One worker thread generating for queued jobs, in arrival order."""
 
-    def __init__(self, model: Any, tokenizer: Any, max_pending: int = 64) -> None:
+    def __init__(self, model: Any, tokenizer: Any, max_pending: int = 64, compile: bool = False) -> None:
         self.model, self.tokenizer, self.max_pending = model, tokenizer, max_pending
+        self.compile = compile  # decode with the torch.compile'd step (scratchllm.serve.compile)
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._pending = 0  # admitted and not finished
         self._lock = threading.Lock()
@@ -128,7 +129,7 @@ class Engine:
             return
         if time.monotonic() > job.deadline:
             raise JobTimeout("the request timed out while waiting in the queue")
-        steps = stream(self.model, job.prompt, job.params, self.tokenizer)
+        steps = stream(self.model, job.prompt, job.params, self.tokenizer, compile=self.compile)
         try:
             for delta in steps:
                 job.emit(delta)

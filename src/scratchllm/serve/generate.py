@@ -145,10 +145,13 @@ def _generators(params: SamplingParams, n: int, device: torch.device) -> list[to
 
 
 @torch.inference_mode()
-def decode_steps(model: Any, prompts: list[list[int]], params: SamplingParams) -> Iterator[torch.Tensor]:
+def decode_steps(model: Any, prompts: list[list[int]], params: SamplingParams,
+                 compile: bool = False) -> Iterator[torch.Tensor]:
     """Yield the sampled tokens (B,) step by step, up to max_new_tokens steps; close it to stop early.
 
     The KV cache lives for the duration of the iteration and is dropped afterwards (also on close or error).
+    compile=True decodes with the torch.compile'd step of scratchllm.serve.compile (static cache of
+    context_length slots; the first call per model shape and batch size compiles, which takes seconds).
     """
     _check_prompts(model, prompts, params)
     device = model.tok_emb.weight.device
@@ -167,9 +170,14 @@ def decode_steps(model: Any, prompts: list[list[int]], params: SamplingParams) -
     generators = _generators(params, B, device)
     was_training = model.training
     model.eval()
-    model.setup_cache(B, L + params.max_new_tokens, device=device)
+    if compile:
+        from scratchllm.serve.compile import decode_step
+
+        model.setup_cache(B, model.cfg.context_length, device=device, static=True)
+    else:
+        model.setup_cache(B, L + params.max_new_tokens, device=device)
     try:
-        logits = model(idx, input_pos=torch.arange(L, device=device), pad=pad)[:, -1]
+        logits = model(idx, input_pos=torch.arange(L, device=device), pad=pad)[:, -1]  # prefill: always eager
         for step in range(params.max_new_tokens):
             logits = apply_penalties(logits.float(), seen, counts, params)
             tok = sample(logits, params, generators)
@@ -180,7 +188,10 @@ def decode_steps(model: Any, prompts: list[list[int]], params: SamplingParams) -
             yield tok
             if step + 1 < params.max_new_tokens:
                 pos = torch.tensor([L + step], device=device)
-                logits = model(tok[:, None], input_pos=pos, pad=pad)[:, -1]
+                if compile:
+                    logits = decode_step(model, tok[:, None], pos, pad)[:, -1]
+                else:
+                    logits = model(tok[:, None], input_pos=pos, pad=pad)[:, -1]
     finally:
         model.clear_cache()
         model.train(was_training)
@@ -237,10 +248,11 @@ class StopChecker:
         return out
 
 
-def complete(model: Any, prompts: list[list[int]], params: SamplingParams, tokenizer: Any = None) -> list[Completion]:
-    """Generate a continuation of each prompt (a batch, left-padded); see Completion."""
+def complete(model: Any, prompts: list[list[int]], params: SamplingParams, tokenizer: Any = None,
+             compile: bool = False) -> list[Completion]:
+    """Generate a continuation of each prompt (a batch, left-padded); see Completion. compile: see decode_steps."""
     checkers = [StopChecker(params, tokenizer) for _ in prompts]
-    steps = decode_steps(model, prompts, params)
+    steps = decode_steps(model, prompts, params, compile)
     for tok in steps:
         for c, t in zip(checkers, tok.tolist()):
             if c.finish_reason is None:
@@ -257,17 +269,20 @@ def complete(model: Any, prompts: list[list[int]], params: SamplingParams, token
     return out
 
 
-def generate(model: Any, prompts: list[list[int]], params: SamplingParams, tokenizer: Any = None) -> list[list[int]]:
+def generate(model: Any, prompts: list[list[int]], params: SamplingParams, tokenizer: Any = None,
+             compile: bool = False) -> list[list[int]]:
     """New token ids per prompt (batched, KV cache), ending with the stop token when one was sampled.
 
     With a tokenizer, its <|eos|> stops generation too (unless params.ignore_eos) and stop strings work.
+    compile=True: the torch.compile'd decode step (see decode_steps).
     """
-    return [c.tokens for c in complete(model, prompts, params, tokenizer)]
+    return [c.tokens for c in complete(model, prompts, params, tokenizer, compile)]
 
 
-def stream(model: Any, prompt: list[int], params: SamplingParams, tokenizer: Any = None) -> Iterator[Delta]:
+def stream(model: Any, prompt: list[int], params: SamplingParams, tokenizer: Any = None,
+           compile: bool = False) -> Iterator[Delta]:
     """Generate for one prompt, yielding a Delta per sampled token; the last one carries finish_reason."""
-    yield from stream_deltas(decode_steps(model, [prompt], params), StopChecker(params, tokenizer))
+    yield from stream_deltas(decode_steps(model, [prompt], params, compile), StopChecker(params, tokenizer))
 
 
 def stream_deltas(steps: Iterator[Any], checker: StopChecker) -> Iterator[Delta]:

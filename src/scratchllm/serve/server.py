@@ -47,6 +47,7 @@ class ServeConfig:
     timeout_s: float = 120.0  # per request, from arrival (queue wait included)
     device: str = "cpu"
     threads: int = 0  # torch CPU threads for generation; 0 = torch's default (one per core)
+    compile: bool = False  # torch.compile the decode step (compiled at startup, before /ready turns 200)
 
 
 # --- request bodies (pydantic validates types and ranges; extra fields are ignored, as OpenAI does) ------
@@ -124,7 +125,12 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
             from scratchllm.serve.engine import load_for_inference
 
             m, t = await asyncio.to_thread(load_for_inference, cfg.model, cfg.tokenizer or None, cfg.device)
-        state["engine"] = Engine(m, t, cfg.max_pending)
+        if cfg.compile:
+            from scratchllm.serve.compile import warm_up
+
+            seconds = await asyncio.to_thread(warm_up, m)
+            log.info(json.dumps({"event": "compiled", "seconds": round(seconds, 2)}))
+        state["engine"] = Engine(m, t, cfg.max_pending, cfg.compile)
         log.info(json.dumps({"event": "ready", "model": cfg.model_name, "params": m.num_params()}))
         yield
         state["engine"].close()
