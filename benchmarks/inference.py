@@ -1,13 +1,17 @@
 """Inference: our KV-cache generator vs Hugging Face ``generate``; speculative decoding; INT8/INT4.
 
-1. Greedy decode tokens/s, batch 1, ours vs transformers' LlamaForCausalLM.generate on the same
-   exported weights (scratchllm.model.hf), alternating runs so machine load hits both alike (medians).
+1. Greedy decode tokens/s, batch 1, ours (eager, and with the torch.compile'd decode step of
+   scratchllm.serve.compile) vs transformers' LlamaForCausalLM.generate on the same exported weights
+   (scratchllm.model.hf), alternating runs so machine load hits all sides alike (medians). Compile
+   time is reported apart and excluded from tokens/s (set TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 for
+   a cold compile: inductor otherwise reuses its on-disk cache from earlier runs).
 2. Speculative decoding (greedy, exact): speed-up over plain greedy and acceptance, for a draft model
    (--draft DIR) or, by default, a truncated copy of the target (its first --draft-layers layers).
 3. Weight-only INT8 / INT4: weight memory, decode tokens/s, max |logit error| vs fp32 and perplexity
    on the validation split (--data DIR, a 'scratchllm data prepare' output) when given.
 
     python benchmarks/inference.py [--preset configs/model/10m.toml] [--model DIR --data DIR] [--tokens 128]
+    python benchmarks/inference.py --hf-only --preset configs/model/1m.toml     # section 1 only
 
 Without --model the speed figures use a randomly initialised --preset model (speed does not depend
 on the weights); speculative and perplexity figures need a trained --model.
@@ -68,17 +72,25 @@ def bench_vs_hf(model: Transformer, prompt: list[int], n: int, repeats: int) -> 
     def ours() -> list[int]:
         return generate(model, [prompt], params)[0]
 
+    def compiled() -> list[int]:
+        return generate(model, [prompt], params, compile=True)[0]
+
     def theirs() -> list[int]:
         with torch.inference_mode():
             out = hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
                               eos_token_id=None)
         return out[0, len(prompt):].tolist()
 
-    same = ours() == theirs()
-    t = alternate({"ours": ours, "hf": theirs}, repeats)
+    compile_s = timed(compiled)  # the first call compiles (once per model shape and batch size)
+    want = theirs()
+    same, same_compiled = ours() == want, compiled() == want
+    t = alternate({"ours": ours, "compiled": compiled, "hf": theirs}, repeats)
     print(f"greedy decode, batch 1, {len(prompt)}-token prompt, {n} new tokens (median of {repeats}):")
-    print(f"  ours {n / t['ours']:8.1f} tok/s   HF generate {n / t['hf']:8.1f} tok/s   "
-          f"ratio {t['hf'] / t['ours']:.2f}x   identical tokens: {same}")
+    print(f"  ours eager    {n / t['ours']:8.1f} tok/s   ratio {t['hf'] / t['ours']:.2f}x HF   "
+          f"identical tokens: {same}")
+    print(f"  ours compiled {n / t['compiled']:8.1f} tok/s   ratio {t['hf'] / t['compiled']:.2f}x HF   "
+          f"identical tokens: {same_compiled}   (first call incl. compile {compile_s:.1f} s)")
+    print(f"  HF generate   {n / t['hf']:8.1f} tok/s")
 
 
 def bench_speculative(target: Transformer, draft: Transformer, prompt: list[int], n: int, ks: list[int],
@@ -161,6 +173,7 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--val-batches", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--hf-only", action="store_true", help="only the decode comparison with HF generate")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -173,7 +186,8 @@ def main() -> None:
         random_model = Transformer(load_config(ModelConfig, ROOT / args.preset)).eval()
         print(f"\n== {args.preset}: {random_model.num_params() / 1e6:.1f}M params, random weights ==")
         bench_vs_hf(random_model, prompt, args.tokens, args.repeats)
-        bench_quant(random_model, prompt, args.tokens, args.repeats, args.group_size, None, 0, 0)
+        if not args.hf_only:
+            bench_quant(random_model, prompt, args.tokens, args.repeats, args.group_size, None, 0, 0)
 
     if args.model:
         model = load_model(args.model).eval()
@@ -184,6 +198,8 @@ def main() -> None:
             print(f"prompt {args.prompt!r} ({len(prompt)} tokens)")
         print(f"\n== {args.model}: {model.num_params() / 1e6:.2f}M params, trained ==")
         bench_vs_hf(model, prompt, args.tokens, args.repeats)
+        if args.hf_only:
+            return
         if args.draft:
             draft, label = load_model(args.draft).eval(), args.draft
         else:

@@ -55,7 +55,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="tokenizer directory or file (default: the one inside the model directory)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the decode step: faster decoding after a compile of 5-30 s (docs/serve.md)")
+                   help="torch.compile the decode step: faster decoding after a compile of 5-20 s (docs/serve.md)")
 
 
 def _add_sampling_arguments(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float = 1.0) -> None:
