@@ -153,6 +153,18 @@ def test_streamed_text_never_splits_a_character(byte_tokenizer):
     assert pieces == ["", "é", "", "", "€", "o", "k"]
 
 
+def test_control_tokens_are_not_text_unless_asked(byte_tokenizer):
+    from scratchllm.serve.generate import StopChecker
+
+    ids = byte_tokenizer.encode("a<|end|>b<|user|>c", allowed_special="all")
+    assert len(ids) == 5
+    hidden = StopChecker(SamplingParams(), byte_tokenizer)
+    assert "".join(hidden.push(i) for i in ids) + hidden.flush() == "abc"
+    shown = StopChecker(SamplingParams(skip_special_tokens=False), byte_tokenizer)
+    assert "".join(shown.push(i) for i in ids) + shown.flush() == "a<|end|>b<|user|>c"
+    assert hidden.tokens == shown.tokens == ids  # the token ids are reported either way
+
+
 def test_eos_stops_unless_ignored(make_model):
     model = make_model()
     free = generate(model, [PROMPTS[1]], SamplingParams(max_new_tokens=12, temperature=0))[0]

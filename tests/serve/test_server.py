@@ -73,6 +73,17 @@ def test_openai_client_completion_matches_generate(served, client):
     assert out.choices[0].finish_reason == want.finish_reason
 
 
+def test_skip_special_tokens_reaches_the_generator(served, client):
+    from scratchllm.serve.generate import SamplingParams, complete
+
+    _, model, tok = served
+    for skip in (True, False):
+        out = client.completions.create(model="tiny", prompt="hello", max_tokens=40, temperature=0,
+                                        extra_body={"skip_special_tokens": skip})
+        params = SamplingParams(max_new_tokens=40, temperature=0, skip_special_tokens=skip)
+        assert out.choices[0].text == complete(model, [tok.encode("hello")], params, tok)[0].text
+
+
 def test_openai_client_chat_and_streaming_chat_agree(client):
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     full = client.chat.completions.create(model="tiny", messages=messages, max_tokens=20, temperature=0)

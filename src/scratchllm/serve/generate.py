@@ -36,6 +36,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)  # stop strings (need a tokenizer); not part of the text
     stop_token_ids: list[int] = field(default_factory=list)  # also stop at the tokenizer's <|eos|> unless ignore_eos
     ignore_eos: bool = False
+    skip_special_tokens: bool = True  # as vLLM and HF decode: control tokens (<|end|>, ...) are not text
     seed: int | None = None  # None: torch's global random state
 
     def validate(self) -> None:
@@ -213,6 +214,8 @@ class StopChecker:
         if tokenizer is not None and not params.ignore_eos and "<|eos|>" in tokenizer.special_tokens:
             self.stop_ids.add(tokenizer.eos_id)
         self.stops = list(params.stop)
+        self.hidden = set(tokenizer.special_tokens.values()) if tokenizer is not None and params.skip_special_tokens \
+            else set()
         self.hold = max((len(s) for s in self.stops), default=1) - 1
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.text = ""
@@ -226,7 +229,7 @@ class StopChecker:
         if token in self.stop_ids:
             self.finish_reason = "stop"
             return self.flush()
-        if self.tokenizer is None:
+        if self.tokenizer is None or token in self.hidden:
             return ""
         start = max(0, len(self.text) - self.hold)  # a stop string can only end in the new text
         self.text += self.decoder.decode(self.tokenizer.id_to_bytes(token))

@@ -68,6 +68,7 @@ class _Sampling(BaseModel):
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     stop: str | list[str] | None = None
     seed: int | None = None
+    skip_special_tokens: bool = True  # vLLM's extension: False returns control tokens as text
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
 
@@ -218,7 +219,8 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
         return SamplingParams(
             max_new_tokens=max_tokens, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
             min_p=req.min_p, repetition_penalty=req.repetition_penalty, frequency_penalty=req.frequency_penalty,
-            presence_penalty=req.presence_penalty, stop=stop, stop_token_ids=extra_stop, seed=req.seed)
+            presence_penalty=req.presence_penalty, stop=stop, stop_token_ids=extra_stop, seed=req.seed,
+            skip_special_tokens=req.skip_special_tokens)
 
     def submit(prompt: list[int], params: SamplingParams) -> Any:
         try:
