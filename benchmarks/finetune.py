@@ -11,10 +11,15 @@ and the median step time over ``--steps`` steps.
          rank/alpha/targets (QLoRA: loaded in 4-bit NF4 with double quantization by bitsandbytes),
          stepped by a plain loop (forward with labels, backward, clip, AdamW step, zero_grad).
 
-Variants run one after another in this process, alternating ours/peft ``--repeats`` times for the
-step time (medians). Ratios are printed against our full fine-tuning and against the peft twin.
+Variants run one after another in this process, ``--repeats`` rounds; within a round each ours
+variant is followed by its peft twin (full, lora, peft lora, qlora, peft qlora) and odd rounds run
+in reverse order, so background load hits every side alike. Step time = median over all rounds;
+the ours/peft ratio is also printed per round (ratio of that round's medians) to show its spread.
+Ratios are printed against our full fine-tuning and against the peft twin. The 1-minute load
+average is printed before and after.
 
     python benchmarks/finetune.py [--model configs/model/10m.toml] [--batch 4] [--seq 256] [--steps 5]
+                                  [--repeats 2] [--threads N]
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import os
 import platform
 import statistics
 import sys
@@ -158,43 +164,56 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--r", type=int, default=16, help="LoRA rank (alpha = 2r), on all attention/MLP projections")
     ap.add_argument("--no-peft", action="store_true", help="skip the peft/bitsandbytes variants")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: PyTorch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.device = torch.device(args.device)
     warnings.filterwarnings("ignore")
     import logging
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    import transformers.utils.logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     model_cfg = from_dict(ModelConfig, read_toml(args.model))
+    import bitsandbytes
     import peft
     import transformers
 
+    load0 = os.getloadavg()
     print(f"fine-tuning benchmark: model {args.model} ({Transformer(model_cfg).num_params() / 1e6:.1f}M params), "
           f"batch {args.batch} x seq {args.seq}, LoRA r={args.r} on {len(TARGETS)} projections/layer, "
           f"device {args.device}, torch {torch.__version__}, peft {peft.__version__}, "
-          f"transformers {transformers.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads")
+          f"transformers {transformers.__version__}, bitsandbytes {bitsandbytes.__version__}, "
+          f"Python {platform.python_version()}, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads, load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
     tmp = Path(tempfile.mkdtemp())
     torch.manual_seed(0)
     export_hf(Transformer(model_cfg), tmp / "hf")
 
     names = ["ours full", "ours lora", "ours qlora"] + ([] if args.no_peft else ["peft lora", "peft qlora"])
+    order = ["ours full", "ours lora", "peft lora", "ours qlora", "peft qlora"]  # each twin right after ours
+    order = [n for n in order if n in names]
     stats: dict[str, dict] = {}
-    times: dict[str, list[float]] = {n: [] for n in names}
+    times: dict[str, list[list[float]]] = {n: [] for n in names}  # per round
     for rep in range(args.repeats):
-        for name in names:
+        for name in (order if rep % 2 == 0 else order[::-1]):
             who, method = name.split()
             runner = (Ours(method, args, model_cfg, tmp) if who == "ours"
                       else Peft(method, args, tmp / "hf", model_cfg.vocab_size))
-            if rep == 0:
+            if name not in stats:
                 stats[name] = describe(runner, name, args.device)
             else:
                 runner.step()
-            times[name] += timed(args.device, runner.step, args.steps)
+            times[name].append(timed(args.device, runner.step, args.steps))
             del runner
             gc.collect()
+    load1 = os.getloadavg()
     full = stats["ours full"]
-    step_s = {n: statistics.median(t) for n, t in times.items()}
+    step_s = {n: statistics.median([x for r in t for x in r]) for n, t in times.items()}
+    round_s = {n: [statistics.median(r) for r in t] for n, t in times.items()}
     print(f"\n{'variant':<12}{'trainable':>12}{'% of all':>9}{'weights MiB':>13}{'peak MiB':>10}{'step ms':>9}"
           f"{'peak/full':>10}{'time/full':>10}")
     for n in names:
@@ -209,6 +228,16 @@ def main() -> None:
             print(f"  {method:<6} trainable {o['trainable'] / p['trainable']:.2f}x  weights "
                   f"{o['weights'] / p['weights']:.2f}x  peak {o['peak'] / p['peak']:.2f}x  step time "
                   f"{step_s[f'ours {method}'] / step_s[f'peft {method}']:.2f}x")
+        print("\nper-round step ms (median of each round) and ratios:")
+        for n in names:
+            print(f"  {n:<12}" + " ".join(f"{1000 * x:8.0f}" for x in round_s[n]))
+        for method in ("lora", "qlora"):
+            r = [o / p for o, p in zip(round_s[f"ours {method}"], round_s[f"peft {method}"])]
+            print(f"  ours/peft {method:<6}" + " ".join(f"{x:.2f}x" for x in r) + f"  (range {min(r):.2f}-{max(r):.2f}x)")
+        for n in names[1:]:
+            r = [a / b for a, b in zip(round_s[n], round_s["ours full"])]
+            print(f"  {n}/full  " + " ".join(f"{x:.2f}x" for x in r) + f"  (range {min(r):.2f}-{max(r):.2f}x)")
+    print(f"\nload average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     with contextlib.suppress(OSError):
         import shutil
 
