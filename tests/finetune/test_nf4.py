@@ -43,6 +43,19 @@ def test_roundtrip_error_and_memory():
     assert dequantize_nf4(odd).shape == (7, 9)
 
 
+@pytest.mark.parametrize("shape,blocksize", [((7, 9), 64), ((33,), 2), ((96, 40), 64), ((3, 5, 7), 16)])
+def test_dequantize_equals_nibble_by_nibble_decoding(shape, blocksize):
+    # the byte-pair lookup must give exactly code[index] * block scale, nibbles high first
+    w = weights(3, shape, std=0.05)
+    for dq in (False, True):
+        q = quantize_nf4(w, blocksize, double_quant=dq)
+        idx = torch.stack([q.packed >> 4, q.packed & 0x0F], dim=1).view(-1)[: w.numel()].long()
+        n = w.numel()
+        values = torch.cat([nf4_code()[idx], torch.zeros(-n % blocksize)]).view(-1, blocksize)
+        expected = (values * q.block_absmax()[:, None]).view(-1)[:n].view(shape)
+        assert torch.equal(dequantize_nf4(q), expected)
+
+
 def test_matches_bitsandbytes():
     bnb = pytest.importorskip("bitsandbytes.functional")
     for seed in range(2):

@@ -145,16 +145,20 @@ def quantize_nf4(w: torch.Tensor, blocksize: int = 64, double_quant: bool = True
 
 @functools.cache
 def _byte_pairs(device: torch.device) -> torch.Tensor:
-    """(256, 2): the two code values packed in each byte (high nibble first): one gather per byte."""
+    """(256,) int64: the two fp32 code values packed in each byte (high nibble first), as the bits of
+    one 8-byte word, so dequantizing is one 1-D ``index_select`` per byte; viewed back as fp32 the
+    gathered words are the values in order. (A 1-D gather of 8-byte words is ~10x faster on CPU than
+    advanced indexing of a (256, 2) table.)"""
     code = nf4_code().to(device)
     b = torch.arange(256, device=device)
-    return torch.stack([code[b >> 4], code[b & 0x0F]], dim=1)
+    return torch.stack([code[b >> 4], code[b & 0x0F]], dim=1).contiguous().view(torch.int64).view(-1)
 
 
 def dequantize_nf4(q: NF4Tensor) -> torch.Tensor:
     """Back to a dense tensor of ``q.shape`` and ``q.dtype``."""
     n = math.prod(q.shape)
-    values, _ = _blockwise(_byte_pairs(q.packed.device)[q.packed.long()].view(-1)[:n], q.blocksize)
+    pairs = _byte_pairs(q.packed.device).index_select(0, q.packed.long()).view(torch.float32)
+    values, _ = _blockwise(pairs[:n], q.blocksize)
     return (values * q.block_absmax()[:, None]).view(-1)[:n].view(q.shape).to(q.dtype)
 
 
