@@ -107,6 +107,47 @@ def _short_path(tok, ids):
         bpe._LONG_CHUNK = old
 
 
+def _reference_bpe(tok, data):
+    # Textbook merge-order BPE: repeatedly merge the leftmost lowest-rank pair. No cache, no shortcut.
+    ranks = {(a, b): rank for rank, (a, b, _) in enumerate(tok.merges)}
+    ids = [tok.byte_ids[b] for b in data]
+    while True:
+        found = [(ranks[p], i) for i, p in enumerate(zip(ids, ids[1:])) if p in ranks]
+        if not found:
+            return ids
+        rank, i = min(found)
+        ids[i : i + 2] = [tok.merges[rank][2]]
+
+
+def test_split_and_shortcuts_match_textbook_bpe():
+    from scratchllm.data.corpus import unicode_stress_text
+
+    text = unicode_stress_text(300_000, seed=3)
+    tok = train_bpe([text[:150_000]], 1500)
+    chunks = sorted(set(tok._pat.findall(text[150_000:])))
+    assert sum(not c.isascii() for c in chunks) > 500
+    cuts = 0
+    for chunk in chunks:
+        data = chunk.encode()
+        expected = _reference_bpe(tok, data)
+        assert tok._split_encode(data) == expected, chunk
+        assert tok._encode_chunk(data) == expected, chunk
+        cuts += any(not tok._joinable[x << 8 | y] for x, y in zip(data, data[1:]))
+    assert cuts > 500  # the piece-by-piece path was really exercised
+    assert tok.encode(text[150_000:]) == [i for c in tok._pat.findall(text[150_000:]) for i in _reference_bpe(tok, c.encode())]
+
+
+def test_unreachable_token_is_not_a_shortcut():
+    # "abc" is token 258 = (257 "ab", c), but BPE of "abc" merges (b, c) first (rank 0, token 256)
+    # and stops at [a, 256]: the whole-token shortcut must not return 258.
+    a, b, c = b"abc"
+    tok = Tokenizer("gpt4", [(b, c, 256), (a, b, 257), (257, c, 258)])
+    assert tok.id_to_bytes(258) == b"abc"
+    assert tok.encode("abc") == [a, 256] == _reference_bpe(tok, b"abc")
+    assert tok.encode("ab") == [257]
+    assert b"abc" not in tok._whole_tokens
+
+
 def test_encode_batch_parallel_matches_serial(small_tokenizer, monkeypatch, small_corpus):
     monkeypatch.setattr(bpe, "_PARALLEL_MIN_CHARS", 0)
     docs = small_corpus[:40]

@@ -82,7 +82,11 @@ class Tokenizer:
             raise ValueError("byte_ids must map the 256 byte values to distinct ids")
         id_bytes: dict[int, bytes] = {i: bytes([b]) for b, i in enumerate(self.byte_ids)}
         self._ranks: dict[tuple[int, int], int] = {}
-        self._merge_ids: dict[tuple[int, int], int] = {}
+        self._merged_id: list[int] = []  # rank -> id of the merged token
+        # _joinable[x << 8 | y] is 1 if bytes x, y are adjacent inside some token (see _split_encode).
+        # Every byte pair inside a token is inside one of its two halves or at their junction, so
+        # the junctions of all merges are all of them.
+        self._joinable = bytearray(1 << 16)
         for rank, (a, b, new) in enumerate(self.merges):
             if a not in id_bytes or b not in id_bytes:
                 raise ValueError(f"merge {rank} uses an id defined by no earlier merge")
@@ -91,7 +95,8 @@ class Tokenizer:
             if id_bytes.setdefault(new, merged) != merged:
                 raise ValueError(f"merge {rank} reuses id {new} for different bytes")
             self._ranks[(a, b)] = rank
-            self._merge_ids[(a, b)] = new
+            self._merged_id.append(new)
+            self._joinable[id_bytes[a][-1] << 8 | id_bytes[b][0]] = 1
         for text, i in self.special_tokens.items():
             if i in id_bytes:
                 raise ValueError(f"special token {text!r} reuses id {i}")
@@ -102,7 +107,16 @@ class Tokenizer:
         self._id_bytes: list[bytes] = [id_bytes[i] for i in range(self.vocab_size)]
         self._identity_bytes = self.byte_ids == list(range(256))
         self._special_pat: regex.Pattern[str] | None = None
-        self._cache: dict[str, list[int]] = {}
+        self._cache: dict[str, list[int]] = {}  # chunk -> ids
+        self._piece_cache: dict[bytes, list[int]] = {}  # piece of a chunk (see _split_encode) -> ids
+        # Many chunks are one whole token. Its own bytes encode to that token when the merges that
+        # build it win over every competing merge, which holds for all tokens of a trained vocab
+        # but not for any merge list; so keep the tokens for which BPE was checked to give them.
+        # (Rank order: the check of a token may use the shortcut for tokens checked before it.)
+        self._whole_tokens: dict[bytes, int] = {}
+        for _, _, new in self.merges:
+            if self._encode_chunk(id_bytes[new]) == [new]:
+                self._whole_tokens[id_bytes[new]] = new
 
     # ----------------------------------------------------------------------------------- encoding
     def encode(self, text: str, allowed_special: AllowedSpecial = "none") -> list[int]:
@@ -133,35 +147,63 @@ class Tokenizer:
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode treating every character as ordinary text (special tokens are not recognised)."""
         cache = self._cache
-        if len(cache) > _CACHE_LIMIT:
+        if len(cache) + len(self._piece_cache) > _CACHE_LIMIT:
             cache.clear()
+            self._piece_cache.clear()
         chunks = self._pat.findall(text)
-        # Hot path: look every chunk up in the cache at C speed, then fill the few misses.
-        parts = list(map(cache.get, chunks))
-        if None in parts:
-            with _gc_paused():
-                for i in [i for i, p in enumerate(parts) if p is None]:
-                    chunk = chunks[i]
-                    ids = cache.get(chunk)
-                    if ids is None:
-                        ids = cache[chunk] = self._encode_chunk(chunk.encode("utf-8"))
-                    parts[i] = ids
-        return list(itertools.chain.from_iterable(parts))
+        # Encode each new chunk once. The set difference runs in C: with a cold cache every chunk
+        # misses, and a Python loop over all of them costs more than encoding the new ones.
+        with _gc_paused():
+            for chunk in set(chunks).difference(cache):
+                # A new non-ASCII chunk (a run of CJK, emoji, ...) is often made of pieces seen
+                # before; an ASCII chunk of a trained vocab seldom has a cut, so skip the scan.
+                data = chunk.encode("utf-8")
+                cache[chunk] = self._encode_chunk(data) if chunk.isascii() else self._split_encode(data)
+        return list(itertools.chain.from_iterable(map(cache.__getitem__, chunks)))
+
+    def _split_encode(self, data: bytes) -> list[int]:
+        """BPE of a chunk, done piece by piece where merges cannot reach across, with cached pieces.
+
+        Every merge makes a token, and a token contains only joinable byte pairs; so where two
+        adjacent bytes are not joinable no merge ever crosses, and the bytes on each side are merged
+        exactly as if they stood alone. Random CJK text, for instance, falls apart into characters
+        that recur even when the chunk never does.
+        """
+        joinable, cache = self._joinable, self._piece_cache
+        out: list[int] = []
+        start = 0
+        for end, (x, y) in enumerate(zip(data, data[1:]), 1):
+            if not joinable[x << 8 | y]:
+                piece = data[start:end]
+                ids = cache.get(piece)
+                if ids is None:
+                    ids = cache[piece] = self._encode_chunk(piece)
+                out += ids
+                start = end
+        piece = data[start:] if start else data
+        ids = cache.get(piece)
+        if ids is None:
+            ids = cache[piece] = self._encode_chunk(piece)
+        out += ids
+        return out
 
     def _encode_chunk(self, data: bytes) -> list[int]:
+        token = self._whole_tokens.get(data)
+        if token is not None:  # the chunk is a single token (see __init__)
+            return [token]
         ids = list(data) if self._identity_bytes else [self.byte_ids[b] for b in data]
         if len(ids) >= _LONG_CHUNK:
             return self._encode_long(ids)
         # Keep the rank of every adjacent pair; each step merges the leftmost lowest-rank pair
         # (min/index run in C) and recomputes only the two neighbouring ranks.
-        ranks, merge_ids, inf = self._ranks, self._merge_ids, _NO_MERGE
+        ranks, merged_id, inf = self._ranks, self._merged_id, _NO_MERGE
         pair_ranks = list(map(ranks.get, zip(ids, ids[1:]), itertools.repeat(inf)))
         while pair_ranks:
             best = min(pair_ranks)
             if best == inf:
                 break
             i = pair_ranks.index(best)
-            ids[i : i + 2] = (merge_ids[(ids[i], ids[i + 1])],)
+            ids[i : i + 2] = (merged_id[best],)
             del pair_ranks[i]
             if i > 0:
                 pair_ranks[i - 1] = ranks.get((ids[i - 1], ids[i]), inf)
@@ -171,7 +213,7 @@ class Tokenizer:
 
     def _encode_long(self, ids: list[int]) -> list[int]:
         """Merge with a heap over (rank, position) and a linked list: O(n log n) for long chunks."""
-        ranks, merge_ids = self._ranks, self._merge_ids
+        ranks, merged_id = self._ranks, self._merged_id
         n = len(ids)
         nxt = list(range(1, n + 1))
         prv = list(range(-1, n - 1))
@@ -184,7 +226,7 @@ class Tokenizer:
             # Skip entries made stale by an earlier merge at or next to this position.
             if not alive[i] or j >= n or ranks.get((ids[i], ids[j])) != rank:
                 continue
-            ids[i] = merge_ids[(ids[i], ids[j])]
+            ids[i] = merged_id[rank]
             alive[j] = False
             nxt[i] = nxt[j]
             if nxt[i] < n:
