@@ -83,10 +83,10 @@ class Tokenizer:
         id_bytes: dict[int, bytes] = {i: bytes([b]) for b, i in enumerate(self.byte_ids)}
         self._ranks: dict[tuple[int, int], int] = {}
         self._merged_id: list[int] = []  # rank -> id of the merged token
-        # _joinable[x << 8 | y] is 1 if bytes x, y are adjacent inside some token (see _split_encode).
+        # _joinable[x][y] is 1 if byte y follows byte x somewhere inside a token (see _split_encode).
         # Every byte pair inside a token is inside one of its two halves or at their junction, so
         # the junctions of all merges are all of them.
-        self._joinable = bytearray(1 << 16)
+        self._joinable = [bytearray(256) for _ in range(256)]
         for rank, (a, b, new) in enumerate(self.merges):
             if a not in id_bytes or b not in id_bytes:
                 raise ValueError(f"merge {rank} uses an id defined by no earlier merge")
@@ -96,7 +96,7 @@ class Tokenizer:
                 raise ValueError(f"merge {rank} reuses id {new} for different bytes")
             self._ranks[(a, b)] = rank
             self._merged_id.append(new)
-            self._joinable[id_bytes[a][-1] << 8 | id_bytes[b][0]] = 1
+            self._joinable[id_bytes[a][-1]][id_bytes[b][0]] = 1
         for text, i in self.special_tokens.items():
             if i in id_bytes:
                 raise ValueError(f"special token {text!r} reuses id {i}")
@@ -173,7 +173,7 @@ class Tokenizer:
         out: list[int] = []
         start = 0
         for end, (x, y) in enumerate(zip(data, data[1:]), 1):
-            if not joinable[x << 8 | y]:
+            if not joinable[x][y]:
                 piece = data[start:end]
                 ids = cache.get(piece)
                 if ids is None:
