@@ -133,41 +133,21 @@ class LocalChat:
 
 
 class OpenAIChat:
-    """Any OpenAI-compatible chat-completions endpoint, through the ``openai`` client."""
+    """Any OpenAI-compatible chat-completions endpoint, through the project's chat client
+    (``scratchllm.eval.judge.ChatClient``: retries with backoff, errors that name the setting to fix)."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, max_new_tokens: int = 256,
                  temperature: float = 0.7, timeout: float = 60.0, max_retries: int = 2) -> None:
-        from openai import OpenAI
+        from scratchllm.eval.judge import ChatClient
 
-        self.client = OpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=timeout,
-                             max_retries=max_retries)
-        self.base_url, self.model = base_url, model
+        self.client = ChatClient(base_url, model, api_key, timeout=timeout, max_retries=max_retries,
+                                 role="chat endpoint", url_setting="constitutional.base_url",
+                                 key_setting="constitutional.model / constitutional.api_key_env")
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
 
     def chat_many(self, conversations: Sequence[Messages]) -> list[str]:
-        return [self._chat(c) for c in conversations]
-
-    def _chat(self, messages: Messages) -> str:
-        import openai
-
-        try:
-            response = self.client.chat.completions.create(
-                model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_new_tokens)
-        except openai.APIConnectionError as e:
-            raise ScratchError(f"cannot reach the chat endpoint {self.base_url} ({e})",
-                               "start the server (e.g. `scratchllm serve`) or fix constitutional.base_url") from None
-        except openai.APIStatusError as e:
-            raise ScratchError(f"the chat endpoint {self.base_url} refused the request: HTTP {e.status_code} "
-                               f"{str(e.message)[:200]}",
-                               "check constitutional.model and the API key (constitutional.api_key_env)") from None
-        try:
-            content = response.choices[0].message.content
-        except (AttributeError, IndexError, TypeError):
-            content = None
-        if not isinstance(content, str):
-            raise ScratchError(f"the chat endpoint {self.base_url} sent no text content",
-                               "point constitutional.base_url at an OpenAI-compatible chat server")
-        return content.strip()
+        return [self.client.chat(c, temperature=self.temperature, max_tokens=self.max_new_tokens).strip()
+                for c in conversations]
 
 
 # --- the critique -> revise loop -----------------------------------------------------------------------

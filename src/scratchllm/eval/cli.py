@@ -120,7 +120,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from scratchllm.eval.lm import EndpointLM
 
         lm = EndpointLM(ChatClient(args.model, args.served_model, os.environ.get(args.api_key_env),
-                                   timeout=args.request_timeout, max_retries=args.retries))
+                                   timeout=args.request_timeout, max_retries=args.retries,
+                                   role="model endpoint", url_setting="--model"))
     else:
         lm = load_model(args.model, args.tokenizer, args.backend, args.device)
     compare = load_model(args.compare_model, None, args.backend, args.device) if args.compare_model else None

@@ -2,7 +2,8 @@
 
 * ``ChatClient``: POST ``/v1/chat/completions`` with the standard library only; retries with
   exponential backoff on connection errors, timeouts, HTTP 429 and 5xx, then a clear error naming
-  the URL.
+  the URL. The project's one client for chat endpoints: the judge, ``eval --model URL`` and align's
+  constitutional ``backend = "openai"`` all use it.
 * ``grade_single``: a 1-10 score for one answer against a rubric (MT-Bench style ``[[7]]`` verdict).
 * ``judge_pairwise``: A/B/tie between two answers, asked twice with the answers' positions swapped;
   a winner counts only if both orders agree, which removes the judge's position bias.
@@ -62,10 +63,16 @@ class ChatClient:
         backoff: float = 1.0,
         max_backoff: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
+        role: str = "judge endpoint",
+        url_setting: str = "--judge-url",
+        key_setting: str = "--api-key-env",
     ) -> None:
+        # role / *_setting: how errors name the endpoint and the settings that fix it, for each user
+        # of the client (the eval judge, eval --model URL, align's constitutional backend).
+        self.role, self.url_setting, self.key_setting = role, url_setting, key_setting
         if not re.match(r"^https?://", base_url):
-            raise ScratchError(f"judge URL {base_url!r} must start with http:// or https://",
-                               "e.g. --judge-url http://127.0.0.1:8000/v1")
+            raise ScratchError(f"{role} URL {base_url!r} must start with http:// or https://",
+                               f"e.g. {url_setting} http://127.0.0.1:8000/v1")
         base = base_url.rstrip("/")
         if base.endswith("/chat/completions"):
             self.url = base
@@ -96,13 +103,13 @@ class ChatClient:
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     payload = response.read()
-                return _content(payload, self.url)
+                return _content(payload, self.url, self.role, self.url_setting)
             except urllib.error.HTTPError as e:
                 detail = _error_detail(e)
                 if e.code not in RETRY_STATUS:
                     raise ScratchError(
-                        f"judge endpoint {self.url} refused the request: HTTP {e.code} {detail}",
-                        "check the model name and the API key (--api-key-env)" if e.code in (401, 403, 404)
+                        f"{self.role} {self.url} refused the request: HTTP {e.code} {detail}",
+                        f"check the model name and the API key ({self.key_setting})" if e.code in (401, 403, 404)
                         else "check that the server speaks the OpenAI chat-completions API",
                     ) from None
                 last = f"HTTP {e.code} {detail}"
@@ -112,8 +119,8 @@ class ChatClient:
             except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as e:
                 last = str(getattr(e, "reason", e)) or type(e).__name__
         raise ScratchError(
-            f"judge endpoint {self.url} unreachable after {self.max_retries + 1} attempts (last error: {last})",
-            "start the server or fix --judge-url; for a slow server raise --retries",
+            f"{self.role} {self.url} unreachable after {self.max_retries + 1} attempts (last error: {last})",
+            f"start the server (e.g. `scratchllm serve`) or fix {self.url_setting}; for a slow server allow more retries",
         )
 
 
@@ -124,15 +131,15 @@ def _error_detail(e: urllib.error.HTTPError) -> str:
         return e.reason or ""
 
 
-def _content(payload: bytes, url: str) -> str:
+def _content(payload: bytes, url: str, role: str, url_setting: str) -> str:
     try:
         data = json.loads(payload)
         content = data["choices"][0]["message"]["content"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError):
-        raise ScratchError(f"judge endpoint {url} sent a response that is not an OpenAI chat completion: "
-                           f"{payload[:200]!r}", "point --judge-url at an OpenAI-compatible server") from None
+        raise ScratchError(f"{role} {url} sent a response that is not an OpenAI chat completion: "
+                           f"{payload[:200]!r}", f"point {url_setting} at an OpenAI-compatible server") from None
     if not isinstance(content, str):
-        raise ScratchError(f"judge endpoint {url} returned no text content", "check the judge model")
+        raise ScratchError(f"{role} {url} returned no text content", "check the model name")
     return content
 
 
