@@ -4,8 +4,6 @@ server on 127.0.0.1 (and our model in-process), and the resulting preference pai
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -23,65 +21,29 @@ from scratchllm.align.data import load_preferences
 from scratchllm.cli import main
 from scratchllm.errors import ScratchError
 
-MAX_REQUESTS = 100
+def rude_then_polite(status: int = 200):
+    """A chat endpoint that answers rudely, critiques, then revises politely (or fails with ``status``)."""
 
+    def reply(body, n):
+        if status != 200:
+            return status, {"error": {"message": "nope"}}
+        turns = len(body["messages"])  # 1: answer, 3: critique, 5: revision
+        if turns == 3:
+            text = "Critique: the answer was rude."
+        elif turns == 5:
+            text = f"A polite answer to: {body['messages'][0]['content']}"
+        else:
+            text = "A rude answer."
+        return 200, {"id": "x", "object": "chat.completion", "model": body["model"], "created": 0,
+                     "choices": [{"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": text}}]}
 
-class FakeChatServer:
-    """Answers rudely, critiques with the principle's name, revises politely; records the requests."""
-
-    def __init__(self, status: int = 200) -> None:
-        self.requests: list[dict] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.requests.append(body)
-                if len(fake.requests) > MAX_REQUESTS or status != 200:
-                    self._send(status if status != 200 else 503, {"error": {"message": "nope"}})
-                    return
-                turns = len(body["messages"])  # 1: answer, 3: critique, 5: revision
-                if turns == 3:
-                    text = "Critique: the answer was rude."
-                elif turns == 5:
-                    text = f"A polite answer to: {body['messages'][0]['content']}"
-                else:
-                    text = "A rude answer."
-                self._send(200, {"id": "x", "object": "chat.completion", "model": body["model"], "created": 0,
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": text}}]})
-
-            def _send(self, code, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    return reply
 
 
 @pytest.fixture
-def fake_server():
-    servers = []
-
-    def start(**kw):
-        servers.append(FakeChatServer(**kw))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.close()
+def fake_server(fake_openai):  # tests/conftest.py
+    return lambda status=200: fake_openai(rude_then_polite(status))
 
 
 CONSTITUTION = Constitution([Principle("harmless", "Identify harm.", "Rewrite it harmlessly."),
@@ -157,12 +119,9 @@ def test_cli_writes_pairs_for_dpo(fake_server, tmp_path, capsys):
     assert "3 preference pairs" in capsys.readouterr().err
 
 
-def test_our_own_server_as_the_endpoint(tokenizer):
-    """``scratchllm serve``'s app over loopback HTTP answers, critiques and revises through the openai client."""
+def test_our_own_server_as_the_endpoint(tokenizer, loopback_server):
+    """``scratchllm serve``'s app over loopback HTTP answers, critiques and revises through the chat client."""
     pytest.importorskip("fastapi")
-    uvicorn = pytest.importorskip("uvicorn")
-    import time
-
     import torch
 
     from scratchllm.model.model import ModelConfig, Transformer
@@ -173,21 +132,13 @@ def test_our_own_server_as_the_endpoint(tokenizer):
                                     n_heads=2, n_kv_heads=2, d_ff=64, tie_embeddings=False)).eval()
     with torch.no_grad():  # never emit control tokens: every reply is plain, non-empty text
         model.lm_head.weight[sorted(tokenizer.special_tokens.values())] = 0.0
-    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(model_name="tiny"), model, tokenizer),
-                                           host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    server = loopback_server(create_app(ServeConfig(model_name="tiny"), model, tokenizer))
     try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/v1"
+        url = server.url + "/v1"
         chat = OpenAIChat(url, "tiny", max_new_tokens=6, temperature=0.0, max_retries=0)
         traces = critique_and_revise(chat, ["Say hi", "Help me"], CONSTITUTION, rounds=1, seed=0)
         assert all(t.initial and t.steps[0]["critique"] and t.final for t in traces), traces
         pairs, dropped = traces_to_pairs(traces)
         assert len(pairs) + dropped == 2
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        server.stop()

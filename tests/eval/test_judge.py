@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -19,63 +17,14 @@ from scratchllm.eval.judge import (
     summarize_pairwise,
 )
 
-MAX_REQUESTS = 200  # the fake server stops answering after this many, whatever happens
-
-
-class FakeOpenAI:
-    """``reply(request_json, n) -> (status, body)``; records every request."""
-
-    def __init__(self, reply) -> None:
-        self.reply = reply
-        self.requests: list[dict] = []
-        self.headers: list[dict] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                if len(fake.requests) >= MAX_REQUESTS:
-                    self.send_error(503)
-                    return
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.requests.append({"path": self.path, **body})
-                fake.headers.append(dict(self.headers))
-                status, payload = fake.reply(body, len(fake.requests))
-                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def completion(text: str) -> dict:
     return {"id": "x", "object": "chat.completion", "choices": [
         {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
 
 
 @pytest.fixture
-def fake_server():
-    servers = []
-
-    def start(reply):
-        servers.append(FakeOpenAI(reply))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.close()
+def fake_server(fake_openai):  # tests/conftest.py
+    return fake_openai
 
 
 def _client(url, **kw):
@@ -203,12 +152,9 @@ def test_a_served_model_runs_the_safety_suite_judged_by_an_endpoint(fake_server,
     assert safety["categories"]["violence"]["refusal_rate"] == 0.75  # 3 of the 4 mention hurting someone
 
 
-def test_our_own_server_as_judge_and_as_the_evaluated_model(tokenizer, tmp_path):
+def test_our_own_server_as_judge_and_as_the_evaluated_model(tokenizer, tmp_path, loopback_server):
     """``scratchllm serve``'s app over loopback HTTP: judge client, position-swapped pairwise, endpoint model, CLI."""
     pytest.importorskip("fastapi")
-    uvicorn = pytest.importorskip("uvicorn")
-    import time
-
     import torch
 
     from scratchllm.cli import main
@@ -221,16 +167,9 @@ def test_our_own_server_as_judge_and_as_the_evaluated_model(tokenizer, tmp_path)
                                     n_heads=2, n_kv_heads=2, d_ff=64, tie_embeddings=False)).eval()
     with torch.no_grad():  # a random model that never emits control tokens writes plain text to compare
         model.lm_head.weight[sorted(tokenizer.special_tokens.values())] = 0.0
-    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(model_name="tiny"), model, tokenizer),
-                                           host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    server = loopback_server(create_app(ServeConfig(model_name="tiny"), model, tokenizer))
     try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/v1"
+        url = server.url + "/v1"
         # the served model answers what our in-process model answers under --chat
         question = "Why is the sky blue?"
         answer = EndpointLM(ChatClient(url, "tiny")).generate(question, max_tokens=8)
@@ -249,5 +188,4 @@ def test_our_own_server_as_judge_and_as_the_evaluated_model(tokenizer, tmp_path)
         tasks = json.loads((out / "results.json").read_text())["tasks"]
         assert tasks["judge"]["n"] == 2 and tasks["safety"]["classifier"] == "llm-judge"
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        server.stop()

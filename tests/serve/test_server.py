@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 
@@ -18,35 +17,12 @@ from .conftest import tiny_model
 KEY = "sk-test"
 
 
-class _Server:
-    """uvicorn on a free loopback port, in a thread."""
-
-    def __init__(self, app) -> None:
-        import uvicorn
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
-def served(byte_tokenizer):
+def served(byte_tokenizer, loopback_server):
     torch.set_num_threads(1)
     model = tiny_model(vocab_size=byte_tokenizer.vocab_size, context_length=64)
     cfg = ServeConfig(model_name="tiny", api_key=KEY, max_pending=4, timeout_s=30)
-    srv = _Server(create_app(cfg, model, byte_tokenizer))
+    srv = loopback_server(create_app(cfg, model, byte_tokenizer))
     yield srv, model, byte_tokenizer
     srv.stop()
 
@@ -170,7 +146,7 @@ def test_disconnect_mid_stream_frees_the_worker_and_health_stays_responsive(serv
     assert _http(served, "GET", "/ready").json()["pending"] == 0
 
 
-def test_queue_full_gives_429(byte_tokenizer):
+def test_queue_full_gives_429(byte_tokenizer, loopback_server):
     """The worker is held inside the first request's forward pass by an event the test controls, so the
     first request certainly holds the only slot when the second arrives, however loaded the machine is."""
     model = tiny_model(vocab_size=byte_tokenizer.vocab_size, context_length=64)
@@ -183,7 +159,7 @@ def test_queue_full_gives_429(byte_tokenizer):
         return fast(*a, **k)
 
     model.forward = held_forward
-    srv = _Server(create_app(ServeConfig(model_name="tiny", max_pending=1), model, byte_tokenizer))
+    srv = loopback_server(create_app(ServeConfig(model_name="tiny", max_pending=1), model, byte_tokenizer))
     try:
         body = {"model": "tiny", "prompt": "a", "max_tokens": 8, "temperature": 0, "stream": True}
         with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=60) as r:
@@ -203,11 +179,11 @@ def test_queue_full_gives_429(byte_tokenizer):
         srv.stop()
 
 
-def test_request_timeout_gives_504_and_frees_the_worker(byte_tokenizer):
+def test_request_timeout_gives_504_and_frees_the_worker(byte_tokenizer, loopback_server):
     model = tiny_model(vocab_size=byte_tokenizer.vocab_size, context_length=64)
     fast = model.forward
     model.forward = lambda *a, **k: (time.sleep(0.05), fast(*a, **k))[1]
-    srv = _Server(create_app(ServeConfig(model_name="tiny", timeout_s=0.5), model, byte_tokenizer))
+    srv = loopback_server(create_app(ServeConfig(model_name="tiny", timeout_s=0.5), model, byte_tokenizer))
     try:
         r = httpx.post(srv.url + "/v1/completions", json={"model": "tiny", "prompt": "a", "max_tokens": 60}, timeout=30)
         _assert_openai_error(r, 504, "timed out")
