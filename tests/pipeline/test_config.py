@@ -58,3 +58,12 @@ def test_overrides_reach_the_stage_and_change_its_fingerprint_input(tmp_path):
     assert tables["pretrain"]["train"]["max_steps"] == 7
     assert tables["pretrain"]["model"]["vocab_size"] == 300
     assert tables["data"] == base["data"] and tables["tokenizer"] != base["tokenizer"]
+
+
+def test_dpo_prompts_follow_the_sft_system_message_unless_set():
+    demo = ROOT / "configs/pipeline/cpu-demo.toml"
+    assert stage_tables(load_config(PipelineConfig, demo))["dpo"]["data"]["system_prompt"] is True  # SFT's default
+    cfg = load_config(PipelineConfig, demo, ["sft.data.system_prompt=false"])
+    assert stage_tables(cfg)["dpo"]["data"]["system_prompt"] is False
+    cfg = load_config(PipelineConfig, demo, ["dpo.data.system_prompt=false"])
+    assert stage_tables(cfg)["dpo"]["data"]["system_prompt"] is False and stage_tables(cfg)["sft"]["data"]["system_prompt"]

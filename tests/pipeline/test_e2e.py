@@ -80,6 +80,7 @@ GPU_PRESET_ON_CPU = [
     "pretrain.train.max_steps=4", "pretrain.schedule.warmup_steps=1", "pretrain.eval.interval=2",
     "pretrain.eval.batches=1", "pretrain.checkpoint.interval=2",
     "sft.train.max_steps=3", "sft.data.n_train=16", "sft.data.n_heldout=4", "sft.data.overflow=truncate",
+    "sft.data.system_prompt=false",  # a 64-token context: no room for the system message
     "sft.eval.interval=3", "sft.eval.batches=1", "sft.eval.max_new_tokens=2",
     "dpo.train.max_steps=2", "dpo.data.n_train=8", "dpo.data.n_heldout=4", "dpo.train.batch_size=2",
     "dpo.ppo.max_new_tokens=2", "dpo.ppo.eval_max_new_tokens=2",

@@ -193,8 +193,12 @@ class PipelineConfig:
         from scratchllm.align.config import AlignConfig
 
         r = self.run_dir
-        return self._training("dpo", AlignConfig, self.dpo, {
-            "out_dir": r / "dpo", "models.policy": r / "sft" / "model", "models.tokenizer": r / "tokenizer"})
+        paths: dict[str, Any] = {
+            "out_dir": r / "dpo", "models.policy": r / "sft" / "model", "models.tokenizer": r / "tokenizer"}
+        if "system_prompt" not in merged(self.dpo).get("data", {}):
+            # Prompts the way the SFT stage taught the chat format: with its system message or without.
+            paths["data.system_prompt"] = self.sft_config().data.system_prompt
+        return self._training("dpo", AlignConfig, self.dpo, paths)
 
 
 def merged(table: dict[str, Any], forced: dict[str, Any] | None = None) -> dict[str, Any]:
