@@ -42,3 +42,28 @@ def test_read_text_invalid_utf8(tmp_path):
     assert read_text(p, errors="replace") == "ok \ufffd\ufffd bad"
     with pytest.raises(ScratchError, match="file not found"):
         read_text(tmp_path / "missing.txt")
+
+
+def test_read_jsonl_names_the_bad_line(tmp_path):
+    from scratchllm.io import read_jsonl
+
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"a": 1}\n\n  \n{"a": 2}\n')
+    assert list(read_jsonl(good, "hint")) == [(f"{good}:1", {"a": 1}), (f"{good}:4", {"a": 2})]
+    for content, message in [(b'{"a": 1}\n{"a": \n', r"bad.jsonl:2: malformed JSON"),
+                             (b'{"a": 1}\n[1]\n', r"bad.jsonl:2: expected a JSON object, got list"),
+                             (b'{"a": 1}\n{"a": "\xff"}\n', r"bad.jsonl:2: not valid UTF-8 \(bad byte 0xff\)")]:
+        bad = tmp_path / "bad.jsonl"
+        bad.write_bytes(content)
+        with pytest.raises(ScratchError, match=message) as e:
+            list(read_jsonl(bad, "one object per line"))
+        assert e.value.hint
+
+
+def test_constitutional_prompts_with_invalid_utf8_get_a_clear_error(tmp_path):
+    from scratchllm.align.constitutional import load_prompts
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_bytes(b'{"prompt": "hi"}\n{"prompt": "\xfe"}\n')
+    with pytest.raises(ScratchError, match=r"prompts.jsonl:2: not valid UTF-8"):
+        load_prompts(prompts)

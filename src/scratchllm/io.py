@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -86,3 +87,33 @@ def read_text(
             f"convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8), or use {lossy_option} "
             "to substitute invalid bytes",
         ) from None
+
+
+def iter_jsonl(text: str, path: str | os.PathLike[str], hint: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, record)`` for each non-blank line of JSONL ``text``, ``where`` being "path:line".
+    A line that is not JSON, or not a JSON object, raises a ScratchError naming its line; ``hint``
+    says what a line should look like."""
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ScratchError(f"{where}: malformed JSON ({e.msg} at column {e.colno})", hint) from None
+        if not isinstance(record, dict):
+            raise ScratchError(f"{where}: expected a JSON object, got {type(record).__name__}", hint)
+        yield where, record
+
+
+def read_jsonl(path: str | os.PathLike[str], hint: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``iter_jsonl`` over a UTF-8 file; invalid UTF-8 raises a ScratchError naming the line."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ScratchError(f"{path}:{line}: not valid UTF-8 (bad byte 0x{data[e.start]:02x})",
+                           "re-encode the file as UTF-8") from None
+    yield from iter_jsonl(text, path, hint)

@@ -105,7 +105,7 @@ def test_csv_and_text_files(tmp_path):
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    ('{"question": "a"}\n{"question": \n', r"data.jsonl:2: not valid JSON"),
+    ('{"question": "a"}\n{"question": \n', r"data.jsonl:2: malformed JSON"),
     ('{"question": "a"}\n\n[1, 2]\n', r"data.jsonl:3: expected a JSON object"),
     ("", "holds no records"),
     (b"\xff\xfe{}", "data.jsonl:1: not valid UTF-8"),

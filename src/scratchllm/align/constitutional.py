@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from scratchllm.align.data import PreferencePair, make_pair, save_preferences
 from scratchllm.errors import ScratchError
-from scratchllm.io import atomic_write_text
+from scratchllm.io import atomic_write_text, read_jsonl
 
 Messages = list[dict[str, str]]
 
@@ -79,18 +79,12 @@ def load_prompts(path: str | Path) -> list[str]:
     if not path.is_file():
         raise ScratchError(f"prompt file not found: {path}", "check constitutional.prompts")
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ScratchError(f"{path}:{lineno}: malformed JSON ({e.msg})", "fix the line") from None
-        prompt = record.get("prompt") if isinstance(record, dict) else None
-        if prompt is None and isinstance(record, dict) and isinstance(record.get("messages"), list):
+    for where, record in read_jsonl(path, 'write {"prompt": "..."} per line'):
+        prompt = record.get("prompt")
+        if prompt is None and isinstance(record.get("messages"), list):
             prompt = next((m.get("content") for m in record["messages"] if m.get("role") == "user"), None)
         if not isinstance(prompt, str) or not prompt.strip():
-            raise ScratchError(f"{path}:{lineno}: no non-empty 'prompt' string", 'write {"prompt": "..."}')
+            raise ScratchError(f"{where}: no non-empty 'prompt' string", 'write {"prompt": "..."}')
         out.append(prompt)
     if not out:
         raise ScratchError(f"{path}: no prompts", "the file is empty")

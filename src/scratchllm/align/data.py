@@ -30,6 +30,7 @@ import torch
 
 from scratchllm.errors import ScratchError
 from scratchllm.finetune.chat import END, check_messages, encode_chat
+from scratchllm.io import atomic_write_text, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -76,26 +77,11 @@ def load_preferences(path: str | Path) -> list[PreferencePair]:
     if not path.is_file():
         raise ScratchError(f"preference file not found: {path}", "check data.path (JSONL with prompt/chosen/rejected)")
     pairs: list[PreferencePair] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise ScratchError(f"{path} is not valid UTF-8 ({e.reason} at byte {e.start})",
-                           "re-encode the file as UTF-8") from None
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ScratchError(f"{where}: malformed JSON ({e.msg} at column {e.colno})", "fix the line") from None
-        if not isinstance(record, dict):
-            raise ScratchError(f"{where}: expected a JSON object, got {type(record).__name__}",
-                               'each line looks like {"prompt": ..., "chosen": ..., "rejected": ...}')
+    shape = 'each line looks like {"prompt": ..., "chosen": ..., "rejected": ...}'
+    for where, record in read_jsonl(path, shape):
         missing = [k for k in ("prompt", "chosen", "rejected") if k not in record]
         if missing:
-            raise ScratchError(f"{where}: missing key {missing[0]!r}",
-                               'each line looks like {"prompt": ..., "chosen": ..., "rejected": ...}')
+            raise ScratchError(f"{where}: missing key {missing[0]!r}", shape)
         pairs.append(make_pair(record["prompt"], record["chosen"], record["rejected"], where))
     if not pairs:
         raise ScratchError(f"{path}: no preference pairs", "the file is empty")
@@ -103,8 +89,6 @@ def load_preferences(path: str | Path) -> list[PreferencePair]:
 
 
 def save_preferences(pairs: Sequence[PreferencePair], path: str | Path) -> None:
-    from scratchllm.io import atomic_write_text
-
     atomic_write_text(path, "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in pairs))
 
 

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from scratchllm.config import from_dict, read_toml
 from scratchllm.errors import ScratchError
+from scratchllm.io import iter_jsonl
 
 TaskType = Literal["multiple_choice", "perplexity", "generate", "code", "safety", "judge"]
 
@@ -202,18 +203,8 @@ def read_records(path: Path, limit: int | None = None) -> list[Record]:
 
 
 def _jsonl_records(text: str, path: Path) -> Iterator[Record]:
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ScratchError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})",
-                               "each line of a .jsonl file must be one JSON object") from None
-        if not isinstance(value, dict):
-            raise ScratchError(f"{path}:{number}: expected a JSON object, got {type(value).__name__}",
-                               "each line of a .jsonl file must be one JSON object")
-        yield Record(value, f"{path}:{number}")
+    for where, value in iter_jsonl(text, path, "each line of a .jsonl file must be one JSON object"):
+        yield Record(value, where)
 
 
 def _json_records(text: str, path: Path) -> list[Record]:
