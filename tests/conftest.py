@@ -8,6 +8,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import torch
 
 MAX_REQUESTS = 200  # a fake server stops answering after this many, whatever happens
 
@@ -90,3 +91,13 @@ def loopback_server():
     """``loopback_server(app) -> LoopbackServer`` (call ``.stop()`` when done); usable from fixtures of any scope."""
     pytest.importorskip("uvicorn")
     return LoopbackServer
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread; two threads on a loaded 2-core machine are ~10x slower.
+    The align, serve and train tests use it for every test (an autouse fixture in their conftest)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

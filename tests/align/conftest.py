@@ -101,8 +101,5 @@ def align_cfg(sft_dirs, tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):  # tests/conftest.py
+    pass

@@ -21,12 +21,8 @@ def tiny_model(seed: int = 0, **overrides) -> Transformer:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two threads on a loaded 2-core machine are ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):  # tests/conftest.py
+    pass
 
 
 @pytest.fixture
