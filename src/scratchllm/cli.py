@@ -26,6 +26,7 @@ STAGES: list[str] = [
     "scratchllm.finetune.cli",
     "scratchllm.align.cli",
     "scratchllm.eval.cli",
+    "scratchllm.inspect.cli",
     "scratchllm.serve.cli",
     "scratchllm.pipeline.cli",
 ]

@@ -188,6 +188,8 @@ class Attention(nn.Module):
             S = k.size(-2)
             mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
         probs = F.dropout(scores.masked_fill(~mask, float("-inf")).softmax(dim=-1), dropout)
+        if getattr(self, "record_probs", False):  # set by scratchllm.inspect.attention to read the weights
+            self.probs = probs.detach()
         return probs @ v
 
 

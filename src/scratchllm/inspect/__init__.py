@@ -1,0 +1,6 @@
+"""See inside a model: ``scratchllm inspect tokens | embeddings | attention | memory``.
+
+Each command writes a PNG (matplotlib), a self-contained HTML page (the PNG embedded, no external
+files or scripts) and prints a short summary. This package reads models, tokenizers and training
+configs; it never imports a stage that serves or trains.
+"""

@@ -1,0 +1,154 @@
+"""``inspect tokens``: a text with its token boundaries coloured, bytes per token, vocabulary usage and the
+most frequent tokens over a corpus, and the same text under a second tokenizer side by side."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scratchllm.errors import ScratchError
+from scratchllm.inspect import report
+
+DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog. In 2024, tokenizers split   whitespace, code() and émojis 🙂."
+
+
+@dataclass
+class TokensConfig:
+    tokenizer: str  # tokenizer directory/file, or a model directory holding one
+    out: str = "inspect/tokens"
+    text: str = DEFAULT_TEXT
+    corpus: list[str] = field(default_factory=list)  # UTF-8 files for usage and frequency statistics
+    compare: str = ""  # a second tokenizer shown side by side
+    max_corpus_bytes: int = 20_000_000  # read at most this much of the corpus (encoding is the slow part)
+    top: int = 20
+
+
+def pieces(tok: Any, ids: list[int]) -> list[str]:
+    """Each token's bytes as text; bytes that are only part of a UTF-8 character show as \\xNN."""
+    return [tok.id_to_bytes(i).decode("utf-8", errors="backslashreplace") for i in ids]
+
+
+def text_stats(tok: Any, text: str) -> dict[str, Any]:
+    ids = tok.encode_ordinary(text)
+    n_bytes = len(text.encode("utf-8"))
+    return {"ids": ids, "pieces": pieces(tok, ids), "tokens": len(ids), "bytes": n_bytes,
+            "bytes_per_token": n_bytes / max(1, len(ids))}
+
+
+def corpus_stats(tok: Any, paths: list[str], max_bytes: int) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from scratchllm.io import read_text
+
+    counts: Counter[int] = Counter()
+    n_bytes = 0
+    for p in tqdm(paths, desc="encoding corpus", unit="file", disable=len(paths) < 2):
+        text = read_text(p)
+        raw = text.encode("utf-8")
+        if n_bytes + len(raw) > max_bytes:  # cut at a character boundary
+            text = raw[: max_bytes - n_bytes].decode("utf-8", errors="ignore")
+        n_bytes += len(text.encode("utf-8"))
+        counts.update(tok.encode_ordinary(text))
+        if n_bytes >= max_bytes:
+            break
+    n_tokens = sum(counts.values())
+    return {"counts": counts, "bytes": n_bytes, "tokens": n_tokens, "bytes_per_token": n_bytes / max(1, n_tokens),
+            "used": len(counts), "vocab_size": tok.vocab_size}
+
+
+def _draw_tokens(ax: Any, piece_list: list[str], title: str, width: int = 60) -> None:
+    """Token pieces laid out in monospace lines of about `width` characters, each on a coloured box."""
+    ax.set_axis_off()
+    ax.set_title(title, loc="left", fontsize=10)
+    x, y, line_h = 0, 0, 1.0
+    for i, piece in enumerate(piece_list):
+        shown = piece.replace("\n", "↵").replace("\t", "→")
+        if x + len(shown) > width and x > 0:
+            x, y = 0, y - line_h
+        ax.text(x, y, shown, family="monospace", fontsize=9, va="center", ha="left",
+                bbox={"boxstyle": "square,pad=0.15", "fc": report.TOKEN_COLOURS[i % len(report.TOKEN_COLOURS)],
+                      "ec": "none"})
+        x += len(shown) + 0.6
+    ax.set_xlim(-0.5, width + 2)
+    ax.set_ylim(y - 0.8, 0.8)
+
+
+def run(cfg: TokensConfig) -> str:
+    from scratchllm.inspect.load import find_tokenizer, load_tokenizer
+
+    if not cfg.text:
+        raise ScratchError("the text to tokenize is empty", "pass --text 'some words' or --text-file FILE")
+    tok = load_tokenizer(_tokenizer_path(cfg.tokenizer))
+    other = load_tokenizer(_tokenizer_path(cfg.compare)) if cfg.compare else None
+    out = Path(cfg.out)
+    stats = text_stats(tok, cfg.text)
+    other_stats = text_stats(other, cfg.text) if other else None
+    corpus = corpus_stats(tok, cfg.corpus, cfg.max_corpus_bytes) if cfg.corpus else None
+    other_corpus = corpus_stats(other, cfg.corpus, cfg.max_corpus_bytes) if cfg.corpus and other else None
+
+    plt = report.pyplot()
+    n_rows = 1 + (other is not None) + (corpus is not None)
+    fig, axes = plt.subplots(n_rows, 1, figsize=(10, 2.4 * n_rows + (2 if corpus else 0)), squeeze=False)
+    _draw_tokens(axes[0][0], stats["pieces"], f"{cfg.tokenizer}: {stats['tokens']} tokens, "
+                                              f"{stats['bytes_per_token']:.2f} bytes/token (vocab {tok.vocab_size})")
+    if other is not None:
+        _draw_tokens(axes[1][0], other_stats["pieces"],
+                     f"{cfg.compare}: {other_stats['tokens']} tokens, "
+                     f"{other_stats['bytes_per_token']:.2f} bytes/token (vocab {other.vocab_size})")
+    if corpus is not None:
+        ax = axes[-1][0]
+        top = corpus["counts"].most_common(cfg.top)
+        labels = [repr(pieces(tok, [i])[0])[1:-1] for i, _ in top]
+        ax.barh(range(len(top))[::-1], [c / corpus["tokens"] for _, c in top], color="#60a5fa")
+        ax.set_yticks(range(len(top))[::-1], labels, family="monospace", fontsize=8)
+        ax.set_xlabel("share of corpus tokens")
+        ax.set_title(f"most frequent tokens; {corpus['used']}/{corpus['vocab_size']} of the vocabulary used, "
+                     f"{corpus['bytes_per_token']:.2f} bytes/token over {corpus['bytes']:,} bytes", loc="left",
+                     fontsize=10)
+    png = report.save_figure(fig, out / "tokens.png")
+
+    sections = [("Token boundaries", f"<p>{cfg.tokenizer}: {stats['tokens']} tokens for {stats['bytes']} bytes "
+                                     f"= <b>{stats['bytes_per_token']:.2f} bytes per token</b> (vocabulary "
+                                     f"{tok.vocab_size}). Hover a token for its id.</p>"
+                                     + report.token_spans(stats["pieces"], stats["ids"]))]
+    if other is not None:
+        sections.append((f"The same text under {cfg.compare}",
+                         f"<p>{other_stats['tokens']} tokens = <b>{other_stats['bytes_per_token']:.2f} bytes per "
+                         f"token</b> (vocabulary {other.vocab_size}).</p>"
+                         + report.token_spans(other_stats["pieces"], other_stats["ids"])))
+    if corpus is not None:
+        rows = [[i, repr(pieces(tok, [i])[0]), c, f"{100 * c / corpus['tokens']:.2f}%"]
+                for i, c in corpus["counts"].most_common(cfg.top)]
+        usage = (f"<p>{corpus['bytes']:,} bytes of {', '.join(map(report.esc, cfg.corpus))} encode to "
+                 f"{corpus['tokens']:,} tokens ({corpus['bytes_per_token']:.2f} bytes/token); "
+                 f"{corpus['used']} of {corpus['vocab_size']} tokens "
+                 f"({100 * corpus['used'] / corpus['vocab_size']:.1f}%) appear at least once.")
+        if other_corpus:
+            usage += (f" {cfg.compare}: {other_corpus['tokens']:,} tokens ({other_corpus['bytes_per_token']:.2f} "
+                      f"bytes/token), {other_corpus['used']} of {other_corpus['vocab_size']} used.")
+        sections.append(("Vocabulary usage over the corpus", usage + "</p>" + report.table(
+            ["id", "token", "count", "share"], rows)))
+    sections.append(("Figure", report.img(png, "token boundaries")))
+    report.write_page(out / "tokens.html", "inspect tokens", sections)
+
+    lines = [f"{stats['tokens']} tokens, {stats['bytes_per_token']:.2f} bytes/token: "
+             + "|".join(p.replace("\n", "\\n") for p in stats["pieces"])]
+    if other_stats:
+        lines.append(f"{cfg.compare}: {other_stats['tokens']} tokens, {other_stats['bytes_per_token']:.2f} bytes/token")
+    if corpus:
+        lines.append(f"corpus: {corpus['tokens']:,} tokens, {corpus['bytes_per_token']:.2f} bytes/token, "
+                     f"{corpus['used']}/{corpus['vocab_size']} of the vocabulary used")
+    lines.append(f"wrote {out / 'tokens.png'} and {out / 'tokens.html'}")
+    return "\n".join(lines)
+
+
+def _tokenizer_path(path: str) -> Path:
+    """A tokenizer directory/file, or a model directory / training run holding one."""
+    p = Path(path)
+    if p.is_dir() and (p / "config.json").is_file() and not any(p.glob("tokenizer*.json")):
+        from scratchllm.inspect.load import find_tokenizer
+
+        return find_tokenizer(p, None)
+    return p
