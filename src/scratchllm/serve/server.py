@@ -1,5 +1,6 @@
 """An OpenAI-compatible HTTP server: FastAPI + uvicorn.
 
+    GET  /                      the web chat page (chat_page.py; no auth to load it, its API calls carry the key)
     GET  /health                liveness: the process answers (no auth)
     GET  /ready                 readiness: 200 once the model is loaded, else 503 (no auth)
     GET  /v1/models             the one model served
@@ -137,6 +138,9 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
         state["engine"].close()
 
     app = FastAPI(title="scratchllm", lifespan=lifespan)
+    from scratchllm.serve.chat_page import add_chat_page
+
+    add_chat_page(app, cfg.model_name, cfg.api_key, lambda: state["engine"])  # the web page at /
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
