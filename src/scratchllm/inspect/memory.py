@@ -147,6 +147,8 @@ def estimate(c: ModelConfig, batch_size: int, seq_len: int, precision: str = "fp
     grads = 4 * trainable / N
     optim = 8 * trainable / N
     saved, head_transient = activation_elements(c, batch_size, seq_len, ac == "full", bf16)
+    if method == "full":  # the output head's weight gradient is made by the very first backward op
+        head_transient += 4 * c.vocab_size * c.d_model / N
     fwd_bwd = weights + optim + saved + head_transient
     update = weights + grads + optim + 4 * trainable / N  # foreach AdamW's temporary (sqrt of the 2nd moment)
     peak = max(fwd_bwd, update)
@@ -232,11 +234,14 @@ def run(cfg: MemoryConfig) -> str:
                                "use a smaller model, --fsdp-ranks N, --method qlora, or a device with more memory")
     # The same step under each technique, one change at a time, for the comparison table and chart.
     base = dict(kw, precision="fp32", ac="none", fsdp_ranks=1, method="full")
+    k = max(2, cfg.grad_accum)
     variants = {
         "fp32": estimate(c, **base),
         "bf16 autocast": estimate(c, **dict(base, precision="bf16")),
         "activation ckpt": estimate(c, **dict(base, ac="full")),
-        f"grad accum x{max(2, cfg.grad_accum)} (same micro-batch)": estimate(c, **base),
+        # The same sequences per step in k micro-batches: activations shrink k times, the rest stays.
+        f"grad accum x{k} (micro-batch {max(1, cfg.batch_size // k)})": estimate(
+            c, **dict(base, batch_size=max(1, cfg.batch_size // k))),
         f"FSDP x{max(2, cfg.fsdp_ranks)}": estimate(c, **dict(base, fsdp_ranks=max(2, cfg.fsdp_ranks))),
         f"LoRA r={cfg.lora_rank}": estimate(c, **dict(base, method="lora")),
         f"QLoRA r={cfg.lora_rank}": estimate(c, **dict(base, method="qlora")),
@@ -253,12 +258,14 @@ def run(cfg: MemoryConfig) -> str:
         vals = [variants[n].parts()[part] / 2**30 for n in names]
         ax.barh(names, vals, left=left, color=colour, label=part)
         left = [a + b for a, b in zip(left, vals)]
+    ax.scatter([variants[n].peak / 2**30 for n in names], names, marker="|", s=400, color="black", zorder=3,
+               label="peak")
     if budget:
         ax.axvline(budget / 2**30, color="black", linestyle="--", label=f"device {human(budget)}")
     ax.invert_yaxis()
-    ax.set_xlabel("GiB (bars: components of the peak; peak = the larger of forward/backward and the update)")
+    ax.set_xlabel("GiB (bars: every component; |: the peak, when activations and gradients do not coexist)")
     ax.set_title(f"{pc['total'] / 1e6:.1f}M params, batch {cfg.batch_size} x {T} tokens", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=7, frameon=False)
     png = report.save_figure(fig, out / "memory.png")
 
     rows = [[n, human(e.weights), human(e.gradients), human(e.optimizer), human(e.activations),
