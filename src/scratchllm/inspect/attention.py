@@ -70,7 +70,7 @@ def head_summary(p: torch.Tensor, ids: list[int]) -> dict[str, float | None]:
 def head_role(s: dict[str, float | None]) -> str:
     if s["induction"] is not None and s["induction"] > 0.3:
         return "induction"
-    if s["prev"] > 0.5:
+    if s["prev"] > 0.4:
         return "previous-token"
     if s["first"] > 0.5:
         return "first-token (sink)"
@@ -135,5 +135,5 @@ def run(cfg: AttentionConfig) -> str:
     report.write_page(out / "attention.html", "inspect attention", sections)
     uniform = math.log2(T) if T > 1 else 0.0
     head = f"{T} tokens, {L} layers x {H} heads (uniform attention would be {uniform:.2f} bits)"
-    return "\n".join([head, *(lines or ["no head stands out (an untrained model attends diffusely)"]),
+    return "\n".join([head, *(lines or ["no head stands out (attention is diffuse, as in an untrained or briefly trained model)"]),
                       f"wrote {out / 'attention.png'} and {out / 'attention.html'}"])

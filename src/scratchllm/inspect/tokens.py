@@ -58,25 +58,33 @@ def corpus_stats(tok: Any, paths: list[str], max_bytes: int) -> dict[str, Any]:
             "used": len(counts), "vocab_size": tok.vocab_size}
 
 
-def _draw_tokens(ax: Any, piece_list: list[str], title: str, width: int = 60) -> None:
-    """Token pieces laid out in monospace lines of about `width` characters, each on a coloured box."""
-    ax.set_axis_off()
-    ax.set_title(title, loc="left", fontsize=10)
-    x, y, line_h = 0, 0, 1.0
-    for i, piece in enumerate(piece_list):
+def _layout(piece_list: list[str], width: int = 60) -> list[tuple[int, float, str]]:
+    """(line, x, shown text) per token: monospace lines of about `width` characters."""
+    x, line, out = 0.0, 0, []
+    for piece in piece_list:
         shown = piece.replace("\n", "↵").replace("\t", "→")
         if x + len(shown) > width and x > 0:
-            x, y = 0, y - line_h
-        ax.text(x, y, shown, family="monospace", fontsize=9, va="center", ha="left",
+            x, line = 0.0, line + 1
+        out.append((line, x, shown))
+        x += len(shown) + 0.6
+    return out
+
+
+def _draw_tokens(ax: Any, piece_list: list[str], title: str, width: int = 60) -> None:
+    """Token pieces each on a coloured box, so that the boundaries show."""
+    ax.set_axis_off()
+    ax.set_title(title, loc="left", fontsize=10)
+    placed = _layout(piece_list, width)
+    for i, (line, x, shown) in enumerate(placed):
+        ax.text(x, -line, shown, family="monospace", fontsize=9, va="center", ha="left",
                 bbox={"boxstyle": "square,pad=0.15", "fc": report.TOKEN_COLOURS[i % len(report.TOKEN_COLOURS)],
                       "ec": "none"})
-        x += len(shown) + 0.6
     ax.set_xlim(-0.5, width + 2)
-    ax.set_ylim(y - 0.8, 0.8)
+    ax.set_ylim(-(placed[-1][0] if placed else 0) - 0.7, 0.7)
 
 
 def run(cfg: TokensConfig) -> str:
-    from scratchllm.inspect.load import find_tokenizer, load_tokenizer
+    from scratchllm.inspect.load import load_tokenizer
 
     if not cfg.text:
         raise ScratchError("the text to tokenize is empty", "pass --text 'some words' or --text-file FILE")
@@ -89,8 +97,13 @@ def run(cfg: TokensConfig) -> str:
     other_corpus = corpus_stats(other, cfg.corpus, cfg.max_corpus_bytes) if cfg.corpus and other else None
 
     plt = report.pyplot()
-    n_rows = 1 + (other is not None) + (corpus is not None)
-    fig, axes = plt.subplots(n_rows, 1, figsize=(10, 2.4 * n_rows + (2 if corpus else 0)), squeeze=False)
+    heights = [0.6 + 0.3 * (_layout(stats["pieces"])[-1][0] + 1)]
+    if other is not None:
+        heights.append(0.6 + 0.3 * (_layout(other_stats["pieces"])[-1][0] + 1))
+    if corpus is not None:
+        heights.append(0.25 * cfg.top + 0.8)
+    fig, axes = plt.subplots(len(heights), 1, figsize=(10, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
     _draw_tokens(axes[0][0], stats["pieces"], f"{cfg.tokenizer}: {stats['tokens']} tokens, "
                                               f"{stats['bytes_per_token']:.2f} bytes/token (vocab {tok.vocab_size})")
     if other is not None:
@@ -100,7 +113,7 @@ def run(cfg: TokensConfig) -> str:
     if corpus is not None:
         ax = axes[-1][0]
         top = corpus["counts"].most_common(cfg.top)
-        labels = [repr(pieces(tok, [i])[0])[1:-1] for i, _ in top]
+        labels = [repr(pieces(tok, [i])[0]) for i, _ in top]  # quoted: leading spaces show
         ax.barh(range(len(top))[::-1], [c / corpus["tokens"] for _, c in top], color="#60a5fa")
         ax.set_yticks(range(len(top))[::-1], labels, family="monospace", fontsize=8)
         ax.set_xlabel("share of corpus tokens")
