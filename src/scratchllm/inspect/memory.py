@@ -33,6 +33,7 @@ from typing import Any
 
 from scratchllm.errors import ScratchError
 from scratchllm.inspect import report
+from scratchllm.io import atomic_write_text
 from scratchllm.model.model import ModelConfig
 
 UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 10**3, "KIB": 2**10, "M": 2**20, "MB": 10**6, "MIB": 2**20,
@@ -193,7 +194,9 @@ def load_model_config(cfg: MemoryConfig) -> ModelConfig:
             data = read_json(resolve_model_dir(p) / "config.json")
         else:
             data = read_toml(p)
-            data = data.get("model", data)  # a stage preset with a [model] table, or a model preset
+            data = dict(data.get("model", data))  # a stage preset with a [model] table, or a model preset
+            if "preset" in data:  # a stage preset's [model] names a model preset, plus overrides
+                data = {**read_toml(data.pop("preset")), **data}
     for item in cfg.overrides:
         key, value = parse_override(item)
         data[key.removeprefix("model.")] = value
@@ -293,16 +296,16 @@ def run(cfg: MemoryConfig) -> str:
         lines.append(msg)
         sections.append(("What fits", f"<p>{report.esc(msg)}</p>"))
     if cfg.measure:
-        m = measure_peak(c, cfg.batch_size, T, cfg.precision, cfg.activation_checkpointing)
         if cfg.method != "full" or cfg.fsdp_ranks > 1:
             raise ScratchError("--measure runs a plain single-process full training step",
                                "drop --method/--fsdp-ranks to measure")
+        m = measure_peak(c, cfg.batch_size, T, cfg.precision, cfg.activation_checkpointing)
         err = (est.peak - m["peak"]) / m["peak"]
         msg = (f"measured on this CPU: peak {human(m['peak'])} (predicted {human(est.peak)}, {100 * err:+.1f}%)")
         lines.append(msg)
         sections.append(("Measured", f"<p>{report.esc(msg)}</p>"))
     report.write_page(out / "memory.html", "inspect memory", sections)
-    (out / "memory.json").write_text(json.dumps({"config": asdict(c), "estimate": asdict(est)}, indent=1) + "\n")
+    atomic_write_text(out / "memory.json", json.dumps({"config": asdict(c), "estimate": asdict(est)}, indent=1) + "\n")
     lines.append(f"wrote {out / 'memory.png'} and {out / 'memory.html'}")
     return "\n".join(lines)
 
