@@ -220,3 +220,19 @@ def test_memory_estimate_matches_a_measured_cpu_step():
 ])
 def test_memory_estimate_matches_measured_steps(kw, B, T, precision, ac):
     _check_measured(kw, B, T, precision, ac)
+
+
+def test_optional_projections():
+    from scratchllm.errors import ScratchError
+    from scratchllm.inspect.embeddings import project
+
+    x = torch.randn(40, 8)
+    pytest.importorskip("sklearn", reason="t-SNE needs scikit-learn")
+    assert project(x, "tsne").shape == (40, 2)
+    try:
+        import umap  # noqa: F401
+    except ImportError:
+        with pytest.raises(ScratchError, match="umap-learn"):
+            project(x, "umap")
+    else:
+        assert project(x, "umap").shape == (40, 2)
