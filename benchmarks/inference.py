@@ -1,7 +1,7 @@
 """Inference: our KV-cache generator vs Hugging Face ``generate``; speculative decoding; INT8/INT4.
 
 1. Greedy decode tokens/s, batch 1, ours (eager, and with the torch.compile'd decode step of
-   scratchllm.serve.compile) vs transformers' LlamaForCausalLM.generate on the same exported weights
+   scratchllm.infer.compile) vs transformers' LlamaForCausalLM.generate on the same exported weights
    (scratchllm.model.hf), alternating runs so machine load hits all sides alike (medians). Compile
    time is reported apart and excluded from tokens/s (set TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 for
    a cold compile: inductor otherwise reuses its on-disk cache from earlier runs).
@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from scratchllm.config import load_config  # noqa: E402
 from scratchllm.model.model import ModelConfig, Transformer  # noqa: E402
-from scratchllm.serve.generate import SamplingParams, generate  # noqa: E402
-from scratchllm.serve.quantize import load_model, quantize, weight_bytes  # noqa: E402
-from scratchllm.serve.speculative import speculative_steps  # noqa: E402
+from scratchllm.infer.generate import SamplingParams, generate  # noqa: E402
+from scratchllm.infer.quantize import load_model, quantize, weight_bytes  # noqa: E402
+from scratchllm.infer.speculative import speculative_steps  # noqa: E402
 
 
 def timed(fn) -> float:

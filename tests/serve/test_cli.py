@@ -7,7 +7,8 @@ import io
 import pytest
 
 from scratchllm.cli import main
-from scratchllm.serve.generate import SamplingParams, complete
+from scratchllm.infer.generate import complete
+from scratchllm.infer.sampling import SamplingParams
 
 from .conftest import tiny_model
 
@@ -60,7 +61,7 @@ def test_cli_errors(tmp_path, capsys, model_dir):
 
 
 def test_training_run_directory_serves_its_latest_checkpoint(model_dir, tmp_path, byte_tokenizer, capsys):
-    from scratchllm.serve.engine import load_for_inference
+    from scratchllm.infer.load import load_for_inference
 
     d, model = model_dir
     run = tmp_path / "run"

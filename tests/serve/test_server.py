@@ -39,7 +39,8 @@ def _http(served, method: str, path: str, **kw) -> httpx.Response:
 
 
 def test_openai_client_completion_matches_generate(served, client):
-    from scratchllm.serve.generate import SamplingParams, complete
+    from scratchllm.infer.generate import complete
+    from scratchllm.infer.sampling import SamplingParams
 
     _, model, tok = served
     out = client.completions.create(model="tiny", prompt="hello", max_tokens=12, temperature=0)
@@ -50,7 +51,8 @@ def test_openai_client_completion_matches_generate(served, client):
 
 
 def test_skip_special_tokens_reaches_the_generator(served, client):
-    from scratchllm.serve.generate import SamplingParams, complete
+    from scratchllm.infer.generate import complete
+    from scratchllm.infer.sampling import SamplingParams
 
     _, model, tok = served
     for skip in (True, False):

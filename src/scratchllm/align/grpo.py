@@ -1,7 +1,7 @@
 """RLHF-style policy optimisation: GRPO (Shao et al., 2024) with a KL penalty to the reference.
 
 Each step, for ``prompts_per_step`` prompts the policy samples ``group_size`` replies with the KV-cache
-generator (``scratchllm.serve.generate``); each reply gets a reward (programmatic correctness on the
+generator (``scratchllm.infer.generate``); each reply gets a reward (programmatic correctness on the
 checkable tasks, or the reward model's score); a reply's advantage is its reward relative to its
 group, ``A = (r - mean(r_group)) / (std(r_group) + eps)`` (no value network). The loss per reply token is
 PPO's clipped surrogate plus the KL penalty to the frozen reference (k3 estimator, always >= 0):
@@ -44,7 +44,7 @@ def prompt_ids(tokenizer: Any, prompts: Sequence[list[dict[str, str]]]) -> list[
 def respond(model: nn.Module, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int,
             temperature: float = 0.0, top_k: int = 0, seed: int | None = None) -> list[list[int]]:
     """Reply tokens per prompt (batched, KV cache), ending with ``<|end|>`` when the model closed its turn."""
-    from scratchllm.serve.generate import SamplingParams, generate
+    from scratchllm.infer.generate import SamplingParams, generate
 
     room = model.cfg.context_length - max(len(p) for p in prompts)
     if room < 1:

@@ -345,7 +345,8 @@ class ScratchLM(LanguageModel):
         ids, ends = self.prompt_ids(prompt, chat)
         if len(ids) + max_tokens > self.max_length:
             return super().generate(prompt, max_tokens, stop, temperature, top_p, n, seed, chat)
-        from scratchllm.serve.generate import SamplingParams, complete
+        from scratchllm.infer.generate import complete
+    from scratchllm.infer.sampling import SamplingParams
 
         params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=list(stop),
                                 stop_token_ids=sorted(ends), seed=seed)

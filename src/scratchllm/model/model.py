@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -138,8 +138,9 @@ def sinusoidal_table(d_model: int, length: int) -> torch.Tensor:
 class Attention(nn.Module):
     """Causal self-attention with grouped-query attention (n_kv_heads <= n_heads) and optional RoPE."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
+        self.layer = layer  # which layer's keys/values to read and write in a KV cache
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
         self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
@@ -147,25 +148,24 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
         self.impl = cfg.attn_impl
-        self.kv_cache: KVCache | None = None  # set by Transformer.setup_cache for generation
 
     def forward(
         self,
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         mask: torch.Tensor | None = None,
-        input_pos: torch.Tensor | None = None,
+        cache: KVCacheView | None = None,
     ) -> torch.Tensor:
-        """mask: None for plain causal attention, else a bool (B, 1, T, S) "may attend" mask over the keys
-        (the cache's first S slots when a KV cache is set up, else the T new tokens)."""
+        """mask: None for plain causal attention, else a bool (B, 1, T, S) "may attend" mask over the S keys
+        (the cache's when one is given, else the T new tokens)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if self.kv_cache is not None:  # incremental decoding: store the new keys/values, attend over the cache
-            k, v = self.kv_cache.update(input_pos, k, v)
+        if cache is not None:  # incremental decoding: store the new keys/values, attend over the cached ones
+            k, v = cache.update(self.layer, k, v)
         dropout = self.dropout if self.training else 0.0
         if self.impl == "sdpa":
             y = F.scaled_dot_product_attention(
@@ -193,36 +193,14 @@ class Attention(nn.Module):
         return probs @ v
 
 
-class KVCache(nn.Module):
-    """Static, preallocated keys and values of one layer (gpt-fast style): (B, n_kv_heads, max_seq_len, hd).
+class KVCacheView(Protocol):
+    """What the forward needs from a KV cache (the cache itself lives in scratchllm.infer.cache, not on the
+    model): one batch's "may attend" mask (B, 1, T, S) and, per layer, "store these new keys/values and
+    return all S keys/values of each row"."""
 
-    Slot i holds the token fed at input_pos i. Rolling back (speculative decoding) is free: later
-    writes overwrite stale slots, and attention only reads slots up to the newest position.
+    mask: torch.Tensor
 
-    static=True (for torch.compile): writes are an index_copy_ at the input_pos tensor and attention
-    reads every slot (the model masks the unused ones), so shapes never depend on the position and
-    one compiled decode step serves every position without recompiling or a graph break.
-    """
-
-    def __init__(self, batch_size: int, max_seq_len: int, n_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str | None, static: bool = False) -> None:
-        super().__init__()
-        shape = (batch_size, n_kv_heads, max_seq_len, head_dim)
-        self.static = static
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, KV, T, hd) at slots input_pos; return the cache up to the newest slot (static: all slots)."""
-        if self.static:  # the batch must fill the cache (B rows): no data-dependent slicing
-            self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
-            self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
-            return self.k, self.v
-        B, start = k.size(0), int(input_pos[0])  # input_pos is contiguous: a slice copy, not a scatter
-        end = start + k.size(2)
-        self.k[:B, :, start:end] = k.to(self.k.dtype)
-        self.v[:B, :, start:end] = v.to(self.v.dtype)
-        return self.k[:B, :, :end], self.v[:B, :, :end]
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class MLP(nn.Module):
@@ -239,10 +217,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg, layer)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
@@ -252,9 +230,9 @@ class Block(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         mask: torch.Tensor | None = None,
-        input_pos: torch.Tensor | None = None,
+        cache: KVCacheView | None = None,
     ) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, input_pos))
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, cache))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
@@ -274,7 +252,7 @@ class Transformer(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -301,15 +279,14 @@ class Transformer(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         input_pos: torch.Tensor | None = None,
-        pad: torch.Tensor | None = None,
+        cache: KVCacheView | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, T, vocab) for token ids idx (B, T); with targets (B, T) also the mean cross-entropy.
 
-        input_pos (T,) gives the slots of idx in the sequence (default 0..T-1), increasing and
-        contiguous. With a KV cache set up (``setup_cache``), idx holds only the new tokens and
-        attention also reads the cached earlier slots. pad (B,) is the number of left-padding tokens
-        per row of a batch: row b's real tokens start at slot pad[b], get positions slot - pad[b], and
-        never attend to the padding, so each row computes exactly what it would alone.
+        input_pos gives each token's position: (T,) shared by every row, or (B, T) per row (rows of a
+        batch at different lengths); default 0..T-1. With a KV cache (scratchllm.infer.cache), idx holds
+        only the new tokens: each layer stores their keys/values in the cache and attends over every
+        cached key the cache's mask allows (its own row's, up to its own position).
         """
         T = idx.size(1)
         if input_pos is None:
@@ -319,70 +296,24 @@ class Transformer(nn.Module):
                     "truncate the input, or use a model built with a larger context_length",
                 )
             input_pos = torch.arange(T, device=idx.device)
-        cache = self.layers[0].attn.kv_cache
-        cached, static = cache is not None, cache is not None and cache.static
-        mask = None
-        positions = input_pos if pad is None else (input_pos[None, :] - pad[:, None]).clamp(min=0)  # (T,) | (B, T)
-        if cached or pad is not None:
-            # Keys: cache slots 0..newest (cache; static: every slot) or the new tokens' slots. Causal from
-            # slot 0 needs no mask, nor does one new token seeing every key; a static cache always needs one.
-            if static or pad is not None or (T > 1 and int(input_pos[0]) != 0):
-                if static:
-                    key_pos = torch.arange(cache.k.size(2), device=idx.device)
-                else:
-                    key_pos = torch.arange(int(input_pos[-1]) + 1, device=idx.device) if cached else input_pos
-                q, k = input_pos[:, None], key_pos[None, :]
-                mask = (k <= q)[None, None]  # (1, 1, T, S)
-                if pad is not None:
-                    # Padding queries attend to themselves only (a row of -inf would give NaN); their outputs are unused.
-                    real = k[None] >= pad[:, None, None]  # (B, 1, S)
-                    mask = (mask & real[:, None]) | (k == q)[None, None]
+        mask = None if cache is None else cache.mask  # no cache: plain causal over the T tokens
         x = self.tok_emb(idx)
         rope = None
         if self.cfg.pos_emb == "rope":
-            cos, sin = self.rope_cos[positions].to(x.dtype), self.rope_sin[positions].to(x.dtype)
-            rope = (cos, sin) if positions.dim() == 1 else (cos[:, None], sin[:, None])  # broadcast over heads
+            cos, sin = self.rope_cos[input_pos].to(x.dtype), self.rope_sin[input_pos].to(x.dtype)
+            rope = (cos, sin) if input_pos.dim() == 1 else (cos[:, None], sin[:, None])  # broadcast over heads
         elif self.cfg.pos_emb == "learned":
-            x = x + self.pos_emb(positions)
+            x = x + self.pos_emb(input_pos)
         else:
-            x = x + self.pos_table[positions]
+            x = x + self.pos_table[input_pos]
         x = self.drop(x)
         for layer in self.layers:
-            x = layer(x, rope, mask, input_pos)
+            x = layer(x, rope, mask, cache)
         logits = self.lm_head(self.norm(x))
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
         return logits, loss
-
-    # --- KV cache (inference) ------------------------------------------------------------------------
-
-    def setup_cache(
-        self,
-        batch_size: int,
-        max_seq_len: int,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
-        static: bool = False,
-    ) -> None:
-        """Preallocate every layer's KV cache for batches of up to batch_size rows of max_seq_len slots.
-
-        static=True: fixed shapes for torch.compile (see KVCache); batches must then have batch_size rows."""
-        if not 1 <= max_seq_len <= self.cfg.context_length:
-            raise ScratchError(
-                f"KV cache of {max_seq_len} slots does not fit the model's context_length={self.cfg.context_length}",
-                "shorten the prompt or the number of new tokens",
-            )
-        ref = self.tok_emb.weight
-        dtype = dtype or (ref.dtype if ref.is_floating_point() else torch.float32)
-        for layer in self.layers:
-            a = layer.attn
-            a.kv_cache = KVCache(batch_size, max_seq_len, a.n_kv_heads, a.head_dim, dtype, device or ref.device, static)
-
-    def clear_cache(self) -> None:
-        """Drop the KV caches: forward is the plain full-sequence (training) computation again."""
-        for layer in self.layers:
-            layer.attn.kv_cache = None
 
     # --- sizes and cost -----------------------------------------------------------------------------
 

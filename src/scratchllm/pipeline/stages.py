@@ -439,7 +439,7 @@ def run_quantize(ctx: Context) -> dict[str, Any]:
     from scratchllm.eval.runner import EvalSettings, evaluate
     from scratchllm.eval.tasks import resolve_tasks
     from scratchllm.model.model import Transformer
-    from scratchllm.serve.quantize import load_model, quantize, save_quantized, weight_bytes
+    from scratchllm.infer.quantize import load_model, quantize, save_quantized, weight_bytes
 
     q = ctx.cfg.quantize
     src = final_model_dir(ctx)
@@ -463,7 +463,7 @@ def run_quantize(ctx: Context) -> dict[str, Any]:
 
 
 def verify_quantize(ctx: Context) -> None:
-    from scratchllm.serve.quantize import QUANT_FILE, load_model
+    from scratchllm.infer.quantize import QUANT_FILE, load_model
 
     _need(ctx.dir("quantize") / QUANT_FILE, "quantization info")
     load_model(ctx.dir("quantize"))
@@ -594,7 +594,7 @@ def all_stages() -> list[Stage]:
               requires=("scratchllm.align.run",)),
         Stage("eval", run_eval, verify_eval, "held-out perplexity vs n-gram baselines, tasks, samples"),
         Stage("quantize", run_quantize, verify_quantize, "INT8/INT4 weights for serving",
-              requires=("scratchllm.serve.quantize",)),
+              requires=("scratchllm.infer.quantize",)),
         Stage("export_hf", run_export_hf, verify_export_hf, "export to Hugging Face Llama and check with transformers"),
         Stage("serve", run_serve, verify_serve, "start `scratchllm serve` and query it with the openai client",
               requires=("scratchllm.serve.cli", "openai")),

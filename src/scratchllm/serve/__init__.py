@@ -1,1 +1,1 @@
-"""Inference and serving."""
+"""The OpenAI-compatible HTTP server and the generate/chat/serve CLI (generation itself: scratchllm.infer)."""

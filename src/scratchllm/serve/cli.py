@@ -73,7 +73,7 @@ def _add_sampling_arguments(p: argparse.ArgumentParser, max_new_tokens: int, tem
 
 
 def _params(args: argparse.Namespace, stop_token_ids: list[int] | None = None) -> Any:
-    from scratchllm.serve.generate import SamplingParams
+    from scratchllm.infer.sampling import SamplingParams
 
     params = SamplingParams(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -96,8 +96,8 @@ def _print_stream(deltas: Any) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from scratchllm.serve.engine import load_for_inference
-    from scratchllm.serve.generate import stream
+    from scratchllm.infer.load import load_for_inference
+    from scratchllm.infer.generate import stream
 
     prompt_text = sys.stdin.read() if args.prompt == "-" else args.prompt
     model, tok = load_for_inference(args.model, args.tokenizer, args.device)
@@ -108,9 +108,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.draft:
         if args.compile:
             raise ScratchError("--compile does not apply to speculative decoding (--draft)", "drop one of them")
-        from scratchllm.serve.quantize import load_model
-        from scratchllm.serve.engine import resolve_model_dir
-        from scratchllm.serve.speculative import speculative_stream
+        from scratchllm.infer.quantize import load_model
+        from scratchllm.infer.load import resolve_model_dir
+        from scratchllm.infer.speculative import speculative_stream
 
         draft = load_model(resolve_model_dir(args.draft), args.device).eval()
         deltas = speculative_stream(model, draft, prompt, params, tok, k=args.k)
@@ -123,8 +123,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from scratchllm.finetune.chat import END, encode_chat
-    from scratchllm.serve.engine import load_for_inference
-    from scratchllm.serve.generate import stream
+    from scratchllm.infer.load import load_for_inference
+    from scratchllm.infer.generate import stream
 
     model, tok = load_for_inference(args.model, args.tokenizer, args.device)
     params = _params(args, [tok.token_id(END)])
@@ -156,8 +156,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from scratchllm.serve.engine import resolve_model_dir
-    from scratchllm.serve.quantize import load_model, quantize, save_quantized, weight_bytes
+    from scratchllm.infer.load import resolve_model_dir
+    from scratchllm.infer.quantize import load_model, quantize, save_quantized, weight_bytes
 
     src = resolve_model_dir(args.model)
     model = load_model(src)
@@ -181,7 +181,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = load_config(ServeConfig, config, args.overrides)
     if not cfg.model:
         raise ScratchError("no model to serve", "pass model=DIR (a model directory or a training run directory)")
-    from scratchllm.serve.engine import resolve_model_dir
+    from scratchllm.infer.load import resolve_model_dir
 
     resolve_model_dir(cfg.model)  # fail fast with a clear message, before the server starts
     serve(cfg)

@@ -3,33 +3,38 @@
     GET  /                      the web chat page (chat_page.py; no auth to load it, its API calls carry the key)
     GET  /health                liveness: the process answers (no auth)
     GET  /ready                 readiness: 200 once the model is loaded, else 503 (no auth)
+    GET  /metrics               Prometheus text: running/waiting requests, tokens, latency histograms
     GET  /v1/models             the one model served
     POST /v1/completions        text completion; stream=true sends server-sent events
     POST /v1/chat/completions   chat (the fine-tuning chat template); stream=true as well
 
 Every error is a 4xx/5xx with OpenAI's body ``{"error": {"message", "type", "param", "code"}}``: bad
 JSON, wrong fields, prompts that do not fit the context -> 400, wrong API key -> 401, unknown model ->
-404, queue full -> 429, timeout -> 504. Generation runs on the engine's worker thread (engine.py).
+404, queue full -> 429, timeout -> 504. Generation runs on the continuous-batching engine
+(scratchllm.infer.engine) on a thread of its own (scratchllm.infer.background); a client that goes
+away, streaming or not, frees its slot at the engine's next step.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scratchllm.errors import ScratchError
-from scratchllm.serve.engine import Engine, JobTimeout, QueueFull, deltas
-from scratchllm.serve.generate import SamplingParams
+from scratchllm.infer.background import BackgroundEngine, QueueFull, deltas
+from scratchllm.infer.engine import Engine, RequestTimeout
+from scratchllm.infer.sampling import SamplingParams
 
 log = logging.getLogger("scratchllm.serve")
 
@@ -45,6 +50,8 @@ class ServeConfig:
     port: int = 8000
     api_key: str = ""  # "" = no auth; else clients must send "Authorization: Bearer <api_key>"
     max_pending: int = 64  # requests queued or running before 429
+    max_batch: int = 32  # KV-cache slots: requests decoded together (memory: max_batch x context_length)
+    prefill_chunk: int = 256  # prompt tokens prefilled per engine step (longer prompts take several steps)
     timeout_s: float = 120.0  # per request, from arrival (queue wait included)
     device: str = "cpu"
     threads: int = 0  # torch CPU threads for generation; 0 = torch's default (one per core)
@@ -70,12 +77,13 @@ class _Sampling(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     skip_special_tokens: bool = True  # vLLM's extension: False returns control tokens as text
-    n: int = Field(default=1, ge=1, le=1)
+    n: int = Field(default=1, ge=1, le=16)
     stream: bool = False
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int]
+    logprobs: int | None = Field(default=None, ge=0, le=20)  # the legacy API: top-n alternatives per token
 
 
 class Message(BaseModel):
@@ -85,6 +93,8 @@ class Message(BaseModel):
 
 class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
 # --- errors -------------------------------------------------------------------------------------------
@@ -120,19 +130,19 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
     state: dict[str, Any] = {"engine": None}
 
     async def lifespan(app: FastAPI):  # noqa: ANN202
-        import asyncio
 
         m, t = model, tokenizer
         if m is None:
-            from scratchllm.serve.engine import load_for_inference
+            from scratchllm.infer.load import load_for_inference
 
             m, t = await asyncio.to_thread(load_for_inference, cfg.model, cfg.tokenizer or None, cfg.device)
         if cfg.compile:
-            from scratchllm.serve.compile import warm_up
+            from scratchllm.infer.compile import warm_up
 
             seconds = await asyncio.to_thread(warm_up, m)
             log.info(json.dumps({"event": "compiled", "seconds": round(seconds, 2)}))
-        state["engine"] = Engine(m, t, cfg.max_pending, cfg.compile)
+        engine = Engine(m, t, max_slots=cfg.max_batch, prefill_chunk=cfg.prefill_chunk, compile=cfg.compile)
+        state["engine"] = BackgroundEngine(engine, cfg.max_pending)
         log.info(json.dumps({"event": "ready", "model": cfg.model_name, "params": m.num_params()}))
         yield
         state["engine"].close()
@@ -180,7 +190,7 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
         _log(rid, request, response.status_code, start)
         return response
 
-    def engine() -> Engine:
+    def engine() -> BackgroundEngine:
         if state["engine"] is None:
             raise APIError(503, "the model is still loading", "server_error", code="not_ready")
         return state["engine"]
@@ -195,6 +205,11 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
             return JSONResponse({"status": "loading"}, status_code=503)
         return JSONResponse({"status": "ready", "pending": state["engine"].pending})
 
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        text = engine().engine.metrics.render()
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         card = {"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "scratchllm"}
@@ -205,8 +220,7 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
         if req.model != cfg.model_name:
             raise APIError(404, f"the model {req.model!r} does not exist; this server serves {cfg.model_name!r}",
                            "not_found_error", "model", "model_not_found")
-        eng = engine()
-        ctx = eng.model.cfg.context_length
+        ctx = engine().engine.model.cfg.context_length
         if len(prompt) >= ctx:
             raise APIError(400, f"the prompt has {len(prompt)} tokens; the model's context window is {ctx}",
                            param="messages" if extra_stop else "prompt", code="context_length_exceeded")
@@ -224,93 +238,139 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
             max_new_tokens=max_tokens, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
             min_p=req.min_p, repetition_penalty=req.repetition_penalty, frequency_penalty=req.frequency_penalty,
             presence_penalty=req.presence_penalty, stop=stop, stop_token_ids=extra_stop, seed=req.seed,
-            skip_special_tokens=req.skip_special_tokens)
+            skip_special_tokens=req.skip_special_tokens, logprobs=_top_logprobs(req))
 
-    def submit(prompt: list[int], params: SamplingParams) -> Any:
+    def submit(prompt: list[int], params: SamplingParams, n: int) -> list[Any]:
+        """n jobs (choice i seeded with seed + i), all or none: 429 if the engine cannot take them all."""
+        jobs: list[Any] = []
         try:
-            return engine().submit(prompt, params, cfg.timeout_s)
+            for i in range(n):
+                p = params if params.seed is None or i == 0 else replace(params, seed=params.seed + i)
+                jobs.append(engine().submit(prompt, p, cfg.timeout_s))
         except QueueFull:
+            for j in jobs:
+                j.cancel()
             raise APIError(429, f"the server is busy ({cfg.max_pending} requests pending); retry later",
                            "rate_limit_error", code="queue_full") from None
-
-    async def run(job: Any, on_delta: Any) -> str:
-        """Drive a job to the end; returns finish_reason; maps engine errors to API errors."""
-        try:
-            finish = "length"
-            async for d in deltas(job):
-                on_delta(d)
-                finish = d.finish_reason or finish
-            return finish
-        except JobTimeout as e:
-            raise APIError(504, str(e), "timeout_error", code="timeout") from None
         except ScratchError as e:
             raise APIError(400, e.message) from None
+        return jobs
 
-    async def respond(req: _Sampling, prompt: list[int], params: SamplingParams, chat: bool) -> Any:
+    def error_body(e: Exception) -> APIError:
+        if isinstance(e, RequestTimeout):
+            return APIError(504, str(e), "timeout_error", code="timeout")
+        if isinstance(e, ScratchError):
+            return APIError(400, e.message)
+        log.error(json.dumps({"event": "generation_error", "error": repr(e)}))
+        return APIError(500, "generation failed", "server_error")
+
+    async def respond(request: Request, req: _Sampling, prompt: list[int], params: SamplingParams,
+                      chat: bool) -> Any:
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
-        job = submit(prompt, params)
+        jobs = submit(prompt, params, req.n)
+        tok = engine().engine.tokenizer
+        want_logprobs = (req.logprobs is True) if chat else (req.logprobs is not None)
+        head = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
+                "model": cfg.model_name}
 
-        def chunk(text: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
+        def choice_chunk(i: int, text: str | None, finish: str | None, lp: Any, first: bool = False) -> str:
             if chat:
                 delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
                 if text:
                     delta["content"] = text
-                choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-                return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": cfg.model_name,
-                        "choices": [choice]}
-            choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
-            return {"id": rid, "object": "text_completion", "created": created, "model": cfg.model_name,
-                    "choices": [choice]}
+                choice = {"index": i, "delta": delta, "finish_reason": finish, "logprobs": lp}
+            else:
+                choice = {"index": i, "text": text or "", "finish_reason": finish, "logprobs": lp}
+            return _sse({**head, "choices": [choice]})
 
         if req.stream:
             async def events() -> Any:
-                pieces: list[str] = []
-                if chat:
-                    yield _sse(chunk(None, None, first=True))
+                queue: asyncio.Queue = asyncio.Queue()
+
+                async def pump(i: int, job: Any) -> None:  # one task per choice, merged into one stream
+                    try:
+                        async for d in deltas(job):
+                            await queue.put((i, d))
+                    except Exception as e:  # noqa: BLE001 - sent to the client as an error event
+                        await queue.put((i, e))
+                    await queue.put((i, None))
+
+                tasks = [asyncio.create_task(pump(i, j)) for i, j in enumerate(jobs)]
+                held: list[list[Any]] = [[] for _ in jobs]  # tokens whose text is still held back
                 try:
-                    async for d in deltas(job):
+                    if chat:
+                        for i in range(len(jobs)):
+                            yield choice_chunk(i, None, None, None, first=True)
+                    live = len(jobs)
+                    while live:
+                        i, d = await queue.get()
+                        if d is None:
+                            live -= 1
+                            continue
+                        if isinstance(d, Exception):
+                            yield _sse(error_body(d).body())
+                            continue
+                        if d.token_id is not None:
+                            held[i].append(d)
+                        if d.text or d.finish_reason:
+                            lp = _logprobs(tok, held[i], chat) if want_logprobs and held[i] else None
+                            held[i] = []
+                            if d.text or lp is not None:
+                                yield choice_chunk(i, d.text, None, lp)
                         if d.finish_reason:
-                            if d.text:
-                                yield _sse(chunk(d.text, None))
-                            yield _sse(chunk(None, d.finish_reason))
-                        elif d.text:
-                            pieces.append(d.text)
-                            yield _sse(chunk(d.text, None))
-                except JobTimeout as e:
-                    yield _sse(APIError(504, str(e), "timeout_error", code="timeout").body())
-                except ScratchError as e:
-                    yield _sse(APIError(400, e.message).body())
-                finally:  # also when the client disconnects (the response task is cancelled): stop generating
-                    job.cancelled.set()
+                            yield choice_chunk(i, None, d.finish_reason, None)
+                finally:  # also when the client disconnects (this generator is closed): stop generating
+                    for j in jobs:
+                        j.cancel()
+                    for t in tasks:
+                        t.cancel()
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-        parts: list[str] = []
-        n_tokens = [0]
+        async def collect(job: Any) -> tuple[str, str, list[Any]]:
+            parts, toks, finish = [], [], "length"
+            async for d in deltas(job):
+                parts.append(d.text)
+                if d.token_id is not None:
+                    toks.append(d)
+                finish = d.finish_reason or finish
+            return "".join(parts), finish, toks
 
-        def collect(d: Any) -> None:
-            parts.append(d.text)
-            n_tokens[0] += d.token_id is not None
+        async def watch() -> None:  # a non-streaming client that goes away frees its slots too
+            while not await request.is_disconnected():
+                await asyncio.sleep(0.1)
+            for j in jobs:
+                j.cancel()
 
-        finish = await run(job, collect)
-        text = "".join(parts)
-        usage = {"prompt_tokens": len(prompt), "completion_tokens": n_tokens[0],
-                 "total_tokens": len(prompt) + n_tokens[0]}
-        if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
-                      "logprobs": None}
-            return {"id": rid, "object": "chat.completion", "created": created, "model": cfg.model_name,
-                    "choices": [choice], "usage": usage}
-        choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-        return {"id": rid, "object": "text_completion", "created": created, "model": cfg.model_name,
-                "choices": [choice], "usage": usage}
+        watcher = asyncio.create_task(watch())
+        try:
+            results = await asyncio.gather(*(collect(j) for j in jobs))
+        except Exception as e:  # noqa: BLE001 - mapped to an OpenAI error body
+            raise error_body(e) from None
+        finally:
+            watcher.cancel()
+            for j in jobs:
+                j.cancel()
+        n_tokens = sum(len(t) for _, _, t in results)
+        usage = {"prompt_tokens": len(prompt), "completion_tokens": n_tokens, "total_tokens": len(prompt) + n_tokens}
+        choices = []
+        for i, (text, finish, toks) in enumerate(results):
+            lp = _logprobs(tok, toks, chat) if want_logprobs else None
+            if chat:
+                choices.append({"index": i, "message": {"role": "assistant", "content": text},
+                                "finish_reason": finish, "logprobs": lp})
+            else:
+                choices.append({"index": i, "text": text, "finish_reason": finish, "logprobs": lp})
+        obj = "chat.completion" if chat else "text_completion"
+        return {"id": rid, "object": obj, "created": created, "model": cfg.model_name, "choices": choices,
+                "usage": usage}
 
     @app.post("/v1/completions")
-    async def completions(req: CompletionRequest) -> Any:
-        tok = engine().tokenizer
+    async def completions(req: CompletionRequest, request: Request) -> Any:
+        tok = engine().engine.tokenizer
         p = req.prompt
         if isinstance(p, list) and p and isinstance(p[0], str):
             if len(p) != 1:
@@ -319,7 +379,7 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
         if isinstance(p, str):
             prompt = _encode(lambda: tok.encode(p), "prompt")
         else:
-            vocab = engine().model.cfg.vocab_size
+            vocab = engine().engine.model.cfg.vocab_size
             if any(not 0 <= i < vocab for i in p):
                 raise APIError(400, f"prompt token ids must be in 0..{vocab - 1}", param="prompt")
             prompt = list(p)
@@ -327,19 +387,19 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
             prompt = [tok.bos_id] if "<|bos|>" in tok.special_tokens else []
         if not prompt:
             raise APIError(400, "the prompt is empty", param="prompt")
-        return await respond(req, prompt, prepare(req, prompt, 16, []), chat=False)
+        return await respond(request, req, prompt, prepare(req, prompt, 16, []), chat=False)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(req: ChatRequest) -> Any:
+    async def chat_completions(req: ChatRequest, request: Request) -> Any:
         from scratchllm.finetune.chat import END, encode_chat
 
-        tok = engine().tokenizer
+        tok = engine().engine.tokenizer
         try:
             prompt, _ = _encode(lambda: encode_chat(tok, [m.model_dump() for m in req.messages], True), "messages")
             end = tok.token_id(END)
         except ScratchError as e:
             raise APIError(400, e.message, param="messages") from None
-        return await respond(req, prompt, prepare(req, prompt, None, [end]), chat=True)
+        return await respond(request, req, prompt, prepare(req, prompt, None, [end]), chat=True)
 
     return app
 
@@ -350,6 +410,36 @@ def _encode(fn: Any, param: str) -> Any:
         return fn()
     except UnicodeEncodeError:
         raise APIError(400, f"{param} contains invalid Unicode (a lone surrogate)", param=param) from None
+
+
+def _top_logprobs(req: _Sampling) -> int:
+    """How many alternatives per token the request asks for (completions: logprobs=n; chat: top_logprobs)."""
+    if isinstance(req, ChatRequest):
+        return (req.top_logprobs or 0) if req.logprobs else 0
+    return getattr(req, "logprobs", None) or 0
+
+
+def _token_text(tok: Any, token: int) -> str:
+    return tok.id_to_bytes(token).decode("utf-8", errors="replace")
+
+
+def _logprobs(tok: Any, ds: list[Any], chat: bool) -> dict[str, Any]:
+    """OpenAI's logprobs object for the tokens of Deltas ds: chat's {"content": [...]}, or the legacy
+    completions form {"tokens", "token_logprobs", "top_logprobs", "text_offset"}."""
+    if chat:
+        def entry(t: int, lp: float) -> dict[str, Any]:
+            return {"token": _token_text(tok, t), "logprob": lp, "bytes": list(tok.id_to_bytes(t))}
+
+        return {"content": [{**entry(d.token_id, d.logprob),
+                             "top_logprobs": [entry(t, lp) for t, lp in d.top_logprobs or []]} for d in ds]}
+    texts = [_token_text(tok, d.token_id) for d in ds]
+    offsets, at = [], 0
+    for t in texts:
+        offsets.append(at)
+        at += len(t)
+    return {"tokens": texts, "token_logprobs": [d.logprob for d in ds],
+            "top_logprobs": [{_token_text(tok, t): lp for t, lp in d.top_logprobs or []} for d in ds],
+            "text_offset": offsets}
 
 
 def _sse(obj: dict[str, Any]) -> str:

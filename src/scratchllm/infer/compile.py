@@ -1,11 +1,11 @@
-"""A torch.compile'd single-token decode step (gpt-fast style), opt-in: ``generate(..., compile=True)``.
+"""A torch.compile'd single-token decode step (gpt-fast style), opt-in: ``Engine(..., compile=True)``.
 
-    eager prefill (any prompt length) -> compiled decode step: one token per row, a static KV cache of
-    context_length slots, input_pos a tensor -> one graph for every position, no recompiles
+    eager prefill (any prompt length) -> compiled decode step: one token per row, every position of
+    the KV cache read (a static view: unused positions are masked) -> one graph for every position
 
-Shapes are fixed (``dynamic=False``): the cache always has context_length slots (``setup_cache(...,
-static=True)``: unused slots are masked), so one compilation serves every prompt and output length;
-a new batch size (or left padding) compiles once more. The graph is compiled whole (``fullgraph=True``).
+Shapes are fixed (``dynamic=False``): the view always reads max_len positions, so one compilation
+serves every prompt and output length; the engine pads its running batch to a power of two, so each
+of those batch sizes compiles once. The graph is compiled whole (``fullgraph=True``).
 
 Two rewrites of the traced graph before inductor sees it (rewrite_for_decode):
 - a linear layer applied to a single row (batch-1 decode) becomes ``(x * W).sum(-1)`` (gemv), which
@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from scratchllm.infer.cache import CacheView
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -94,19 +96,22 @@ def _backend(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
     return compile_fx(gm, example_inputs, config_patches={"size_asserts": False})  # fewer per-call checks
 
 
-def _forward(model: Any, idx: torch.Tensor, input_pos: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
-    return model(idx, input_pos=input_pos, pad=pad)
+def _forward(model: Any, idx: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             slots: torch.Tensor, valid: torch.Tensor, scratch: int) -> torch.Tensor:
+    return model(idx, input_pos=positions, cache=CacheView(k, v, slots, positions, valid, scratch, static=True))
 
 
-# The model is an argument, not a constant: its weights and caches are graph inputs, so models of the
-# same shape share one compilation and a new KV cache per request needs none.
+# The model and the cache are arguments, not constants: weights and cache tensors are graph inputs, so
+# models of the same shape share one compilation and a new KV cache needs none.
 decode_step = torch.compile(_forward, backend=_backend, fullgraph=True, dynamic=False)
 
 
 def warm_up(model: Any, batch_size: int = 1) -> float:
     """Compile the decode step now (not at the first request); returns the seconds it took."""
-    from scratchllm.serve.generate import SamplingParams, generate
+    from scratchllm.infer.engine import Engine
+    from scratchllm.infer.sampling import SamplingParams
 
     t0 = time.perf_counter()
-    generate(model, [[0]] * batch_size, SamplingParams(max_new_tokens=2, temperature=0), compile=True)
+    Engine(model, max_slots=batch_size, compile=True).generate(
+        [[0]] * batch_size, SamplingParams(max_new_tokens=2, temperature=0))
     return time.perf_counter() - t0

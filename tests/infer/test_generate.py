@@ -1,4 +1,4 @@
-"""scratchllm.serve.generate: greedy vs no-cache, batching, sampling processors vs transformers, stops, streaming."""
+"""scratchllm.infer.generate: greedy vs no-cache, batching, sampling processors vs transformers, stops, streaming."""
 
 from __future__ import annotations
 
@@ -6,14 +6,8 @@ import pytest
 import torch
 
 from scratchllm.errors import ScratchError
-from scratchllm.serve.generate import (
-    SamplingParams,
-    apply_penalties,
-    complete,
-    filter_logits,
-    generate,
-    stream,
-)
+from scratchllm.infer.generate import complete, generate, stream
+from scratchllm.infer.sampling import SamplingParams, apply_penalties, filter_logits
 
 from .conftest import VOCAB
 
@@ -46,10 +40,10 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(make_model):
     assert batch != generate(model, PROMPTS, SamplingParams(max_new_tokens=16, top_k=20, seed=8))
 
 
-def test_generation_restores_training_mode_and_drops_cache(make_model):
+def test_generation_restores_training_mode(make_model):
     model = make_model().train()
     generate(model, PROMPTS, SamplingParams(max_new_tokens=3, temperature=0))
-    assert model.training and model.layers[0].attn.kv_cache is None
+    assert model.training
 
 
 # --- logits processors vs Hugging Face's ----------------------------------------------------------
@@ -146,7 +140,7 @@ def test_stop_string_cuts_text_and_stream_equals_complete(make_model, byte_token
 
 
 def test_streamed_text_never_splits_a_character(byte_tokenizer):
-    from scratchllm.serve.generate import StopChecker
+    from scratchllm.infer.sampling import StopChecker
 
     checker = StopChecker(SamplingParams(), byte_tokenizer)
     pieces = [checker.push(b) for b in byte_tokenizer.encode("é€ok")]
@@ -154,7 +148,7 @@ def test_streamed_text_never_splits_a_character(byte_tokenizer):
 
 
 def test_control_tokens_are_not_text_unless_asked(byte_tokenizer):
-    from scratchllm.serve.generate import StopChecker
+    from scratchllm.infer.sampling import StopChecker
 
     ids = byte_tokenizer.encode("a<|end|>b<|user|>c", allowed_special="all")
     assert len(ids) == 5

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from scratchllm.errors import ScratchError
-from scratchllm.serve.generate import SamplingParams, generate
-from scratchllm.serve.quantize import (
+from scratchllm.infer.generate import SamplingParams, generate
+from scratchllm.infer.quantize import (
     Int4Linear,
     Int8Linear,
     load_model,

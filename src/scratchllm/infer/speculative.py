@@ -8,8 +8,12 @@ the target model checks all of them in one forward pass.
 
 This rule makes every emitted token exactly target-distributed, whatever the draft. With temperature 0
 the distributions are one-hot, so it reduces to "accept while the draft's token is the target's argmax":
-the output equals the target's own greedy output. Both KV caches are static, so rolling back rejected
-tokens costs nothing: later writes overwrite their slots and attention never reads past the newest one.
+the output equals the target's own greedy output. Rolling back rejected tokens costs nothing: later
+writes overwrite their cache positions and attention never reads past the newest one.
+
+One request at a time (batch 1): the draft/verify rounds of different requests accept different
+numbers of tokens, and on a CPU a continuous batch already keeps the cores busy, so the engine's
+batching and speculation are not combined (the CLI's --draft and benchmarks/inference.py use this).
 """
 
 from __future__ import annotations
@@ -20,15 +24,9 @@ from typing import Any
 import torch
 
 from scratchllm.errors import ScratchError
-from scratchllm.serve.generate import (
-    Completion,
-    Delta,
-    SamplingParams,
-    StopChecker,
-    _check_prompts,
-    filter_logits,
-    stream_deltas,
-)
+from scratchllm.infer.cache import KVCache
+from scratchllm.infer.engine import check_request
+from scratchllm.infer.sampling import Completion, Delta, SamplingParams, StopChecker, filter_logits
 
 
 def _probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -67,8 +65,8 @@ def speculative_steps(
     target: Any, draft: Any, prompt: list[int], params: SamplingParams, k: int = 4
 ) -> Iterator[list[int]]:
     """Yield lists of newly emitted tokens (1..k+1 per round) until max_new_tokens; close to stop early."""
-    _check_prompts(target, [prompt], params)
-    _check_prompts(draft, [prompt], params)
+    check_request(target, prompt, params)
+    check_request(draft, prompt, params)
     if k < 1:
         raise ScratchError(f"speculative decoding: k must be at least 1, got {k}", "use e.g. k=4")
     if target.cfg.vocab_size != draft.cfg.vocab_size:
@@ -85,12 +83,13 @@ def speculative_steps(
     L, total = len(prompt), len(prompt) + params.max_new_tokens
     modes = (target.training, draft.training)
     target.eval(), draft.eval()
-    target.setup_cache(1, total, device=device)
-    draft.setup_cache(1, total, device=device)
+    caches = {id(target): KVCache.for_model(target, 1, total), id(draft): KVCache.for_model(draft, 1, total)}
+    slot = torch.zeros(1, dtype=torch.long, device=device)
 
     def forward(model: Any, tokens: list[int], start: int) -> torch.Tensor:
         x = torch.tensor([tokens], device=device)
-        return model(x, input_pos=torch.arange(start, start + len(tokens), device=device))[0]
+        pos = torch.arange(start, start + len(tokens), device=device)[None]
+        return model(x, input_pos=pos, cache=caches[id(model)].view(slot, pos))[0]
 
     try:
         seq = list(prompt)
@@ -121,7 +120,6 @@ def speculative_steps(
             seq += new
             yield new
     finally:
-        target.clear_cache(), draft.clear_cache()
         target.train(modes[0]), draft.train(modes[1])
 
 
@@ -140,3 +138,19 @@ def speculative_generate(
     tokens = [d.token_id for d in deltas if d.token_id is not None]
     text = "".join(d.text for d in deltas) if tokenizer is not None else None
     return Completion(tokens, text, deltas[-1].finish_reason or "length")
+
+
+def stream_deltas(steps: Iterator[Any], checker: StopChecker) -> Iterator[Delta]:
+    """Deltas for the tokens a decoding loop yields (each step an iterable of ints); closes the loop when done."""
+    try:
+        for new in steps:
+            for t in new:
+                t = int(t)
+                text = checker.push(t)
+                if checker.finish_reason:
+                    yield Delta(t, text, checker.finish_reason)
+                    return
+                yield Delta(t, text)
+        yield Delta(None, checker.flush(), "length")
+    finally:
+        steps.close()

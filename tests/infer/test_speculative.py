@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from scratchllm.errors import ScratchError
-from scratchllm.serve.generate import SamplingParams, generate, stream
-from scratchllm.serve.speculative import accept_reject, speculative_generate, speculative_stream
+from scratchllm.infer.generate import SamplingParams, generate, stream
+from scratchllm.infer.speculative import accept_reject, speculative_generate, speculative_stream
 
 PROMPT = [1, 2, 3, 4, 5]
 

@@ -1,18 +1,14 @@
-"""Text generation with a static KV cache: sampling, stop conditions, batching with left padding, streaming.
+"""Sampling: per-request parameters, logits processors, the draw itself, and stop/detokenize logic.
 
-    prompts -> left-pad to one length -> prefill (one forward over the prompts, fills the cache)
-            -> repeat: logits of the last position -> penalties -> temperature -> top-k/top-p/min-p -> sample
-                       -> feed the sampled token back (one position per step, attention reads the cache)
+    logits of the last position -> penalties -> temperature -> top-k/top-p/min-p -> sample (or argmax)
 
-Every row of a batch computes exactly what it would alone (padding is masked out and positions start
-at each row's first real token), so batching changes speed, not results. A seeded row i uses its own
-generator seeded with ``seed + i``: row 0 of a batch samples what the same prompt samples alone.
+Rows of one batch may carry different parameters (continuous batching mixes requests): sample_rows
+groups the rows that share their processing, so a batch of like requests costs a few batched ops.
 """
 
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +34,7 @@ class SamplingParams:
     ignore_eos: bool = False
     skip_special_tokens: bool = True  # as vLLM and HF decode: control tokens (<|end|>, ...) are not text
     seed: int | None = None  # None: torch's global random state
+    logprobs: int = 0  # also report the top-n alternatives' log-probabilities at each step (0: only the chosen)
 
     def validate(self) -> None:
         checks = [
@@ -48,10 +45,11 @@ class SamplingParams:
             (0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}"),
             (self.repetition_penalty > 0, f"repetition_penalty must be positive, got {self.repetition_penalty}"),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
+            (self.logprobs >= 0, f"logprobs must be >= 0, got {self.logprobs}"),
         ]
         for ok, message in checks:
             if not ok:
-                raise ScratchError(f"sampling: {message}", "see SamplingParams in scratchllm.serve.generate")
+                raise ScratchError(f"sampling: {message}", "see SamplingParams in scratchllm.infer.sampling")
 
 
 @dataclass
@@ -62,6 +60,9 @@ class Completion:
     tokens: list[int]
     text: str | None
     finish_reason: str  # "stop" (stop token or string) | "length" (max_new_tokens reached)
+    logprobs: list[float] = field(default_factory=list)  # log-probability of each token under the model
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # per token, when params.logprobs
+    prompt_tokens: int = 0
 
 
 @dataclass
@@ -71,6 +72,8 @@ class Delta:
     token_id: int | None
     text: str
     finish_reason: str | None = None
+    logprob: float | None = None  # of token_id under the model (raw logits, before penalties and temperature)
+    top_logprobs: list[tuple[int, float]] | None = None  # the params.logprobs most likely tokens at this step
 
 
 # --- logits processing ---------------------------------------------------------------------------
@@ -106,96 +109,37 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return logits
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, generators: list[torch.Generator] | None) -> torch.Tensor:
-    """Next token per row of processed logits (B, V) float: argmax at temperature 0, else a draw."""
+def sample(logits: torch.Tensor, params: SamplingParams, generators: list[torch.Generator | None] | None = None
+           ) -> torch.Tensor:
+    """Next token per row of processed logits (B, V) float: argmax at temperature 0, else a draw
+    (row i from generators[i] when given and not None, else torch's global random state)."""
     if params.temperature == 0:
         return logits.argmax(-1)
     probs = filter_logits(logits, params).softmax(-1)
-    if generators is None:
+    if generators is None or all(g is None for g in generators):
         return torch.multinomial(probs, 1).squeeze(-1)
     return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
 
 
-# --- the decoding loop ---------------------------------------------------------------------------
+def _processing_key(p: SamplingParams) -> tuple:
+    return (p.temperature, p.top_k, p.top_p, p.min_p) if p.temperature else (0,)
 
 
-def _check_prompts(model: Any, prompts: list[list[int]], params: SamplingParams) -> None:
-    params.validate()
-    if not prompts:
-        raise ScratchError("generate: no prompts given", "pass a list of token-id lists")
-    ctx, vocab = model.cfg.context_length, model.cfg.vocab_size
-    for i, p in enumerate(prompts):
-        if not p:
-            raise ScratchError(f"generate: prompt {i} is empty", "start prompts with at least one token, e.g. <|bos|>")
-        if min(p) < 0 or max(p) >= vocab:
-            raise ScratchError(f"generate: prompt {i} has token ids outside the vocabulary (0..{vocab - 1})",
-                               "encode prompts with the model's tokenizer")
-    longest = max(len(p) for p in prompts)
-    if longest + params.max_new_tokens > ctx:
-        raise ScratchError(
-            f"generate: prompt of {longest} tokens + max_new_tokens={params.max_new_tokens} exceeds the model's "
-            f"context_length={ctx}",
-            "shorten the prompt or lower max_new_tokens",
-        )
+def sample_rows(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+                ) -> torch.Tensor:
+    """Next token per row of logits (B, V) (penalties already applied), each row with its own params.
 
-
-def _generators(params: SamplingParams, n: int, device: torch.device) -> list[torch.Generator] | None:
-    if params.seed is None or params.temperature == 0:
-        return None
-    return [torch.Generator(device=device).manual_seed(params.seed + i) for i in range(n)]
-
-
-@torch.inference_mode()
-def decode_steps(model: Any, prompts: list[list[int]], params: SamplingParams,
-                 compile: bool = False) -> Iterator[torch.Tensor]:
-    """Yield the sampled tokens (B,) step by step, up to max_new_tokens steps; close it to stop early.
-
-    The KV cache lives for the duration of the iteration and is dropped afterwards (also on close or error).
-    compile=True decodes with the torch.compile'd step of scratchllm.serve.compile (static cache of
-    context_length slots; the first call per model shape and batch size compiles, which takes seconds).
+    Rows that share temperature/top-k/top-p/min-p are processed as one batch; each row's draw uses its
+    own generator, so a seeded row samples the same whatever else is in the batch.
     """
-    _check_prompts(model, prompts, params)
-    device = model.tok_emb.weight.device
-    B, L = len(prompts), max(len(p) for p in prompts)
-    pads = [L - len(p) for p in prompts]
-    idx = torch.tensor([[0] * n + p for n, p in zip(pads, prompts)], device=device)
-    pad = torch.tensor(pads, device=device) if any(pads) else None
-    V = model.cfg.vocab_size
-    seen = counts = None
-    if params.repetition_penalty != 1.0:
-        seen = torch.zeros(B, V, dtype=torch.bool, device=device)
-        for i, p in enumerate(prompts):
-            seen[i, p] = True
-    if params.frequency_penalty or params.presence_penalty:
-        counts = torch.zeros(B, V, device=device)
-    generators = _generators(params, B, device)
-    was_training = model.training
-    model.eval()
-    if compile:
-        from scratchllm.serve.compile import decode_step
-
-        model.setup_cache(B, model.cfg.context_length, device=device, static=True)
-    else:
-        model.setup_cache(B, L + params.max_new_tokens, device=device)
-    try:
-        logits = model(idx, input_pos=torch.arange(L, device=device), pad=pad)[:, -1]  # prefill: always eager
-        for step in range(params.max_new_tokens):
-            logits = apply_penalties(logits.float(), seen, counts, params)
-            tok = sample(logits, params, generators)
-            if seen is not None:
-                seen[torch.arange(B), tok] = True
-            if counts is not None:
-                counts[torch.arange(B), tok] += 1
-            yield tok
-            if step + 1 < params.max_new_tokens:
-                pos = torch.tensor([L + step], device=device)
-                if compile:
-                    logits = decode_step(model, tok[:, None], pos, pad)[:, -1]
-                else:
-                    logits = model(tok[:, None], input_pos=pos, pad=pad)[:, -1]
-    finally:
-        model.clear_cache()
-        model.train(was_training)
+    out = torch.empty(logits.size(0), dtype=torch.long, device=logits.device)
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(params):
+        groups.setdefault(_processing_key(p), []).append(i)
+    for rows in groups.values():
+        idx = torch.tensor(rows, device=logits.device)
+        out[idx] = sample(logits[idx], params[rows[0]], [generators[i] for i in rows])
+    return out
 
 
 class StopChecker:
@@ -251,54 +195,3 @@ class StopChecker:
         return out
 
 
-def complete(model: Any, prompts: list[list[int]], params: SamplingParams, tokenizer: Any = None,
-             compile: bool = False) -> list[Completion]:
-    """Generate a continuation of each prompt (a batch, left-padded); see Completion. compile: see decode_steps."""
-    checkers = [StopChecker(params, tokenizer) for _ in prompts]
-    steps = decode_steps(model, prompts, params, compile)
-    for tok in steps:
-        for c, t in zip(checkers, tok.tolist()):
-            if c.finish_reason is None:
-                c.push(t)
-        if all(c.finish_reason for c in checkers):
-            steps.close()
-            break
-    out = []
-    for c in checkers:
-        if c.finish_reason is None:
-            c.flush()
-        text = c.text if tokenizer is not None else None
-        out.append(Completion(c.tokens, text, c.finish_reason or "length"))
-    return out
-
-
-def generate(model: Any, prompts: list[list[int]], params: SamplingParams, tokenizer: Any = None,
-             compile: bool = False) -> list[list[int]]:
-    """New token ids per prompt (batched, KV cache), ending with the stop token when one was sampled.
-
-    With a tokenizer, its <|eos|> stops generation too (unless params.ignore_eos) and stop strings work.
-    compile=True: the torch.compile'd decode step (see decode_steps).
-    """
-    return [c.tokens for c in complete(model, prompts, params, tokenizer, compile)]
-
-
-def stream(model: Any, prompt: list[int], params: SamplingParams, tokenizer: Any = None,
-           compile: bool = False) -> Iterator[Delta]:
-    """Generate for one prompt, yielding a Delta per sampled token; the last one carries finish_reason."""
-    yield from stream_deltas(decode_steps(model, [prompt], params, compile), StopChecker(params, tokenizer))
-
-
-def stream_deltas(steps: Iterator[Any], checker: StopChecker) -> Iterator[Delta]:
-    """Deltas for the tokens a decoding loop yields (each step an iterable of ints); closes the loop when done."""
-    try:
-        for new in steps:
-            for t in new:
-                t = int(t)
-                text = checker.push(t)
-                if checker.finish_reason:
-                    yield Delta(t, text, checker.finish_reason)
-                    return
-                yield Delta(t, text)
-        yield Delta(None, checker.flush(), "length")
-    finally:
-        steps.close()

@@ -1,0 +1,1 @@
+"""Inference: sampling, the KV cache, the continuous-batching engine, speculative decoding, compile, quantization."""

@@ -1,0 +1,126 @@
+"""The engine on a thread of its own, fed from an asyncio server.
+
+    event loop: submit(prompt, params) -> Job (its Deltas arrive on an asyncio queue)
+    engine thread: add new jobs to the engine, step it while it has work, sleep when it has none
+
+Generation never runs on the web server's event loop, so health checks and new requests stay
+responsive while a batch decodes. Cancelling a job (client gone) frees its slot at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from scratchllm.infer.engine import Engine, Request
+from scratchllm.infer.sampling import Delta, SamplingParams
+
+
+class QueueFull(Exception):
+    """The engine already holds max_pending requests (waiting or running)."""
+
+
+@dataclass(eq=False)
+class Job:
+    prompt: list[int]
+    params: SamplingParams
+    deadline: float  # time.monotonic() after which the request is dropped
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue = field(default_factory=asyncio.Queue)  # Delta | Exception, then None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def emit(self, item: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
+            self.cancelled.set()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class BackgroundEngine:
+    """Runs engine.step() on a worker thread; submit() from the event loop."""
+
+    def __init__(self, engine: Engine, max_pending: int = 64) -> None:
+        self.engine, self.max_pending = engine, max_pending
+        self._inbox: list[Job] = []
+        self._pending = 0
+        self._closed = False
+        self._cv = threading.Condition()
+        self._thread = threading.Thread(target=self._work, name="scratchllm-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def submit(self, prompt: list[int], params: SamplingParams, timeout_s: float) -> Job:
+        """Queue a request (raises QueueFull when max_pending are waiting or running; ScratchError when
+        the request cannot run at all)."""
+        self.engine.check(prompt, params)
+        with self._cv:
+            if self._pending >= self.max_pending:
+                raise QueueFull
+            self._pending += 1
+            job = Job(prompt, params, time.monotonic() + timeout_s, asyncio.get_running_loop())
+            self._inbox.append(job)
+            self._cv.notify()
+        return job
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout=10)
+
+    def _done(self, job: Job) -> None:
+        with self._cv:
+            self._pending -= 1
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._inbox and not self.engine.has_work and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    break
+                inbox, self._inbox = self._inbox, []
+            for job in inbox:
+                self._add(job)
+            try:
+                self.engine.step()
+            except Exception as e:  # noqa: BLE001 - a bug in the step fails its requests; the server goes on
+                self.engine.cancel_all(e)
+        self.engine.cancel_all(RuntimeError("the server is shutting down"))
+
+    def _add(self, job: Job) -> None:
+        def on_delta(req: Request, delta: Delta | None) -> None:
+            if delta is not None:
+                job.emit(delta)
+                return
+            if req.error is not None:
+                job.emit(req.error)
+            self._done(job)
+            job.emit(None)
+
+        try:
+            self.engine.add(job.prompt, job.params, job.deadline, on_delta, job.cancelled)
+        except Exception as e:  # noqa: BLE001 - reported to its request
+            self._done(job)
+            job.emit(e)
+            job.emit(None)
+
+
+async def deltas(job: Job) -> Any:
+    """Async iterator over a job's Deltas; raises the job's error. Cancels the job if the consumer stops."""
+    try:
+        while (item := await job.out.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        job.cancelled.set()

@@ -1,0 +1,73 @@
+"""The KV cache: a pool of slots, one sequence each, owned by the engine (not by the model).
+
+    k, v: (n_layers, n_slots + 1, max_len, n_kv_heads, head_dim)
+    slot s, position p holds the key/value of the token fed at position p of the sequence in slot s
+
+A forward pass gets a view for its batch: which slot each row uses and each token's position. Rows
+of one batch may sit at any lengths (continuous batching): each row writes its own slot and reads its
+own keys up to its own position. The extra last slot is scratch: padding tokens (a row shorter than
+the batch's widest) write there, so they can never overwrite a real key. Rolling back (speculative
+decoding, a prefix reused by another request) is free: later writes overwrite stale positions and
+attention never reads past a row's newest position.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class KVCache:
+    """Preallocated keys and values for n_slots sequences of up to max_len tokens (all layers)."""
+
+    def __init__(self, cfg: Any, n_slots: int, max_len: int, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu") -> None:
+        shape = (cfg.n_layers, n_slots + 1, max_len, cfg.n_kv_heads, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.n_slots, self.max_len, self.scratch = n_slots, max_len, n_slots
+
+    @classmethod
+    def for_model(cls, model: Any, n_slots: int, max_len: int | None = None) -> KVCache:
+        """A cache matching model's shape, dtype and device (max_len defaults to its context length)."""
+        ref = model.tok_emb.weight
+        dtype = ref.dtype if ref.is_floating_point() else torch.float32
+        return cls(model.cfg, n_slots, max_len or model.cfg.context_length, dtype, ref.device)
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+    def view(self, slots: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None = None,
+             static: bool = False) -> CacheView:
+        """The view for one forward: slots (B,) per row, positions (B, T) per token, valid (B, T) False
+        for padding. static: read all max_len positions (fixed shapes for torch.compile)."""
+        return CacheView(self.k, self.v, slots, positions, valid, self.scratch, static)
+
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """Copy the first n positions of slot src into slot dst (prefix caching)."""
+        if n > 0 and src != dst:
+            self.k[:, dst, :n] = self.k[:, src, :n]
+            self.v[:, dst, :n] = self.v[:, src, :n]
+
+
+class CacheView:
+    """One batch's window on a KVCache; the model calls update(layer, k, v) in each layer and uses mask."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor,
+                 valid: torch.Tensor | None, scratch: int, static: bool = False) -> None:
+        self.k, self.v, self.slots, self.positions = k, v, slots, positions
+        write = slots[:, None].expand_as(positions)
+        self.write_slots = write if valid is None else torch.where(valid, write, scratch)
+        S = k.size(2) if static else int(positions.max()) + 1  # keys every row may need, at most
+        key_pos = torch.arange(S, device=positions.device)
+        self.mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, S): own keys up to own pos
+        self.S = S
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, KV, T, hd) at each token's slot and position; return each row's S keys/values."""
+        ck, cv = self.k[layer], self.v[layer]
+        ck[self.write_slots, self.positions] = k.transpose(1, 2).to(ck.dtype)
+        cv[self.write_slots, self.positions] = v.transpose(1, 2).to(cv.dtype)
+        return ck[self.slots, : self.S].transpose(1, 2), cv[self.slots, : self.S].transpose(1, 2)
