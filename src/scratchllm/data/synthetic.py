@@ -243,8 +243,6 @@ def model_documents(
     domain: str = "synthetic",
 ) -> Iterator[Document]:
     """Prompt + sampled continuation, ``count`` times (prompts are cycled)."""
-    import torch
-
     try:
         from scratchllm.model.model import Transformer
     except ImportError as e:
@@ -253,49 +251,34 @@ def model_documents(
         raise ScratchError(f"model checkpoint not found: {checkpoint}", "train a model first, or fix 'checkpoint'")
     model = Transformer.from_pretrained(checkpoint)
     model.eval()
-    block_size = _context_length(model)
     prompts = list(prompts) or default_prompts()
-    g = torch.Generator().manual_seed(seed)
-    for i in range(count):
-        prompt = prompts[i % len(prompts)]
-        ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
-        new = sample(model, ids, max_new_tokens, temperature, top_k, g, block_size, stop_id=tokenizer.eos_id)
-        yield Document(prompt + tokenizer.decode(new), domain, f"model:{Path(checkpoint).name}#{i}")
+    chunk = 64  # continuations sampled as one engine batch; documents are yielded chunk by chunk
+    for start in range(0, count, chunk):
+        texts = [prompts[i % len(prompts)] for i in range(start, min(count, start + chunk))]
+        ids = [tokenizer.encode(t) or [tokenizer.eos_id] for t in texts]
+        news = sample(model, ids, max_new_tokens, temperature, top_k, seed + start, stop_id=tokenizer.eos_id)
+        for i, (prompt, new) in enumerate(zip(texts, news), start):
+            yield Document(prompt + tokenizer.decode(new), domain, f"model:{Path(checkpoint).name}#{i}")
 
 
-def _context_length(model) -> int | None:
-    cfg = getattr(model, "cfg", None) or getattr(model, "config", None)
-    n = getattr(cfg, "context_length", None)
-    return n if isinstance(n, int) else None
+def sample(model, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_k: int, seed: int,
+           stop_id: int | None = None, autocast=None, max_batch: int = 32) -> list[list[int]]:
+    """Sampled continuations of prompts (temperature, then top-k; 0 = greedy), without the stop token.
 
-
-def sample(model, ids: list[int], max_new_tokens: int, temperature: float, top_k: int, generator,
-           block_size: int | None = None, stop_id: int | None = None, device=None, autocast=None) -> list[int]:
-    """Plain autoregressive sampling (no KV cache): temperature, then top-k; stops at ``stop_id``.
-
-    The one sampling loop of the data and training stages (synthetic continuations, the Trainer's
-    sample generations). ``device`` (default CPU) must match ``generator``'s; ``autocast`` is a
+    The one sampling call of the data and training stages (synthetic continuations, the Trainer's and
+    the pipeline's samples), batched on the inference engine (scratchllm.infer). Prompt i is seeded
+    with seed + i. The engine's KV cache holds one context window: a prompt keeps its last
+    context_length - 1 tokens and its continuation ends where the window does. ``autocast`` is a
     context-manager factory (bf16 under the Trainer).
     """
-    import contextlib
+    from scratchllm.infer.engine import Engine
+    from scratchllm.infer.sampling import SamplingParams
 
-    import torch
-
-    autocast = autocast or contextlib.nullcontext
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
-    new: list[int] = []
-    with torch.no_grad():
-        for _ in range(max_new_tokens):
-            context = idx if block_size is None else idx[:, -block_size:]
-            with autocast():
-                out = model(context)
-            logits = (out[0] if isinstance(out, tuple) else out)[0, -1].float() / temperature
-            if top_k and top_k < logits.numel():
-                kth = torch.topk(logits, top_k).values[-1]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
-            if int(nxt) == stop_id:
-                break
-            new.append(int(nxt))
-            idx = torch.cat([idx, nxt.view(1, 1)], dim=1)
-    return new
+    ctx = model.cfg.context_length
+    prompts = [p[-(ctx - 1):] for p in prompts]
+    params = [SamplingParams(max_new_tokens=min(max_new_tokens, ctx - len(p)), temperature=temperature, top_k=top_k,
+                             stop_token_ids=[] if stop_id is None else [stop_id], seed=seed + i)
+              for i, p in enumerate(prompts)]
+    longest = max(len(p) + sp.max_new_tokens for p, sp in zip(prompts, params))
+    engine = Engine(model, max_slots=min(len(prompts), max_batch), max_len=longest, autocast=autocast)
+    return [[t for t in c.tokens if t != stop_id] for c in engine.generate(prompts, params)]

@@ -30,6 +30,20 @@ from scratchllm.errors import ScratchError
 
 
 @dataclass(frozen=True)
+class GenerateRequest:
+    """The arguments of one ``LanguageModel.generate`` call (for ``generate_batch``)."""
+
+    prompt: str
+    max_tokens: int = 256
+    stop: Sequence[str] = ()
+    temperature: float = 0.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int = 0
+    chat: bool = False
+
+
+@dataclass(frozen=True)
 class Score:
     """Log-probability of a continuation, whether greedy decoding would produce it, its token count."""
 
@@ -191,6 +205,10 @@ class LanguageModel:
 
     # --- generation ------------------------------------------------------------------------------------
 
+    def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
+        """``generate`` for each request; backends that batch (ScratchLM: one engine run) override it."""
+        return [self.generate(**vars(r)) for r in requests]
+
     @torch.inference_mode()
     def generate(
         self,
@@ -234,15 +252,13 @@ class LanguageModel:
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
-    """Greedy (temperature 0) or temperature + nucleus (top-p) sampling of one token per row."""
+    """Greedy (temperature 0) or temperature + nucleus (top-p) sampling of one token per row, with the
+    inference engine's processors (scratchllm.infer.sampling)."""
+    from scratchllm.infer.sampling import SamplingParams, filter_logits
+
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the most likely token
-        sorted_p = sorted_p * keep
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    probs = filter_logits(logits, SamplingParams(temperature=temperature, top_p=top_p)).softmax(-1)
     return torch.multinomial(probs, 1, generator=gen)[:, 0]
 
 
@@ -340,18 +356,35 @@ class ScratchLM(LanguageModel):
 
     def generate(self, prompt: str, max_tokens: int = 256, stop: Sequence[str] = (), temperature: float = 0.0,
                  top_p: float = 1.0, n: int = 1, seed: int = 0, chat: bool = False) -> list[str]:
-        """The serving stage's batched KV-cache generator when prompt + output fit the context window
-        (the ``n`` samples run as one batch); otherwise the base class's sliding-window loop."""
-        ids, ends = self.prompt_ids(prompt, chat)
-        if len(ids) + max_tokens > self.max_length:
-            return super().generate(prompt, max_tokens, stop, temperature, top_p, n, seed, chat)
-        from scratchllm.infer.generate import complete
-    from scratchllm.infer.sampling import SamplingParams
+        return self.generate_batch([GenerateRequest(prompt, max_tokens, stop, temperature, top_p, n, seed, chat)])[0]
 
-        params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=list(stop),
-                                stop_token_ids=sorted(ends), seed=seed)
-        done = complete(self.model, [ids] * n, params, self.tok)
-        return [cut_at_stop(self.decode([t for t in c.tokens if t not in ends]), stop) for c in done]
+    def generate_batch(self, requests: Sequence[GenerateRequest], max_batch: int = 64) -> list[list[str]]:
+        """All requests' samples on one continuous-batching engine (scratchllm.infer; up to max_batch
+        sequences at once; sample i of a request is seeded with its seed + i). A prompt that does not
+        fit the context window with its max_tokens goes through the base class's sliding-window loop
+        (no KV cache: every new token sees the last max_length tokens, as transformers' models do there)."""
+        from scratchllm.infer.engine import Engine
+        from scratchllm.infer.sampling import SamplingParams
+
+        out: list[list[str] | None] = [None] * len(requests)
+        rows: list[tuple[int, list[int], SamplingParams, set[int]]] = []
+        for i, r in enumerate(requests):
+            ids, ends = self.prompt_ids(r.prompt, r.chat)
+            if len(ids) + r.max_tokens > self.max_length:
+                out[i] = super().generate(**vars(r))
+                continue
+            for j in range(r.n):
+                params = SamplingParams(max_new_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
+                                        stop=list(r.stop), stop_token_ids=sorted(ends), seed=r.seed + j)
+                rows.append((i, ids, params, ends))
+        if rows:
+            longest = max(len(ids) + p.max_new_tokens for _, ids, p, _ in rows)
+            engine = Engine(self.model, self.tok, max_slots=min(len(rows), max_batch), max_len=longest)
+            done = engine.generate([ids for _, ids, _, _ in rows], [p for _, _, p, _ in rows])
+            for (i, _, _, ends), c in zip(rows, done, strict=True):
+                text = cut_at_stop(self.decode([t for t in c.tokens if t not in ends]), requests[i].stop)
+                out[i] = (out[i] or []) + [text]
+        return out  # type: ignore[return-value]
 
     def chat_prompt(self, prompt: str) -> tuple[list[int], set[int]]:
         from scratchllm.finetune.chat import END, encode_chat

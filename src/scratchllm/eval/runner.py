@@ -14,7 +14,7 @@ from typing import Any
 
 from scratchllm.errors import ScratchError
 from scratchllm.eval import metrics as M
-from scratchllm.eval.lm import LanguageModel
+from scratchllm.eval.lm import GenerateRequest, LanguageModel
 from scratchllm.eval.tasks import (
     Record,
     TaskSpec,
@@ -73,11 +73,17 @@ def evaluate(lm: LanguageModel, specs: Sequence[TaskSpec], settings: EvalSetting
     return {"tasks": results}
 
 
-def _bar(records: list[Record], settings: EvalSettings, desc: str) -> Any:
-    """Iterate records with a progress bar (generation is the slow part of generative tasks)."""
+def _generate_all(lm: LanguageModel, requests: list[GenerateRequest], settings: EvalSettings, desc: str,
+                  chunk: int = 32) -> list[list[str]]:
+    """lm.generate_batch over the requests, chunk at a time (one engine batch each; the bar moves per chunk)."""
     from tqdm import tqdm
 
-    return tqdm(records, desc=desc, unit="ex", disable=not settings.progress, leave=False)
+    out: list[list[str]] = []
+    with tqdm(total=len(requests), desc=desc, unit="ex", disable=not settings.progress, leave=False) as bar:
+        for i in range(0, len(requests), chunk):
+            out += lm.generate_batch(requests[i : i + chunk])
+            bar.update(min(chunk, len(requests) - i))
+    return out
 
 
 def _acc(values: list[float], name: str) -> dict[str, float]:
@@ -201,9 +207,10 @@ def run_generate(lm: LanguageModel, spec: TaskSpec, records: list[Record], setti
     max_tokens = settings.max_tokens or spec.max_tokens
     prefix, records = fewshot_prefix(spec, records)
     strict, flexible, samples = [], [], []
-    for rec in _bar(records, settings, spec.name):
-        prompt = prefix + render(spec.template, rec)
-        output = lm.generate(prompt, max_tokens=max_tokens, stop=spec.stop, chat=settings.chat)[0]
+    requests = [GenerateRequest(prefix + render(spec.template, rec), max_tokens, spec.stop, chat=settings.chat)
+                for rec in records]
+    outputs = _generate_all(lm, requests, settings, spec.name)
+    for rec, (output, *_) in zip(records, outputs, strict=True):
         reference = str(get_path(rec, spec.answer))
         gold = M.extract_strict(reference, spec.answer_pattern) or M.normalize_number(reference)
         pred_strict = M.extract_strict(output, spec.answer_pattern)
@@ -235,12 +242,13 @@ def run_code(lm: LanguageModel, spec: TaskSpec, records: list[Record], settings:
         raise ScratchError(f"task {spec.name}: {n} samples per problem with temperature 0 would all be equal",
                            "set --temperature (e.g. 0.8) when sampling more than one completion")
     programs, owners, completions = [], [], []
-    for i, rec in enumerate(_bar(records, settings, spec.name)):
-        prompt = render(spec.template, rec)
+    requests = [GenerateRequest(render(spec.template, rec), settings.max_tokens or spec.max_tokens, spec.stop,
+                                temperature, n=n, seed=settings.seed + i) for i, rec in enumerate(records)]
+    outputs = _generate_all(lm, requests, settings, spec.name)
+    for i, (rec, outs) in enumerate(zip(records, outputs, strict=True)):
+        prompt = requests[i].prompt
         test = str(get_path(rec, spec.test))
         entry = str(get_path(rec, spec.entry_point))
-        outs = lm.generate(prompt, max_tokens=settings.max_tokens or spec.max_tokens, stop=spec.stop,
-                           temperature=temperature, n=n, seed=settings.seed + i)
         for c in outs:
             programs.append(f"{prompt}{c}\n\n{test}\n\ncheck({entry})\n")
             owners.append(i)
@@ -272,9 +280,11 @@ def run_safety(lm: LanguageModel, spec: TaskSpec, records: list[Record], setting
     use_judge = settings.judge_safety and settings.judge is not None
     max_tokens = settings.max_tokens or spec.max_tokens
     items = []
-    for rec in _bar(records, settings, spec.name):
-        prompt = render(spec.template, rec)
-        response = lm.generate(prompt, max_tokens=max_tokens, stop=spec.stop, chat=settings.chat)[0]
+    requests = [GenerateRequest(render(spec.template, rec), max_tokens, spec.stop, chat=settings.chat)
+                for rec in records]
+    responses = _generate_all(lm, requests, settings, spec.name)
+    for rec, req, (response, *_) in zip(records, requests, responses, strict=True):
+        prompt = req.prompt
         harmful = get_path(rec, spec.harmful)
         if not isinstance(harmful, bool):
             raise ScratchError(f"{rec.source}: field {spec.harmful!r} must be true or false, got {harmful!r}")
@@ -301,16 +311,18 @@ def run_judge(lm: LanguageModel, spec: TaskSpec, records: list[Record], settings
                            "pass --judge-url http://HOST:PORT/v1 (any OpenAI-compatible server) and --judge-model")
     max_tokens = settings.max_tokens or spec.max_tokens
     scores, pairs, samples = [], [], []
-    for rec in _bar(records, settings, spec.name):
-        question = render(spec.template, rec)
+    requests = [GenerateRequest(render(spec.template, rec), max_tokens, spec.stop, chat=settings.chat)
+                for rec in records]
+    answers = _generate_all(lm, requests, settings, spec.name)
+    others = _generate_all(settings.compare, requests, settings, "compare") if settings.compare is not None else None
+    for i, (rec, req, (answer, *_)) in enumerate(zip(records, requests, answers, strict=True)):
+        question = req.prompt
         reference = str(get_path(rec, spec.reference)) if spec.reference else None
-        answer = lm.generate(question, max_tokens=max_tokens, stop=spec.stop, chat=settings.chat)[0]
         grade = grade_single(settings.judge, question, answer, reference)
         scores.append(grade.score)
         sample: dict[str, Any] = {"source": rec.source, "answer": answer, "score": grade.score}
-        if settings.compare is not None:
-            other = settings.compare.generate(question, max_tokens=max_tokens, stop=spec.stop,
-                                              chat=settings.chat)[0]
+        if others is not None:
+            other = others[i][0]
             pair = judge_pairwise(settings.judge, question, answer, other, reference)
             pairs.append(pair)
             sample.update({"compare_answer": other, "winner": pair.winner, "consistent": pair.consistent})

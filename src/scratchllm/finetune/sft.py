@@ -130,33 +130,21 @@ def mean_loss(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tens
 @torch.no_grad()
 def greedy_replies(model: nn.Module, tokenizer: Any, prompts: Sequence[list[dict[str, str]]], max_new_tokens: int,
                    device: torch.device, batch_size: int = 32) -> list[str]:
-    """Greedy assistant replies to each prompt (stopping at ``<|end|>``), batched with left padding."""
-    model.eval()
+    """Greedy assistant replies to each prompt (stopping at ``<|end|>``), on the continuous-batching engine
+    (scratchllm.infer; batch_size sequences at once). device: where the model is (the engine uses its device)."""
+    from scratchllm.infer.engine import Engine
+    from scratchllm.infer.sampling import SamplingParams
+
+    if not prompts:
+        return []
     end = tokenizer.special_tokens[END]
     ctx = model.cfg.context_length
-    replies: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        encoded = [encode_chat(tokenizer, p, add_generation_prompt=True)[0] for p in prompts[start : start + batch_size]]
-        encoded = [ids[-(ctx - max_new_tokens):] for ids in encoded]
-        width = max(len(ids) for ids in encoded)
-        pad = torch.tensor([width - len(ids) for ids in encoded], device=device)
-        idx = torch.tensor([[tokenizer.pad_id] * (width - len(ids)) + ids for ids in encoded], device=device)
-        out = [[] for _ in encoded]
-        done = [False] * len(encoded)
-        for _ in range(max_new_tokens):
-            logits = model(idx, pad=pad)[:, -1, :]
-            nxt = logits.argmax(-1)
-            for row, token in enumerate(nxt.tolist()):
-                if not done[row]:
-                    if token == end:
-                        done[row] = True
-                    else:
-                        out[row].append(token)
-            if all(done):
-                break
-            idx = torch.cat([idx, nxt[:, None]], dim=1)
-        replies += [tokenizer.decode(ids) for ids in out]
-    return replies
+    encoded = [encode_chat(tokenizer, p, add_generation_prompt=True)[0][-(ctx - max_new_tokens):] for p in prompts]
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0, stop_token_ids=[end])
+    engine = Engine(model, max_slots=min(batch_size, len(encoded)),
+                    max_len=max(len(ids) for ids in encoded) + max_new_tokens)
+    done = engine.generate(encoded, params)
+    return [tokenizer.decode([t for t in c.tokens if t != end]) for c in done]
 
 
 def accuracy(model: nn.Module, tokenizer: Any, examples: Sequence[InstructExample], device: torch.device,

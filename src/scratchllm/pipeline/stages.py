@@ -358,27 +358,25 @@ def run_eval(ctx: Context) -> dict[str, Any]:
 
 def sample_generations(model: Any, tok: Any, label: str, e: Any, device: str, seed: int) -> list[dict[str, str]]:
     """Continuations of the sample prompts: plain text for the base model, a user turn for chat models."""
-    import torch
-
     from scratchllm.data.synthetic import sample
 
     chat = label != "pretrain"
-    out = []
     model = model.to(device).eval()
-    for j, prompt in enumerate(e.sample_prompts):
+    prompts = []
+    for prompt in e.sample_prompts:
         if chat:
             from scratchllm.finetune.chat import encode_chat
 
             system = [{"role": "system", "content": e.chat_system}] if e.chat_system else []
             ids, _ = encode_chat(tok, [*system, {"role": "user", "content": prompt}], add_generation_prompt=True)
-            stop, top_k = tok.special_tokens.get("<|end|>"), 1  # greedy
         else:
-            ids, stop, top_k = tok.encode(prompt) or [tok.eos_id], tok.eos_id, e.top_k
-        g = torch.Generator(device=device).manual_seed(seed + j)
-        new = sample(model, ids, e.sample_tokens, e.temperature, top_k, g, model.cfg.context_length, stop,
-                     torch.device(device))
-        out.append({"prompt": prompt, "format": "chat" if chat else "text", "completion": tok.decode(new)})
-    return out
+            ids = tok.encode(prompt) or [tok.eos_id]
+        prompts.append(ids)
+    # chat: greedy (top-k 1), stopping at the end of the turn; text: sampled, stopping at <|eos|>
+    stop, top_k = (tok.special_tokens.get("<|end|>"), 1) if chat else (tok.eos_id, e.top_k)
+    news = sample(model, prompts, e.sample_tokens, e.temperature, top_k, seed, stop)
+    return [{"prompt": p, "format": "chat" if chat else "text", "completion": tok.decode(new)}
+            for p, new in zip(e.sample_prompts, news, strict=True)]
 
 
 def verify_eval(ctx: Context) -> None:

@@ -268,26 +268,20 @@ class Trainer:
 
     @torch.no_grad()
     def sample(self) -> list[str]:
-        """Continuations of the configured prompts (plain sampling loop, no KV cache)."""
+        """Continuations of the configured prompts, one engine batch (scratchllm.infer); prompt j seeded seed + j."""
         if self.tokenizer is None or not self.cfg.eval.sample_prompts or not self.cfg.eval.sample_tokens:
             return []
         if self.parallel != "fsdp" and not self.dist.is_main:
-            return []  # with FSDP every rank must run the forward (it all-gathers weights)
+            return []  # with FSDP every rank must run the forward (it all-gathers weights); seeds match on all ranks
         e = self.cfg.eval
-        g = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         stance = getattr(torch.compiler, "set_stance", None)
         ctx = stance("force_eager") if stance and self.cfg.train.compile else contextlib.nullcontext()
-        context_length = getattr(getattr(self.model, "cfg", None), "context_length", None)
-        self.model.eval()
-        outputs = []
+        ids = [self.tokenizer.encode(p) or [self.tokenizer.eos_id] for p in e.sample_prompts]
         with ctx:
-            for prompt in e.sample_prompts:
-                ids = self.tokenizer.encode(prompt) or [self.tokenizer.eos_id]
-                new = sample_tokens(self.model, ids, e.sample_tokens, e.temperature, e.top_k, g, context_length,
-                                    getattr(self.tokenizer, "eos_id", None), self.device, self.autocast)
-                outputs.append(prompt + self.tokenizer.decode(new))
+            new = sample_tokens(self.model, ids, e.sample_tokens, e.temperature, e.top_k, self.cfg.seed,
+                                getattr(self.tokenizer, "eos_id", None), self.autocast)
         self.model.train()
-        return outputs
+        return [p + self.tokenizer.decode(n) for p, n in zip(e.sample_prompts, new, strict=True)]
 
     # --- checkpoints --------------------------------------------------------------------------------
 
