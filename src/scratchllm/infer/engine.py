@@ -228,7 +228,7 @@ class Engine:
             return
         req.error = error
         self._release(req)
-        self.metrics.finished(req, error=True)
+        self.metrics.finished(req, error=error)
         if req.on_delta is not None:
             with contextlib.suppress(Exception):  # the request is over either way
                 req.on_delta(req, None)

@@ -47,7 +47,7 @@ class EngineMetrics:
         self.generation_tokens = 0
         self.prompt_tokens = 0
         self.prefix_hit_tokens = 0
-        self.requests: dict[str, int] = {}  # finish reason ("stop", "length", "error") -> count
+        self.requests: dict[str, int] = {}  # finish reason (stop, length, abort, timeout, error) -> count
         self.ttft = Histogram(TTFT_BUCKETS)
         self.tpot = Histogram(TPOT_BUCKETS)
 
@@ -60,9 +60,11 @@ class EngineMetrics:
             else:
                 self.tpot.observe(now - req.last_token_time)
 
-    def finished(self, req: Any, error: bool = False) -> None:
+    def finished(self, req: Any, error: BaseException | None = None) -> None:
+        """Count a finished request by reason: stop / length, or abort (cancelled), timeout, error."""
+        names = {"RequestCancelled": "abort", "RequestTimeout": "timeout"}
         with self.lock:
-            key = "error" if error else (req.finish_reason or "length")
+            key = (names.get(type(error).__name__, "error") if error is not None else (req.finish_reason or "length"))
             self.requests[key] = self.requests.get(key, 0) + 1
 
     def render(self) -> str:

@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scratchllm.errors import ScratchError
 from scratchllm.infer.background import BackgroundEngine, QueueFull, deltas
-from scratchllm.infer.engine import Engine, RequestTimeout
+from scratchllm.infer.engine import Engine, RequestCancelled, RequestTimeout
 from scratchllm.infer.sampling import SamplingParams
 
 log = logging.getLogger("scratchllm.serve")
@@ -122,6 +122,48 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"{where}: {first.get('msg', 'invalid value')}", where
 
 
+DISCONNECTED = "scratchllm.disconnected"  # scope key: an asyncio.Event set when the client goes away
+
+
+class DisconnectWatch:
+    """Pure ASGI middleware: once a request's body has been read, one task waits on the server's receive()
+    for http.disconnect and sets scope[DISCONNECTED]; the app's own later receive() calls wait for that
+    event. (Starlette's request.is_disconnected() does not see the disconnect through an http middleware.)"""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        gone = scope[DISCONNECTED] = asyncio.Event()
+        watcher: asyncio.Task | None = None
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        async def app_receive() -> Any:
+            nonlocal watcher
+            if watcher is not None:  # the body is read: all that can come is the disconnect
+                await gone.wait()
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+            elif not message.get("more_body", False):
+                watcher = asyncio.create_task(watch())
+            return message
+
+        try:
+            await self.app(scope, app_receive, send)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+
 # --- the app ------------------------------------------------------------------------------------------
 
 
@@ -189,6 +231,8 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
         response = await call_next(request)
         _log(rid, request, response.status_code, start)
         return response
+
+    app.add_middleware(DisconnectWatch)  # after the http middleware: outermost, it sees the server's receive
 
     def engine() -> BackgroundEngine:
         if state["engine"] is None:
@@ -259,6 +303,8 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
     def error_body(e: Exception) -> APIError:
         if isinstance(e, RequestTimeout):
             return APIError(504, str(e), "timeout_error", code="timeout")
+        if isinstance(e, RequestCancelled):  # the client went away: nobody reads this
+            return APIError(499, str(e), code="client_closed_request")
         if isinstance(e, ScratchError):
             return APIError(400, e.message)
         log.error(json.dumps({"event": "generation_error", "error": repr(e)}))
@@ -340,8 +386,10 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
             return "".join(parts), finish, toks
 
         async def watch() -> None:  # a non-streaming client that goes away frees its slots too
-            while not await request.is_disconnected():
-                await asyncio.sleep(0.1)
+            gone = request.scope.get(DISCONNECTED)
+            if gone is None:
+                return
+            await gone.wait()
             for j in jobs:
                 j.cancel()
 
