@@ -1,13 +1,17 @@
 """Serving under load: N concurrent streaming clients against 'scratchllm serve' on loopback.
 
 Starts the real server in a subprocess (a model directory via --model, or a random --preset model
-written to a temporary directory with a byte-level tokenizer), then runs --clients concurrent
-clients, each sending --requests streaming chat or completion requests with the official openai
-client's async API. Reports requests/s, time to first token (p50/p99), tokens/s and errors, and
-checks /health latency while the server is busy. Bounded: every request has a timeout and the run
-stops after --max-seconds.
+written to a temporary directory with a byte-level tokenizer), then, for each --concurrency level,
+runs that many concurrent clients, each sending --requests streaming completions (official openai
+async client, temperature 0.8, seeded, ignore_eos, --max-tokens each). Reports aggregate generated
+tokens/s, requests/s, time to first token p50/p99 and /health latency while busy. Bounded: every
+request has a timeout and each level stops after --max-seconds.
 
-    python benchmarks/serve.py [--clients 32] [--requests 2] [--max-tokens 32] [--model DIR]
+--baseline-src DIR runs the same levels, in the same run, against another checkout's server (e.g.
+the sequential engine of the previous commit: ``git archive <commit> src | tar -x -C DIR``) and
+prints the ratios (this engine / baseline).
+
+    python benchmarks/serve.py [--presets 1m,10m] [--concurrency 1,8,32,64] [--requests 2] [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -50,109 +54,134 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))] if xs else float("nan")
 
 
-async def client_loop(api, i: int, args: argparse.Namespace, ttfts: list, durations: list, tokens: list,
-                      errors: list, deadline: float) -> None:
+async def client_loop(api, i: int, args: argparse.Namespace, stats: dict, deadline: float) -> None:
     for r in range(args.requests):
         if time.monotonic() > deadline:
             return
         t0 = time.perf_counter()
-        first = None
-        n = 0
+        first, chunks, finish = None, 0, None
         try:
-            stream = await api.chat.completions.create(
-                model="bench", messages=[{"role": "user", "content": f"client {i} request {r}: say something"}],
-                max_tokens=args.max_tokens, temperature=0.8, seed=i * 100 + r, stream=True)
+            stream = await api.completions.create(
+                model="bench", prompt=f"client {i} request {r}: once upon a time", max_tokens=args.max_tokens,
+                temperature=0.8, seed=i * 100 + r, stream=True, extra_body={"ignore_eos": True})
             async for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    first = first or time.perf_counter()
-                    n += 1
-            ttfts.append((first or time.perf_counter()) - t0)
-            durations.append(time.perf_counter() - t0)
-            tokens.append(n)
+                for c in chunk.choices:
+                    if c.text:
+                        first = first or time.perf_counter()
+                        chunks += 1
+                    finish = c.finish_reason or finish
+            end = time.perf_counter()
+            stats["ttft"].append((first or end) - t0)
+            stats["latency"].append(end - t0)
+            # a "length" finish generated exactly max_tokens; otherwise count the chunks (a lower bound:
+            # tokens whose text is held back, e.g. part of a UTF-8 character, arrive merged)
+            stats["tokens"].append(args.max_tokens if finish == "length" else chunks)
         except Exception as e:  # noqa: BLE001 - every failure is counted and reported
-            errors.append(f"{type(e).__name__}: {e}")
+            stats["errors"].append(f"{type(e).__name__}: {e}")
 
 
-async def run(args: argparse.Namespace, url: str) -> None:
+async def run_level(args: argparse.Namespace, url: str, clients: int) -> dict:
     import openai
 
     api = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=args.max_seconds)
-    ttfts: list[float] = []
-    durations: list[float] = []
-    tokens: list[int] = []
-    errors: list[str] = []
-    health: list[float] = []
+    stats: dict = {"ttft": [], "latency": [], "tokens": [], "errors": [], "health": []}
     deadline = time.monotonic() + args.max_seconds
+    done = asyncio.Event()
 
     async def probe() -> None:
         async with httpx.AsyncClient() as c:
             while time.monotonic() < deadline and not done.is_set():
                 t = time.perf_counter()
                 await c.get(url + "/health", timeout=10)
-                health.append(time.perf_counter() - t)
+                stats["health"].append(time.perf_counter() - t)
                 await asyncio.sleep(0.25)
 
-    done = asyncio.Event()
     t0 = time.perf_counter()
     prober = asyncio.create_task(probe())
-    await asyncio.gather(*(client_loop(api, i, args, ttfts, durations, tokens, errors, deadline)
-                           for i in range(args.clients)))
-    wall = time.perf_counter() - t0
+    await asyncio.gather(*(client_loop(api, i, args, stats, deadline) for i in range(clients)))
+    stats["wall"] = time.perf_counter() - t0
     done.set()
     await prober
-    ok = len(durations)
-    print(f"{args.clients} concurrent streaming chat clients x {args.requests} requests, max_tokens={args.max_tokens}:")
-    print(f"  completed {ok}, errors {len(errors)}, wall {wall:.1f}s, {ok / wall:.2f} requests/s, "
-          f"{sum(tokens) / wall:.1f} streamed chunks/s")
-    print(f"  time to first token: p50 {percentile(ttfts, 0.5):.2f}s  p99 {percentile(ttfts, 0.99):.2f}s; "
-          f"request latency p50 {percentile(durations, 0.5):.2f}s  p99 {percentile(durations, 0.99):.2f}s")
-    if health:
-        print(f"  /health while busy: p50 {1000 * statistics.median(health):.1f} ms, max {1000 * max(health):.1f} ms "
-              f"({len(health)} probes)")
-    for e in errors[:5]:
-        print("  error:", e)
+    await api.close()
+    return stats
+
+
+def summary(stats: dict) -> dict:
+    wall = stats["wall"]
+    return {"ok": len(stats["latency"]), "errors": len(stats["errors"]), "tok_s": sum(stats["tokens"]) / wall,
+            "req_s": len(stats["latency"]) / wall, "ttft50": percentile(stats["ttft"], 0.5),
+            "ttft99": percentile(stats["ttft"], 0.99),
+            "health_max_ms": 1000 * max(stats["health"]) if stats["health"] else float("nan"),
+            "first_error": stats["errors"][0] if stats["errors"] else ""}
+
+
+def serve_and_measure(args: argparse.Namespace, model: str, src: Path, levels: list[int]) -> dict[int, dict]:
+    """Start the server of checkout src on model; run every concurrency level against it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(src / "src")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "scratchllm", "serve", f"model={model}", f"port={port}", "model_name=bench",
+         f"max_pending={max(64, max(levels))}", f"timeout_s={args.max_seconds}", f"threads={args.threads}"],
+        cwd=src, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the server of {src} did not start")
+            try:
+                if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        return {c: summary(asyncio.run(run_level(args, url, c))) for c in levels}
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="model directory with its tokenizer (default: random --preset model)")
-    ap.add_argument("--preset", default="configs/model/1m.toml")
-    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--model", help="model directory with its tokenizer (default: random --presets models)")
+    ap.add_argument("--presets", default="1m,10m", help="model presets (configs/model/NAME.toml), comma-separated")
+    ap.add_argument("--concurrency", default="1,8,32,64", help="concurrent streaming clients per level")
     ap.add_argument("--requests", type=int, default=2, help="requests per client")
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--max-seconds", type=float, default=240)
+    ap.add_argument("--max-seconds", type=float, default=240, help="per level")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the server")
+    ap.add_argument("--baseline-src", help="another checkout (its src/) to compare against in the same run")
     args = ap.parse_args()
     import torch
 
+    levels = [int(c) for c in args.concurrency.split(",")]
     print(f"torch {torch.__version__}, {platform.machine()}, python {platform.python_version()}, "
-          f"server torch threads {args.threads}")
+          f"server torch threads {args.threads}, load average {os.getloadavg()[0]:.1f} at start")
+    servers = {"engine": ROOT} | ({"baseline": Path(args.baseline_src).resolve()} if args.baseline_src else {})
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or str(make_model_dir(args.preset, Path(tmp) / "model"))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        server = subprocess.Popen(
-            [sys.executable, "-m", "scratchllm", "serve", f"model={model}", f"port={port}", "model_name=bench",
-             f"max_pending={max(64, args.clients)}", f"timeout_s={args.max_seconds}", f"threads={args.threads}"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the server did not start")
-                try:
-                    if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-            asyncio.run(run(args, url))
-        finally:
-            server.terminate()
-            server.wait(timeout=20)
+        models = {"model": args.model} if args.model else {
+            p: str(make_model_dir(f"configs/model/{p}.toml", Path(tmp) / p)) for p in args.presets.split(",")}
+        for name, model in models.items():
+            results = {k: serve_and_measure(args, model, src, levels) for k, src in servers.items()}
+            print(f"\n{name}: {args.requests} streaming completions per client, max_tokens={args.max_tokens}, "
+                  f"load average {os.getloadavg()[0]:.1f} after")
+            print("| server | clients | ok/errors | tokens/s | requests/s | TTFT p50 | TTFT p99 | /health max |")
+            print("|---|---|---|---|---|---|---|---|")
+            for k, by_level in results.items():
+                for c, r in by_level.items():
+                    print(f"| {k} | {c} | {r['ok']}/{r['errors']} | {r['tok_s']:.0f} | {r['req_s']:.2f} | "
+                          f"{r['ttft50']:.3f} s | {r['ttft99']:.3f} s | {r['health_max_ms']:.0f} ms |")
+            if "baseline" in results:
+                for c in levels:
+                    e, b = results["engine"][c], results["baseline"][c]
+                    print(f"  {c} clients: engine/baseline tokens/s {e['tok_s'] / b['tok_s']:.2f}x, "
+                          f"TTFT p99 {e['ttft99'] / b['ttft99']:.2f}x of the baseline's")
+            for k, by_level in results.items():
+                for c, r in by_level.items():
+                    if r["first_error"]:
+                        print(f"  {k} {c} clients, first error: {r['first_error']}")
 
 
 if __name__ == "__main__":

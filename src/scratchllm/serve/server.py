@@ -77,6 +77,7 @@ class _Sampling(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     skip_special_tokens: bool = True  # vLLM's extension: False returns control tokens as text
+    ignore_eos: bool = False  # vLLM's extension: do not stop at <|eos|> (benchmarks: every request runs max_tokens)
     n: int = Field(default=1, ge=1, le=16)
     stream: bool = False
 
@@ -282,7 +283,7 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
             max_new_tokens=max_tokens, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
             min_p=req.min_p, repetition_penalty=req.repetition_penalty, frequency_penalty=req.frequency_penalty,
             presence_penalty=req.presence_penalty, stop=stop, stop_token_ids=extra_stop, seed=req.seed,
-            skip_special_tokens=req.skip_special_tokens, logprobs=_top_logprobs(req))
+            skip_special_tokens=req.skip_special_tokens, ignore_eos=req.ignore_eos, logprobs=_top_logprobs(req))
 
     def submit(prompt: list[int], params: SamplingParams, n: int) -> list[Any]:
         """n jobs (choice i seeded with seed + i), all or none: 429 if the engine cannot take them all."""
