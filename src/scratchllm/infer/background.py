@@ -33,10 +33,7 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def emit(self, item: Any) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
-        except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
-            self.cancelled.set()
+        _deliver(self.loop, [(self, item)])
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -51,6 +48,7 @@ class BackgroundEngine:
         self._pending = 0
         self._closed = False
         self._cv = threading.Condition()
+        self._outbox: list[tuple[Job, Any]] = []  # this step's items, handed to the event loop(s) in one call
         self._thread = threading.Thread(target=self._work, name="scratchllm-engine", daemon=True)
         self._thread.start()
 
@@ -95,17 +93,28 @@ class BackgroundEngine:
                 self.engine.step()
             except Exception as e:  # noqa: BLE001 - a bug in the step fails its requests; the server goes on
                 self.engine.cancel_all(e)
+            self._flush()
         self.engine.cancel_all(RuntimeError("the server is shutting down"))
+        self._flush()
+
+    def _flush(self) -> None:
+        """Hand this step's items to their event loops: one wake-up per loop per step, not one per token."""
+        by_loop: dict[Any, list[tuple[Job, Any]]] = {}
+        for job, item in self._outbox:
+            by_loop.setdefault(job.loop, []).append((job, item))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            _deliver(loop, items)
 
     def _add(self, job: Job) -> None:
         def on_delta(req: Request, delta: Delta | None) -> None:
             if delta is not None:
-                job.emit(delta)
+                self._outbox.append((job, delta))
                 return
             if req.error is not None:
-                job.emit(req.error)
+                self._outbox.append((job, req.error))
             self._done(job)
-            job.emit(None)
+            self._outbox.append((job, None))
 
         try:
             self.engine.add(job.prompt, job.params, job.deadline, on_delta, job.cancelled)
@@ -113,6 +122,18 @@ class BackgroundEngine:
             self._done(job)
             job.emit(e)
             job.emit(None)
+
+
+def _deliver(loop: asyncio.AbstractEventLoop, items: list[tuple[Job, Any]]) -> None:
+    def put() -> None:
+        for job, item in items:
+            job.out.put_nowait(item)
+
+    try:
+        loop.call_soon_threadsafe(put)
+    except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
+        for job, _ in items:
+            job.cancelled.set()
 
 
 async def deltas(job: Job) -> Any:

@@ -40,10 +40,15 @@ class KVCache:
         return self.k.nbytes + self.v.nbytes
 
     def view(self, slots: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None = None,
-             static: bool = False) -> CacheView:
+             static: bool = False, first_slot: int | None = None, start: int | None = None,
+             length: int | None = None) -> CacheView:
         """The view for one forward: slots (B,) per row, positions (B, T) per token, valid (B, T) False
-        for padding. static: read all max_len positions (fixed shapes for torch.compile)."""
-        return CacheView(self.k, self.v, slots, positions, valid, self.scratch, static)
+        for padding. static: read all max_len positions (fixed shapes for torch.compile).
+
+        Fast paths the caller may vouch for: first_slot (slots are first_slot, first_slot + 1, ...: rows
+        read a slice of the cache instead of a gathered copy), start (every row's positions are
+        start..start+T-1, no padding: writes are a slice copy) and length (1 + the largest position)."""
+        return CacheView(self.k, self.v, slots, positions, valid, self.scratch, static, first_slot, start, length)
 
     def copy_prefix(self, src: int, dst: int, n: int) -> None:
         """Copy the first n positions of slot src into slot dst (prefix caching)."""
@@ -56,18 +61,36 @@ class CacheView:
     """One batch's window on a KVCache; the model calls update(layer, k, v) in each layer and uses mask."""
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor,
-                 valid: torch.Tensor | None, scratch: int, static: bool = False) -> None:
+                 valid: torch.Tensor | None, scratch: int, static: bool = False, first_slot: int | None = None,
+                 start: int | None = None, length: int | None = None) -> None:
         self.k, self.v, self.slots, self.positions = k, v, slots, positions
+        B, T = positions.shape
+        self.rows = None if first_slot is None else slice(first_slot, first_slot + B)
+        self.cols = None if start is None or self.rows is None else slice(start, start + T)
         write = slots[:, None].expand_as(positions)
         self.write_slots = write if valid is None else torch.where(valid, write, scratch)
-        S = k.size(2) if static else int(positions.max()) + 1  # keys every row may need, at most
-        key_pos = torch.arange(S, device=positions.device)
-        self.mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, S): own keys up to own pos
+        if static:
+            S = k.size(2)
+        else:  # keys every row may need, at most
+            S = length if length is not None else int(positions.max()) + 1
         self.S = S
+        if self.cols is not None and T == 1:
+            self.mask = None  # one new token per row, all at the same position: every key read is its own
+        else:
+            key_pos = torch.arange(S, device=positions.device)
+            self.mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, S): own keys only
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, KV, T, hd) at each token's slot and position; return each row's S keys/values."""
         ck, cv = self.k[layer], self.v[layer]
-        ck[self.write_slots, self.positions] = k.transpose(1, 2).to(ck.dtype)
-        cv[self.write_slots, self.positions] = v.transpose(1, 2).to(cv.dtype)
-        return ck[self.slots, : self.S].transpose(1, 2), cv[self.slots, : self.S].transpose(1, 2)
+        if self.cols is not None:
+            ck[self.rows, self.cols] = k.transpose(1, 2).to(ck.dtype)
+            cv[self.rows, self.cols] = v.transpose(1, 2).to(cv.dtype)
+        else:
+            ck[self.write_slots, self.positions] = k.transpose(1, 2).to(ck.dtype)
+            cv[self.write_slots, self.positions] = v.transpose(1, 2).to(cv.dtype)
+        rows = self.slots if self.rows is None else self.rows
+        out_k, out_v = ck[rows, : self.S].transpose(1, 2), cv[rows, : self.S].transpose(1, 2)
+        if out_k.dtype != k.dtype:  # e.g. bf16 activations under autocast, fp32 cache
+            out_k, out_v = out_k.to(k.dtype), out_v.to(k.dtype)
+        return out_k, out_v

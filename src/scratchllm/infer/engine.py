@@ -250,8 +250,12 @@ class Engine:
         positions = (torch.tensor(starts, device=self.device)[:, None] + offs).clamp(max=self.max_len - 1)
         lengths = torch.tensor([len(c) for c in chunks], device=self.device)
         valid = offs[None, :] < lengths[:, None] if any(len(c) < T for c in chunks) else None
-        slots = torch.tensor([r.slot for r in reqs], device=self.device)
-        view = self.cache.view(slots, positions, valid)
+        slot_list = [r.slot for r in reqs]
+        slots = torch.tensor(slot_list, device=self.device)
+        first = slot_list[0] if slot_list == list(range(slot_list[0], slot_list[0] + B)) else None
+        same = valid is None and len(set(starts)) == 1 and starts[0] + T <= self.max_len
+        view = self.cache.view(slots, positions, valid, first_slot=first, start=starts[0] if same else None,
+                               length=min(self.max_len, max(starts) + T))
         with self.autocast():
             logits = self.model(idx, input_pos=positions, cache=view)
         return logits[torch.arange(B, device=self.device), lengths - 1].float()

@@ -344,29 +344,41 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
                     await queue.put((i, None))
 
                 tasks = [asyncio.create_task(pump(i, j)) for i, j in enumerate(jobs)]
-                held: list[list[Any]] = [[] for _ in jobs]  # tokens whose text is still held back
+                held: list[list[Any]] = [[] for _ in jobs]  # tokens not yet sent (their logprobs go with the text)
+
+                def flush(i: int, parts: list[str]) -> list[str]:
+                    lp = _logprobs(tok, held[i], chat) if want_logprobs and held[i] else None
+                    held[i] = []
+                    return [choice_chunk(i, "".join(parts), None, lp)] if parts or lp is not None else []
                 try:
                     if chat:
                         for i in range(len(jobs)):
                             yield choice_chunk(i, None, None, None, first=True)
                     live = len(jobs)
                     while live:
-                        i, d = await queue.get()
-                        if d is None:
-                            live -= 1
-                            continue
-                        if isinstance(d, Exception):
-                            yield _sse(error_body(d).body())
-                            continue
-                        if d.token_id is not None:
-                            held[i].append(d)
-                        if d.text or d.finish_reason:
-                            lp = _logprobs(tok, held[i], chat) if want_logprobs and held[i] else None
-                            held[i] = []
-                            if d.text or lp is not None:
-                                yield choice_chunk(i, d.text, None, lp)
-                        if d.finish_reason:
-                            yield choice_chunk(i, None, d.finish_reason, None)
+                        items = [await queue.get()]
+                        while not queue.empty():  # behind the engine: merge what has piled up into one chunk
+                            items.append(queue.get_nowait())
+                        texts: dict[int, list[str]] = {}
+                        out: list[str] = []
+                        for i, d in items:
+                            if d is None:
+                                live -= 1
+                            elif isinstance(d, Exception):
+                                out.append(_sse(error_body(d).body()))
+                            else:
+                                if d.token_id is not None:
+                                    held[i].append(d)
+                                if d.text:
+                                    texts.setdefault(i, []).append(d.text)
+                                if d.finish_reason or (d.text and want_logprobs):
+                                    out += flush(i, texts.pop(i, []))
+                                if d.finish_reason:
+                                    out.append(choice_chunk(i, None, d.finish_reason, None))
+                        for i, parts in texts.items():
+                            out += flush(i, parts)
+                        if out:
+                            yield "".join(out)
                 finally:  # also when the client disconnects (this generator is closed): stop generating
                     for j in jobs:
                         j.cancel()

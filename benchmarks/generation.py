@@ -1,0 +1,99 @@
+"""Generation inside the other stages, before/after: eval's GSM8K + HumanEval wall time and one GRPO
+rollout step, this checkout vs a baseline checkout (e.g. the commit before the inference engine:
+``git archive <commit> src | tar -x -C DIR``), alternating runs, medians.
+
+A random model of the preset with a byte-level tokenizer (weights do not change the speed; the
+outputs are nonsense, so every request runs to max_tokens unless a random stop token comes up).
+
+    python benchmarks/generation.py --baseline-src DIR [--preset 10m] [--max-tokens 64] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Runs inside one checkout (PYTHONPATH): prints {"eval_s", "grpo_s"} as JSON."""
+    import torch
+
+    from scratchllm.config import load_config
+    from scratchllm.eval.lm import ScratchLM
+    from scratchllm.eval.runner import EvalSettings, evaluate
+    from scratchllm.eval.tasks import builtin_tasks, load_spec
+    from scratchllm.model.model import ModelConfig, Transformer
+    from scratchllm.tokenizer import train_bpe
+
+    torch.set_num_threads(args.threads)
+    tok = train_bpe(["generation benchmark"], 256 + 7)
+    cfg = load_config(ModelConfig, ROOT / f"configs/model/{args.preset}.toml", [f"vocab_size={tok.vocab_size}"])
+    torch.manual_seed(0)
+    model = Transformer(cfg).eval()
+    specs = [load_spec(builtin_tasks()[t]) for t in ("gsm8k", "humaneval")]
+    settings = EvalSettings(max_tokens=args.max_tokens, limit=args.limit)
+    t0 = time.perf_counter()
+    evaluate(ScratchLM(model, tok), specs, settings)
+    eval_s = time.perf_counter() - t0
+
+    from scratchllm.align.grpo import respond
+
+    prompts = [tok.encode(f"question {i}: what is {i} + {i}?") for i in range(args.grpo_prompts)]
+    group = [p for p in prompts for _ in range(args.grpo_group)]
+    t0 = time.perf_counter()
+    respond(model, tok, group, args.max_tokens, temperature=1.0, seed=0)
+    grpo_s = time.perf_counter() - t0
+    print(json.dumps({"eval_s": eval_s, "grpo_s": grpo_s}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--baseline-src", required=True, help="another checkout (its src/) to compare against")
+    ap.add_argument("--preset", default="10m")
+    ap.add_argument("--max-tokens", type=int, default=64, help="eval generation cap and GRPO reply length")
+    ap.add_argument("--limit", type=int, default=None, help="first N problems of each task (default: all)")
+    ap.add_argument("--grpo-prompts", type=int, default=4)
+    ap.add_argument("--grpo-group", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    import torch
+
+    print(f"torch {torch.__version__}, {args.preset} preset, max_tokens {args.max_tokens}, threads {args.threads}, "
+          f"GRPO step = {args.grpo_prompts} prompts x {args.grpo_group} samples; "
+          f"load average {os.getloadavg()[0]:.1f} at start")
+    sides = {"engine": ROOT, "baseline": Path(args.baseline_src).resolve()}
+    runs: dict[str, list[dict]] = {k: [] for k in sides}
+    argv = [a for a in sys.argv[1:]] + ["--worker"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.repeats):
+            for name, src in sides.items():  # alternate: load from other processes hits both alike
+                env = {**os.environ, "PYTHONPATH": str(src / "src"), "OMP_NUM_THREADS": str(args.threads)}
+                out = subprocess.run([sys.executable, __file__, *argv], env=env, cwd=tmp, capture_output=True,
+                                     text=True, check=True)
+                runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    med = {k: {m: statistics.median(r[m] for r in v) for m in ("eval_s", "grpo_s")} for k, v in runs.items()}
+    print("| | GSM8K + HumanEval wall | one GRPO rollout step |")
+    print("|---|---|---|")
+    for k, m in med.items():
+        print(f"| {k} | {m['eval_s']:.1f} s | {m['grpo_s']:.2f} s |")
+    print(f"speed-up: eval {med['baseline']['eval_s'] / med['engine']['eval_s']:.2f}x, "
+          f"GRPO rollouts {med['baseline']['grpo_s'] / med['engine']['grpo_s']:.2f}x "
+          f"(load average {os.getloadavg()[0]:.1f} at the end)")
+
+
+if __name__ == "__main__":
+    main()
