@@ -2,14 +2,16 @@
 
 Starts the real server in a subprocess (a model directory via --model, or a random --preset model
 written to a temporary directory with a byte-level tokenizer), then, for each --concurrency level,
-runs that many concurrent clients, each sending --requests streaming completions (official openai
-async client, temperature 0.8, seeded, ignore_eos, --max-tokens each). Reports aggregate generated
+runs that many concurrent clients, each sending --requests streaming completions (temperature 0.8,
+seeded, ignore_eos, --max-tokens each; a light httpx client that reads the server-sent events with
+json.loads, so the client process costs little of the shared CPU). Reports aggregate generated
 tokens/s, requests/s, time to first token p50/p99 and /health latency while busy. Bounded: every
 request has a timeout and each level stops after --max-seconds.
 
---baseline-src DIR runs the same levels, in the same run, against another checkout's server (e.g.
-the sequential engine of the previous commit: ``git archive <commit> src | tar -x -C DIR``) and
-prints the ratios (this engine / baseline).
+--baseline-src DIR also starts another checkout's server (e.g. the sequential engine of the previous
+commit: ``git archive <commit> src | tar -x -C DIR``); both stay up and the levels alternate between
+them, --repeats times, so load from other processes hits both alike; medians and ratios (this engine /
+baseline) are printed.
 
     python benchmarks/serve.py [--presets 1m,10m] [--concurrency 1,8,32,64] [--requests 2] [--baseline-src DIR]
 """
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
 import platform
 import socket
@@ -27,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -54,22 +59,29 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))] if xs else float("nan")
 
 
-async def client_loop(api, i: int, args: argparse.Namespace, stats: dict, deadline: float) -> None:
+async def client_loop(http: httpx.AsyncClient, url: str, i: int, args: argparse.Namespace, stats: dict,
+                      deadline: float) -> None:
     for r in range(args.requests):
         if time.monotonic() > deadline:
             return
         t0 = time.perf_counter()
         first, chunks, finish = None, 0, None
+        body = {"model": "bench", "prompt": f"client {i} request {r}: once upon a time", "stream": True,
+                "max_tokens": args.max_tokens, "temperature": 0.8, "seed": i * 100 + r, "ignore_eos": True}
         try:
-            stream = await api.completions.create(
-                model="bench", prompt=f"client {i} request {r}: once upon a time", max_tokens=args.max_tokens,
-                temperature=0.8, seed=i * 100 + r, stream=True, extra_body={"ignore_eos": True})
-            async for chunk in stream:
-                for c in chunk.choices:
-                    if c.text:
-                        first = first or time.perf_counter()
-                        chunks += 1
-                    finish = c.finish_reason or finish
+            async with http.stream("POST", url + "/v1/completions", json=body, timeout=args.max_seconds) as resp:
+                resp.raise_for_status()
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data: {"):
+                        continue
+                    event = json.loads(line[6:])
+                    if "error" in event:
+                        raise RuntimeError(event["error"]["message"])
+                    for c in event["choices"]:
+                        if c.get("text"):
+                            first = first or time.perf_counter()
+                            chunks += 1
+                        finish = c.get("finish_reason") or finish
             end = time.perf_counter()
             stats["ttft"].append((first or end) - t0)
             stats["latency"].append(end - t0)
@@ -81,9 +93,7 @@ async def client_loop(api, i: int, args: argparse.Namespace, stats: dict, deadli
 
 
 async def run_level(args: argparse.Namespace, url: str, clients: int) -> dict:
-    import openai
-
-    api = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=args.max_seconds)
+    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8))
     stats: dict = {"ttft": [], "latency": [], "tokens": [], "errors": [], "health": []}
     deadline = time.monotonic() + args.max_seconds
     done = asyncio.Event()
@@ -98,38 +108,45 @@ async def run_level(args: argparse.Namespace, url: str, clients: int) -> dict:
 
     t0 = time.perf_counter()
     prober = asyncio.create_task(probe())
-    await asyncio.gather(*(client_loop(api, i, args, stats, deadline) for i in range(clients)))
+    await asyncio.gather(*(client_loop(http, url, i, args, stats, deadline) for i in range(clients)))
     stats["wall"] = time.perf_counter() - t0
     done.set()
     await prober
-    await api.close()
+    await http.aclose()
     return stats
 
 
-def summary(stats: dict) -> dict:
-    wall = stats["wall"]
-    return {"ok": len(stats["latency"]), "errors": len(stats["errors"]), "tok_s": sum(stats["tokens"]) / wall,
-            "req_s": len(stats["latency"]) / wall, "ttft50": percentile(stats["ttft"], 0.5),
-            "ttft99": percentile(stats["ttft"], 0.99),
-            "health_max_ms": 1000 * max(stats["health"]) if stats["health"] else float("nan"),
-            "first_error": stats["errors"][0] if stats["errors"] else ""}
+def summary(runs: list[dict]) -> dict:
+    """Medians over repeated runs of one level."""
+    def med(f: Any) -> float:
+        return statistics.median(f(st) for st in runs)
+
+    errors = [e for st in runs for e in st["errors"]]
+    return {"ok": sum(len(st["latency"]) for st in runs), "errors": len(errors),
+            "tok_s": med(lambda st: sum(st["tokens"]) / st["wall"]),
+            "req_s": med(lambda st: len(st["latency"]) / st["wall"]),
+            "ttft50": med(lambda st: percentile(st["ttft"], 0.5)),
+            "ttft99": med(lambda st: percentile(st["ttft"], 0.99)),
+            "health_max_ms": 1000 * max((h for st in runs for h in st["health"]), default=float("nan")),
+            "first_error": errors[0] if errors else ""}
 
 
-def serve_and_measure(args: argparse.Namespace, model: str, src: Path, levels: list[int]) -> dict[int, dict]:
-    """Start the server of checkout src on model; run every concurrency level against it."""
+@contextlib.contextmanager
+def server(args: argparse.Namespace, model: str, src: Path, max_clients: int) -> Any:
+    """The server of checkout src on model, until the block ends; yields its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(src / "src")}
-    server = subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "scratchllm", "serve", f"model={model}", f"port={port}", "model_name=bench",
-         f"max_pending={max(64, max(levels))}", f"timeout_s={args.max_seconds}", f"threads={args.threads}"],
+         f"max_pending={max(64, max_clients)}", f"timeout_s={args.max_seconds}", f"threads={args.threads}"],
         cwd=src, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
-            if server.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the server of {src} did not start")
             try:
                 if httpx.get(url + "/ready", timeout=2).status_code == 200:
@@ -137,10 +154,10 @@ def serve_and_measure(args: argparse.Namespace, model: str, src: Path, levels: l
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        return {c: summary(asyncio.run(run_level(args, url, c))) for c in levels}
+        yield url
     finally:
-        server.terminate()
-        server.wait(timeout=20)
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
 def main() -> None:
@@ -149,6 +166,7 @@ def main() -> None:
     ap.add_argument("--presets", default="1m,10m", help="model presets (configs/model/NAME.toml), comma-separated")
     ap.add_argument("--concurrency", default="1,8,32,64", help="concurrent streaming clients per level")
     ap.add_argument("--requests", type=int, default=2, help="requests per client")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each level per server (medians)")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--max-seconds", type=float, default=240, help="per level")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the server")
@@ -164,9 +182,16 @@ def main() -> None:
         models = {"model": args.model} if args.model else {
             p: str(make_model_dir(f"configs/model/{p}.toml", Path(tmp) / p)) for p in args.presets.split(",")}
         for name, model in models.items():
-            results = {k: serve_and_measure(args, model, src, levels) for k, src in servers.items()}
+            with contextlib.ExitStack() as stack:
+                urls = {k: stack.enter_context(server(args, model, src, max(levels))) for k, src in servers.items()}
+                runs: dict[str, dict[int, list]] = {k: {c: [] for c in levels} for k in servers}
+                for _ in range(args.repeats):
+                    for c in levels:
+                        for k, url in urls.items():  # alternate: other processes' load hits both alike
+                            runs[k][c].append(asyncio.run(run_level(args, url, c)))
+            results = {k: {c: summary(v) for c, v in by.items()} for k, by in runs.items()}
             print(f"\n{name}: {args.requests} streaming completions per client, max_tokens={args.max_tokens}, "
-                  f"load average {os.getloadavg()[0]:.1f} after")
+                  f"medians of {args.repeats} runs, load average {os.getloadavg()[0]:.1f} after")
             print("| server | clients | ok/errors | tokens/s | requests/s | TTFT p50 | TTFT p99 | /health max |")
             print("|---|---|---|---|---|---|---|---|")
             for k, by_level in results.items():
