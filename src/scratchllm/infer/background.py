@@ -56,6 +56,14 @@ class BackgroundEngine:
     def pending(self) -> int:
         return self._pending
 
+    @property
+    def model(self) -> Any:
+        return self.engine.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
     def submit(self, prompt: list[int], params: SamplingParams, timeout_s: float) -> Job:
         """Queue a request (raises QueueFull when max_pending are waiting or running; ScratchError when
         the request cannot run at all)."""

@@ -37,15 +37,15 @@ def attention_maps(model: Any, ids: list[int]) -> list[torch.Tensor]:
         raise ScratchError(f"the sentence is {T} tokens long but the model's context is {model.cfg.context_length}",
                            "pass a shorter sentence (--sentence)")
     attns = [layer.attn for layer in model.layers]
-    saved = [(a.impl, a.kv_cache) for a in attns]
+    saved = [a.impl for a in attns]
     try:
         for a in attns:
-            a.impl, a.kv_cache, a.record_probs = "math", None, True
+            a.impl, a.record_probs = "math", True
         model(torch.tensor([ids], device=model.tok_emb.weight.device))
         return [a.probs[0].float().cpu() for a in attns]
     finally:
-        for a, (impl, cache) in zip(attns, saved):
-            a.impl, a.kv_cache, a.record_probs = impl, cache, False
+        for a, impl in zip(attns, saved):
+            a.impl, a.record_probs = impl, False
             a.probs = None
 
 
