@@ -245,12 +245,15 @@ class Engine:
         starts = [r.cached for r in reqs]
         if T == 1 and self.compile:
             return self._compiled_decode(reqs, [c[0] for c in chunks], starts)
+        slot_list = [r.slot for r in reqs]
+        lo, hi = min(slot_list), max(slot_list) + 1
+        if T == 1 and B < hi - lo <= 2 * B and slot_list == sorted(slot_list):
+            return self._decode_span(reqs, [c[0] for c in chunks], starts, lo, hi)
         idx = torch.tensor([c + [0] * (T - len(c)) for c in chunks], device=self.device)
         offs = torch.arange(T, device=self.device)
         positions = (torch.tensor(starts, device=self.device)[:, None] + offs).clamp(max=self.max_len - 1)
         lengths = torch.tensor([len(c) for c in chunks], device=self.device)
         valid = offs[None, :] < lengths[:, None] if any(len(c) < T for c in chunks) else None
-        slot_list = [r.slot for r in reqs]
         slots = torch.tensor(slot_list, device=self.device)
         first = slot_list[0] if slot_list == list(range(slot_list[0], slot_list[0] + B)) else None
         same = valid is None and len(set(starts)) == 1 and starts[0] + T <= self.max_len
@@ -259,6 +262,22 @@ class Engine:
         with self.autocast():
             logits = self.model(idx, input_pos=positions, cache=view)
         return logits[torch.arange(B, device=self.device), lengths - 1].float()
+
+    def _decode_span(self, reqs: list[Request], tokens: list[int], starts: list[int], lo: int, hi: int
+                     ) -> torch.Tensor:
+        """Decode rows whose slots lie in lo..hi-1 with a few gaps (requests that finished): one row per slot
+        of the range, gaps as padding (they write the scratch slot), so keys are read as a slice of the
+        cache rather than gathered; the gaps' wasted compute is cheaper than the copy."""
+        row = {r.slot: i for i, r in enumerate(reqs)}
+        span = range(lo, hi)
+        idx = torch.tensor([[tokens[row[s]] if s in row else 0] for s in span], device=self.device)
+        positions = torch.tensor([[starts[row[s]] if s in row else 0] for s in span], device=self.device)
+        valid = torch.tensor([[s in row] for s in span], device=self.device)
+        view = self.cache.view(torch.arange(lo, hi, device=self.device), positions, valid, first_slot=lo,
+                               length=max(starts) + 1)
+        with self.autocast():
+            logits = self.model(idx, input_pos=positions, cache=view)
+        return logits[torch.tensor([r.slot - lo for r in reqs], device=self.device), -1].float()
 
     def _compiled_decode(self, reqs: list[Request], tokens: list[int], starts: list[int]) -> torch.Tensor:
         from scratchllm.infer.compile import decode_step
