@@ -53,7 +53,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         export_hf(ours, tmp)
-        hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, attn_implementation="sdpa_paged",
+        hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, attn_implementation="sdpa",
                                                                dtype=torch.float32).eval()
     gen_cfg = transformers.GenerationConfig(max_new_tokens=args.new, do_sample=False, eos_token_id=-1,
                                             pad_token_id=0)
