@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Sequence
 
 from scratchllm import __version__
-from scratchllm.errors import ScratchError
+from scratchllm.errors import ScratchError, disk_full, is_disk_full
 
 # (command, module providing register(subparsers)). Order is pipeline order, as shown in --help.
 STAGES: list[str] = [
@@ -72,15 +72,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if e.hint:
             print(f"fix: {e.hint}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("\ninterrupted; completed outputs are intact (partial files are never left behind)", file=sys.stderr)
-        return 130
+        return getattr(e, "exit_code", 130)  # 143 for a second SIGTERM
     except BrokenPipeError:  # e.g. `scratchllm tokenizer encode ... | head`
         sys.stderr.close()
         return 0
     except Exception as e:  # noqa: BLE001 - last-resort handler for the CLI only
         if debug:
             raise
+        if is_disk_full(e):  # any write path not already wrapped: the same message as everywhere else
+            err = disk_full(getattr(e, "filename", None) or "a file")
+            print(f"error: {err.message}\nfix: {err.hint}", file=sys.stderr)
+            return 2
         print(f"internal error: {type(e).__name__}: {e}", file=sys.stderr)
         print("fix: rerun with --debug for the full traceback, and report it if it looks like a bug", file=sys.stderr)
         return 1

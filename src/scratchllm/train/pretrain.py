@@ -88,6 +88,7 @@ def run(cfg: TrainConfig, resume: bool = False, resume_from: Path | None = None,
     try:
         check_world(cfg.train.parallel, d)
         trainer = build_trainer(cfg, d, resume, resume_from)
+        trainer.resume_command = resume_command
         if d.is_main:
             n = sum(p.numel() for p in trainer.model.parameters())
             per_step = cfg.train.batch_size * cfg.data.seq_len * cfg.train.grad_accum * d.world_size
