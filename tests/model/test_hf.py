@@ -128,7 +128,6 @@ def test_import_refuses_truncated_weights(tmp_path, make_model):
 
 
 def test_export_with_tokenizer_loads_in_auto_tokenizer(tmp_path, make_model):
-    pytest.importorskip("scratchllm.tokenizer")
     from transformers import AutoTokenizer
 
     from scratchllm.tokenizer import train_bpe

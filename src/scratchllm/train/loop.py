@@ -228,7 +228,22 @@ class Trainer:
                    "timed out", "Timed out")
         if not self.dist.enabled or not (isinstance(e, dist.DistError) or any(m in text for m in markers)):
             return None
-        dead = [r for r, (pid, host) in enumerate(self.peers) if r != self.dist.rank and not _alive(pid, host)]
+        import threading
+
+        others = [r for r in range(len(self.peers)) if r != self.dist.rank]
+        # The peer's sockets close while it is still exiting: give it a moment to be gone. torchrun
+        # SIGTERMs the survivors meanwhile; this process is stopping anyway, so let it say why first.
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN) if main_thread else None
+        try:
+            for _ in range(50):
+                dead = [r for r in others if not _alive(*self.peers[r])]
+                if dead:
+                    break
+                time.sleep(0.1)
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
         who = (", ".join(f"rank {r} (pid {self.peers[r][0]})" for r in dead) + (" has" if len(dead) == 1 else " have")
                + " exited" if dead else "another rank stopped answering (on another host, or stuck)")
         where = f"the last checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
