@@ -203,7 +203,7 @@ class Trainer:
             except ScratchError as e:
                 error = e
         if self.dist.enabled:
-            failed = all_reduce_sum(torch.tensor([1.0 if error else 0.0]), self.dist)
+            failed = all_reduce_sum(torch.tensor([1.0 if error else 0.0], device=self.device), self.dist)
             if failed.item() and error is None:
                 error = ScratchError(f"{self.out_dir} is in use by another run", "see rank 0's message")
         if error is not None:
