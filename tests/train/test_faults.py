@@ -340,7 +340,8 @@ def test_an_intact_checkpoint_and_an_unchecksummed_directory_load(corrupt_checkp
 # --- 4. one run per directory ----------------------------------------------------------------------------
 
 
-HOLD = "import sys, time; from scratchllm.train import runlock; runlock.acquire(sys.argv[1]); print('held', flush=True); time.sleep(300)"
+HOLD = ("import sys, time; from scratchllm.train import runlock; runlock.acquire(sys.argv[1]); "
+        "print('held', flush=True); time.sleep(300)")
 
 
 def test_second_run_on_a_locked_directory_is_refused_naming_the_holder(make_cfg, tmp_path, capsys):
