@@ -30,6 +30,9 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
+            # mkstemp creates 0600; give the mode a plain open() would, so a model directory stays
+            # readable by other users (a container's unprivileged server, a shared volume).
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -55,6 +58,19 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_write(path, "w", newline="") as f:
         f.write(text)
+
+
+def _umask() -> int:
+    # Reading the umask means setting it; threads writing files meanwhile would briefly see 0o022
+    # instead of the real mask, so prefer the value the kernel reports (Linux 4.7+).
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _remove_quietly(name: str) -> None:
