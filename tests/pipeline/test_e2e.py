@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -65,7 +67,12 @@ def test_micro_pipeline_every_artefact(tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
     args = ["pipeline", "--config", "configs/pipeline/micro.toml", f"run_dir={run_dir}", "pretrain.train.max_steps=10",
             "sft.train.max_steps=4", "dpo.train.max_steps=2", "pretrain.eval.interval=5"]
-    assert main(args) == 0
+    old_umask = os.umask(0o022)  # the usual umask, whatever the test runner's is
+    try:
+        assert main(args) == 0
+    finally:
+        os.umask(old_umask)
+    check_readable_by_others(run_dir)
     check_artefacts(run_dir, pretrain_steps=10)
     check_rerun_and_from(args, capsys)
 
@@ -184,6 +191,20 @@ def check_artefacts(run_dir: Path, pretrain_steps: int) -> None:
     for png in re.findall(r"\]\((\w+\.png)\)", report):
         assert (run_dir / "report" / png).read_bytes()[:4] == b"\x89PNG"
     assert "<table>" in (run_dir / "report" / "report.html").read_text()
+
+
+def check_readable_by_others(run_dir: Path) -> None:
+    """Under umask 022 every file is o+r and every folder o+rx, as with plain open() and mkdir: a model
+    directory mounted into a container that runs as another user (or a shared volume) must be readable."""
+    unreadable = []
+    for folder, dirs, files in os.walk(run_dir):
+        for name in dirs + files:
+            p = Path(folder) / name
+            need = stat.S_IROTH | (stat.S_IXOTH if p.is_dir() else 0)
+            if stat.S_IMODE(p.lstat().st_mode) & need != need:
+                unreadable.append(f"{p.relative_to(run_dir)} {stat.filemode(p.lstat().st_mode)}")
+    assert not unreadable, "not readable by other users:\n" + "\n".join(unreadable)
+    assert (run_dir / "quantize" / "quantization.json").is_file()  # the file the container failed to read
 
 
 def check_rerun_and_from(args: list[str], capsys) -> None:
