@@ -108,3 +108,34 @@ def test_serve_command_in_a_subprocess(model_dir):
         proc.terminate()
         out, _ = proc.communicate(timeout=20)
     assert '"event": "request"' in out and '"status": 200' in out  # structured JSON log lines
+
+
+def test_api_key_from_the_environment_or_a_secret_file(tmp_path, model_dir, monkeypatch):
+    """Containers pass the key as $SCRATCHLLM_API_KEY or a secret file, never on the command line."""
+    from scratchllm.errors import ScratchError
+    from scratchllm.serve.cli import api_key_from_env
+
+    secret = tmp_path / "api_key"
+    secret.write_text("sk-from-file\n")
+    assert api_key_from_env({}) == ""
+    assert api_key_from_env({"SCRATCHLLM_API_KEY": "sk-env"}) == "sk-env"
+    assert api_key_from_env({"SCRATCHLLM_API_KEY_FILE": str(secret)}) == "sk-from-file"
+    for env, message in [({"SCRATCHLLM_API_KEY": "a", "SCRATCHLLM_API_KEY_FILE": str(secret)}, "both"),
+                         ({"SCRATCHLLM_API_KEY_FILE": str(tmp_path / "missing")}, "cannot read"),
+                         ({"SCRATCHLLM_API_KEY_FILE": str(tmp_path)}, "cannot read")]:
+        with pytest.raises(ScratchError, match=message):
+            api_key_from_env(env)
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ScratchError, match="is empty"):
+        api_key_from_env({"SCRATCHLLM_API_KEY_FILE": str(tmp_path / "empty")})
+
+    # `scratchllm serve` uses it; an api_key= setting wins.
+    import scratchllm.serve.server as server
+
+    served = []
+    monkeypatch.setattr(server, "serve", served.append)
+    monkeypatch.setenv("SCRATCHLLM_API_KEY_FILE", str(secret))
+    d, _ = model_dir
+    assert main(["serve", f"model={d}"]) == 0
+    assert main(["serve", f"model={d}", "api_key=sk-arg"]) == 0
+    assert [c.api_key for c in served] == ["sk-from-file", "sk-arg"]

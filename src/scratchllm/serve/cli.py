@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -173,12 +174,33 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def api_key_from_env(environ: dict[str, str] | None = None) -> str:
+    """The API key from $SCRATCHLLM_API_KEY_FILE (a secret file) or $SCRATCHLLM_API_KEY; "" if neither.
+    For containers: a key passed as api_key=... would be visible in the process list and image config."""
+    env = os.environ if environ is None else environ
+    path, value = env.get("SCRATCHLLM_API_KEY_FILE", ""), env.get("SCRATCHLLM_API_KEY", "")
+    if path and value:
+        raise ScratchError("both SCRATCHLLM_API_KEY and SCRATCHLLM_API_KEY_FILE are set", "set only one of them")
+    if not path:
+        return value
+    try:
+        key = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScratchError(f"cannot read the API key file {path} (SCRATCHLLM_API_KEY_FILE): {e}",
+                           "check the path and that the server's user may read it") from None
+    if not key:
+        raise ScratchError(f"the API key file {path} (SCRATCHLLM_API_KEY_FILE) is empty",
+                           "write the key into it, or unset SCRATCHLLM_API_KEY_FILE to serve without a key")
+    return key
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from scratchllm.config import load_config
     from scratchllm.serve.server import ServeConfig, serve
 
     config = args.config if args.config and Path(args.config).exists() else None
     cfg = load_config(ServeConfig, config, args.overrides)
+    cfg.api_key = cfg.api_key or api_key_from_env()
     if not cfg.model:
         raise ScratchError("no model to serve", "pass model=DIR (a model directory or a training run directory)")
     from scratchllm.serve.engine import resolve_model_dir
