@@ -13,6 +13,7 @@ $SCRATCHLLM_CONTAINER_DIR moves it) and are reused: only the first run builds th
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -148,63 +149,131 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_image_builds_serves_the_pipeline_model_and_passes_its_healthcheck(base_image, pipeline_model, tmp_path):
-    import httpx
-    from openai import OpenAI
-
-    cmds = readme_docker_commands()
-    image = cmds["build"][cmds["build"].index("-t") + 1]
-
-    # 1. Build, exactly as the README says, plus what this machine needs: the base (no registry), a local
-    # torch wheel where the torch index is unreachable, host networking for pip, docker format (HEALTHCHECK).
+@pytest.fixture(scope="module")
+def image(base_image) -> str:
+    """The image built with the README's `docker build` line, plus what this machine needs: the base (no
+    registry), a local torch wheel where the torch index is unreachable, host networking for pip, and docker
+    format (podman's default OCI format drops HEALTHCHECK). Rebuilt each run; unchanged layers are cached."""
+    build = readme_docker_commands()["build"]
+    tag = build[build.index("-t") + 1]
     extra = ["--format", "docker", "--network", "host", "--build-arg", f"BASE={base_image}"]
     wheel = _torch_wheel()
     if wheel is not None:
         extra += ["-v", f"{wheel.parent}:/wheels:ro", "--build-arg", f"TORCH=/wheels/{wheel.name}"]
     start = time.monotonic()
-    podman(cmds["build"][0], *extra, *cmds["build"][1:], cwd=ROOT, timeout=1800)
-    size = int(podman("image", "inspect", "--format", "{{.Size}}", image).stdout)
-    print(f"image {image}: built in {time.monotonic() - start:.0f} s, {size / 1e6:.0f} MB on {base_image}")
+    podman(build[0], *extra, *build[1:], cwd=ROOT, timeout=1800)
+    size = int(podman("image", "inspect", "--format", "{{.Size}}", tag).stdout)
+    print(f"image {tag}: built in {time.monotonic() - start:.0f} s, {size / 1e6:.0f} MB on {base_image}")
+    yield tag
+    podman("image", "prune", "-f", check=False)  # superseded layers of earlier builds; the cache stays
 
-    # 2. Run the README's command (detached and named, on a free loopback port) with $PWD/runs/model-int8
+
+def _wait_ready(url: str, container: str, timeout: float = 180) -> None:
+    """Until /health answers (then /ready must say ready); fails with the logs if the container stops."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        state = podman("inspect", "--format", "{{.State.Status}}", container, check=False).stdout.strip()
+        if state != "running" or time.monotonic() > deadline:
+            logs = podman("logs", container, check=False)
+            pytest.fail(f"the server did not come up ({state or 'no container'}):\n{logs.stdout}{logs.stderr}")
+        time.sleep(0.5)
+    assert httpx.get(f"{url}/ready", timeout=5).json()["status"] == "ready"
+
+
+def test_image_serves_the_pipeline_model_as_the_readme_says(image, pipeline_model, tmp_path):
+    from openai import OpenAI
+
+    # Run the README's command (detached and named, on a free loopback port) with $PWD/runs/model-int8
     # being the pipeline's model directory.
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "model-int8").symlink_to(pipeline_model)
     port = _free_port()
-    run = [w.replace("$PWD", str(tmp_path)) for w in cmds["run"][1:]]
+    run = [w.replace("$PWD", str(tmp_path)) for w in readme_docker_commands()["run"][1:]]
     run = [f"127.0.0.1:{port}:8000" if w == "8000:8000" else w for w in run]
+    assert image in run
+    env = podman("image", "inspect", "--format", "{{.Config.Env}}", image).stdout
+    assert "API_KEY" not in env, env  # no key baked into the image
     podman("rm", "-f", NAME, check=False)
     podman("run", "-d", "--name", NAME, "--network", "bridge", *run)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            state = podman("inspect", "--format", "{{.State.Status}}", NAME, check=False).stdout.strip()
-            if state != "running" or time.monotonic() > deadline:
-                pytest.fail(f"the server did not come up ({state}):\n{podman('logs', NAME, check=False).stderr}")
-            time.sleep(0.5)
-        assert httpx.get(f"{url}/ready", timeout=5).json()["status"] == "ready"
+        _wait_ready(url, NAME)
 
-        # 3. The image's own HEALTHCHECK (no systemd timers here: run it by hand); exit 0 = healthy.
+        # The image's own HEALTHCHECK (no systemd timers here: run it by hand); exit 0 = healthy.
         assert podman("healthcheck", "run", NAME, check=False).returncode == 0
 
-        # 4. One completion from the host with the official client.
+        # One completion from the host with the official client.
         client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
         out = client.completions.create(model="scratchllm", prompt="Once upon a time", max_tokens=8, temperature=0)
         assert out.usage.completion_tokens >= 1 and isinstance(out.choices[0].text, str)
 
-        # 5. The server (PID 1) runs as non-root and cannot write the model volume.
-        uids = podman("exec", NAME, "python", "-c", "print(open('/proc/1/status').read())").stdout
-        uid_line = next(line for line in uids.splitlines() if line.startswith("Uid:"))
+        # The server (PID 1) runs as non-root and cannot write the model volume.
+        status = podman("exec", NAME, "python", "-c", "print(open('/proc/1/status').read())").stdout
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
         assert all(int(u) != 0 for u in uid_line.split()[1:]), uid_line
         write = podman("exec", NAME, "python", "-c", "open('/model/x', 'w')", check=False)
         assert write.returncode != 0 and "Read-only file system" in write.stderr, write.stderr
+        rss = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
+        print(f"server in the container: {uid_line.split()[1:]}, {rss}")
     finally:
         podman("rm", "-f", "-t", "5", NAME, check=False)
-        podman("image", "prune", "-f", check=False)  # superseded layers of earlier builds; the cache stays
     assert podman("container", "exists", NAME, check=False).returncode != 0
+
+
+def test_compose_file_with_an_api_key_from_the_environment_and_from_a_secret_file(image, pipeline_model, tmp_path):
+    """compose.yaml as shipped (key from $SCRATCHLLM_API_KEY), then with its secret-file lines uncommented."""
+    import openai
+
+    if shutil.which("podman-compose") is None:
+        pytest.skip("podman-compose is not installed (.ci/run installs it where apt-get works)")
+    # The secret-file variant: the file's commented-out secret lines, uncommented as its header says.
+    optional = re.compile(r"^(\s*)# (- SCRATCHLLM_API_KEY_FILE=.*|secrets:.*|  api_key:|    file: \./secrets/api_key)$")
+    lines = (ROOT / "compose.yaml").read_text(encoding="utf-8").splitlines()
+    with_secret = [optional.sub(r"\1\2", line) for line in lines]
+    assert sum(a != b for a, b in zip(lines, with_secret)) == 5, "compose.yaml's secret lines changed: fix the test"
+    env = {**os.environ, "CONTAINERS_CONF": str(WORK / "containers.conf"),
+           "CONTAINERS_STORAGE_CONF": str(WORK / "storage.conf"), "MODEL_DIR": str(pipeline_model)}
+    env.pop("SCRATCHLLM_API_KEY", None)
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "api_key").write_text("sk-from-secret-file\n")
+    (tmp_path / "secrets" / "api_key").chmod(0o644)  # the server's uid 10001 reads it (a bind mount keeps modes)
+    (tmp_path / "with-secret.yaml").write_text("\n".join(with_secret) + "\n")
+
+    for compose_file, key in [(ROOT / "compose.yaml", "sk-from-environment"),
+                              (tmp_path / "with-secret.yaml", "sk-from-secret-file")]:
+        port = _free_port()
+        project = f"scratchllm-compose-test-{port}"
+        run_env = {**env, "PORT": str(port), **({"SCRATCHLLM_API_KEY": key} if "environment" in key else {})}
+
+        def compose(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+            r = subprocess.run(["podman-compose", "-f", str(compose_file), "-p", project, *args], env=run_env,
+                               capture_output=True, text=True, timeout=300, cwd=compose_file.parent)
+            if check and r.returncode != 0:
+                pytest.fail(f"podman-compose {' '.join(args)} exited {r.returncode}:\n"
+                            f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+            return r
+
+        try:
+            compose("up", "-d")
+            container = f"{project}_server_1"
+            url = f"http://127.0.0.1:{port}"
+            _wait_ready(url, container)
+            assert podman("healthcheck", "run", container, check=False).returncode == 0  # compose's, on /ready
+            limits = podman("inspect", "--format", "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} "
+                            "{{.HostConfig.ReadonlyRootfs}} {{.HostConfig.RestartPolicy.Name}}", container).stdout
+            assert limits.split() == [str(2 * 2**30), str(2 * 10**9), "true", "unless-stopped"], limits
+            with pytest.raises(openai.AuthenticationError):
+                openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
+            out = client.completions.create(model="scratchllm", prompt="The ", max_tokens=4, temperature=0)
+            assert out.usage.completion_tokens >= 1
+        finally:
+            compose("down", "-t", "5", check=False)
+        assert podman("container", "exists", container, check=False).returncode != 0
