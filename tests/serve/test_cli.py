@@ -139,3 +139,18 @@ def test_api_key_from_the_environment_or_a_secret_file(tmp_path, model_dir, monk
     assert main(["serve", f"model={d}"]) == 0
     assert main(["serve", f"model={d}", "api_key=sk-arg"]) == 0
     assert [c.api_key for c in served] == ["sk-from-file", "sk-arg"]
+
+
+def test_serve_names_an_unreadable_model_file(model_dir, monkeypatch, capsys):
+    """A model directory with 0600 files mounted into a container whose server runs as another user."""
+    import os
+
+    import scratchllm.serve.server as server
+
+    d, _ = model_dir
+    monkeypatch.setattr(server, "serve", lambda cfg: pytest.fail("the server must not start"))
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: not str(p).endswith("config.json") and real_access(p, mode))
+    assert main(["serve", f"model={d}"]) == 2
+    err = capsys.readouterr().err
+    assert f"permission denied reading {d / 'config.json'}" in err and f"chmod -R a+rX {d}" in err

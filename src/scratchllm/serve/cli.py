@@ -194,6 +194,17 @@ def api_key_from_env(environ: dict[str, str] | None = None) -> str:
     return key
 
 
+def check_readable(paths: list[Path]) -> None:
+    """Every file in these directories (or these files) readable by this process, else a clear error: a model
+    directory mounted into a container whose server runs as another user, written with mode 0600 files (as
+    scratchllm did before its atomic writes kept the umask's modes), fails here rather than in a traceback."""
+    for path in paths:
+        for f in sorted(path.iterdir()) if path.is_dir() else [path]:
+            if f.is_file() and not os.access(f, os.R_OK):
+                raise ScratchError(f"permission denied reading {f} (this server runs as uid {os.getuid()})",
+                                   f"make the files readable, where they were written: chmod -R a+rX {path}")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from scratchllm.config import load_config
     from scratchllm.serve.server import ServeConfig, serve
@@ -205,6 +216,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ScratchError("no model to serve", "pass model=DIR (a model directory or a training run directory)")
     from scratchllm.serve.engine import resolve_model_dir
 
-    resolve_model_dir(cfg.model)  # fail fast with a clear message, before the server starts
+    model_dir = resolve_model_dir(cfg.model)  # fail fast with a clear message, before the server starts
+    check_readable([model_dir, *([Path(cfg.tokenizer)] if cfg.tokenizer else [])])
     serve(cfg)
     return 0
