@@ -133,6 +133,8 @@ def main() -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        for key in ("SCRATCHLLM_API_KEY", "SCRATCHLLM_API_KEY_FILE"):  # a deployment's key is not for this server
+            env.pop(key, None)
         server = subprocess.Popen(
             [sys.executable, "-m", "scratchllm", "serve", f"model={model}", f"port={port}", "model_name=bench",
              f"max_pending={max(64, args.clients)}", f"timeout_s={args.max_seconds}", f"threads={args.threads}"],

@@ -94,6 +94,13 @@ def loopback_server():
     return LoopbackServer
 
 
+@pytest.fixture(autouse=True)
+def _no_api_key_from_the_environment(monkeypatch):
+    """`scratchllm serve` reads its API key from these; a developer's own must not reach the tests' servers."""
+    monkeypatch.delenv("SCRATCHLLM_API_KEY", raising=False)
+    monkeypatch.delenv("SCRATCHLLM_API_KEY_FILE", raising=False)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models run fastest on one thread; two threads on a loaded 2-core machine are ~10x slower.

@@ -67,6 +67,7 @@ def test_micro_pipeline_every_artefact(tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
     args = ["pipeline", "--config", "configs/pipeline/micro.toml", f"run_dir={run_dir}", "pretrain.train.max_steps=10",
             "sft.train.max_steps=4", "dpo.train.max_steps=2", "pretrain.eval.interval=5"]
+    monkeypatch.setenv("SCRATCHLLM_API_KEY", "sk-for-a-deployment")  # the serve stage's own server ignores it
     old_umask = os.umask(0o022)  # the usual umask, whatever the test runner's is
     try:
         assert main(args) == 0

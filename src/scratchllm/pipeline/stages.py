@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -515,8 +516,10 @@ def run_serve(ctx: Context) -> dict[str, Any]:
     log_path = ctx.dir("serve") / "server.log"
     ctx.log(f"serve: {shlex.join(cmd)}  (log: {log_path})")
     with open(log_path, "w", encoding="utf-8") as server_log:
+        # The check server is ours, on loopback: a deployment's key in the environment is not for it.
+        env = {k: v for k, v in os.environ.items() if k not in ("SCRATCHLLM_API_KEY", "SCRATCHLLM_API_KEY_FILE")}
         proc = subprocess.Popen([sys.executable, "-m", "scratchllm", *cmd[1:]], stdout=server_log,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, env=env)
     try:
         client = OpenAI(base_url=f"http://{s.host}:{port}/v1", api_key="unused", max_retries=0, timeout=60)
         deadline = time.monotonic() + s.startup_timeout

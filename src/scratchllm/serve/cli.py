@@ -199,8 +199,12 @@ def check_readable(paths: list[Path]) -> None:
     directory mounted into a container whose server runs as another user, written with mode 0600 files (as
     scratchllm did before its atomic writes kept the umask's modes), fails here rather than in a traceback."""
     for path in paths:
-        for f in sorted(path.iterdir()) if path.is_dir() else [path]:
-            if f.is_file() and not os.access(f, os.R_OK):
+        try:
+            files = sorted(path.iterdir()) if path.is_dir() else [path]
+        except PermissionError:
+            files = [path]
+        for f in files:
+            if (f.is_file() or f.is_dir()) and not os.access(f, os.R_OK | (os.X_OK if f.is_dir() else 0)):
                 raise ScratchError(f"permission denied reading {f} (this server runs as uid {os.getuid()})",
                                    f"make the files readable, where they were written: chmod -R a+rX {path}")
 
