@@ -7,7 +7,7 @@
 # The API key comes from $SCRATCHLLM_API_KEY or a secret file named by $SCRATCHLLM_API_KEY_FILE, never the image.
 #
 # BASE: any Debian-like image with python3.11+ and pip on PATH. TORCH: what `pip install` gets for torch:
-# by default the pinned CPU wheel from its index (no CUDA libraries: ~1 GB less); offline, a local wheel.
+# by default the pinned CPU wheel from its index (no CUDA libraries); offline, a local wheel.
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 ARG TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
