@@ -7,7 +7,7 @@ completion with the official openai client from the host, and checks the server 
 write its model volume. Skipped, with the reason, where no container runtime can run.
 
 The two container tests are slow (pytest -m slow): ~1.5 min with the base image and the torch layer cached,
-~12 min cold on a loaded 2-core VM (docs/benchmarks.md). The base image, podman's storage and its layer cache
+~13 min cold on a loaded 2-core VM (docs/benchmarks.md). The base image, podman's storage and its layer cache
 live in /var/tmp/scratchllm-container (outside the checkout; $SCRATCHLLM_CONTAINER_DIR moves it) and are
 reused: only the first run builds the base and the torch layer. compose.yaml is run with podman-compose.
 """
@@ -225,7 +225,7 @@ def _wait_ready(url: str, container: str, timeout: float = 180) -> None:
     assert httpx.get(f"{url}/ready", timeout=5).json()["status"] == "ready"
 
 
-@pytest.mark.slow  # ~1.5 min with the base image and torch layer cached; ~12 min cold on a loaded 2-core VM
+@pytest.mark.slow  # ~1.5 min with the base image and torch layer cached; ~13 min cold on a loaded 2-core VM
 def test_image_serves_the_pipeline_model_as_the_readme_says(image, pipeline_model, tmp_path):
     from openai import OpenAI
 
