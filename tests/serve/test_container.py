@@ -227,6 +227,7 @@ def _wait_ready(url: str, container: str, timeout: float = 180) -> None:
 
 @pytest.mark.slow  # ~1.5 min with the base image and torch layer cached; ~13 min cold on a loaded 2-core VM
 def test_image_serves_the_pipeline_model_as_the_readme_says(image, pipeline_model, tmp_path):
+    import httpx
     from openai import OpenAI
 
     # Run the README's command (detached and named, on a free loopback port) with $PWD/runs/model-int8
@@ -244,6 +245,9 @@ def test_image_serves_the_pipeline_model_as_the_readme_says(image, pipeline_mode
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url, NAME)
+
+        page = httpx.get(f"{url}/", timeout=10)  # the chat page: package data made it into the image
+        assert page.status_code == 200 and "<html" in page.text.lower()
 
         # The image's own HEALTHCHECK (no systemd timers here: run it by hand); exit 0 = healthy.
         assert podman("healthcheck", "run", NAME, check=False).returncode == 0
