@@ -153,7 +153,7 @@ def test_missing_shard_is_reported(make_cfg, shard_dir, tmp_path):
 
 
 def test_vocab_mismatch_is_reported(make_cfg):
-    with pytest.raises(ScratchError, match="vocabulary of 257 tokens but the model's vocab_size is 200"):
+    with pytest.raises(ScratchError, match="model config has vocab_size=200 but the tokenizer of the data .* has 257 tokens"):
         build_trainer(make_cfg("model.vocab_size=200"), Dist())
 
 

@@ -519,8 +519,12 @@ def load_model(
     from scratchllm.tokenizer import Tokenizer
 
     model = import_hf(directory) if kind == "hf" else Transformer.from_pretrained(directory)
+    from scratchllm.model.checkpoint import check_vocab
+
     tok_path = Path(tokenizer) if tokenizer is not None else _find_tokenizer(directory)
-    return ScratchLM(model, Tokenizer.load(tok_path), name=directory.name, device=device)
+    tok = Tokenizer.load(tok_path)
+    check_vocab(model.cfg.vocab_size, tok.vocab_size, f"the model in {directory}", f"the tokenizer in {tok_path}")
+    return ScratchLM(model, tok, name=directory.name, device=device)
 
 
 def _find_tokenizer(directory: Path) -> Path:

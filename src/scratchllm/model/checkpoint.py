@@ -52,6 +52,23 @@ def load_pretrained(directory: str | Path, map_location: str | torch.device = "c
     return model.to(map_location)
 
 
+def check_vocab(model_vocab: int, tokenizer_vocab: int, model_where: str = "the model",
+                tokenizer_where: str = "the tokenizer") -> None:
+    """Refuse a model and tokenizer whose vocabularies differ: the one check, at load time, for every stage.
+
+    A larger tokenizer encodes ids the model has no embedding for; a larger model can sample ids the
+    tokenizer cannot decode (the extra rows are untrained, so this happens). Both fail only later,
+    mid-generation, so they are refused up front. Ints, not objects: the model layer imports no tokenizer.
+    """
+    if int(model_vocab) == int(tokenizer_vocab):
+        return
+    raise ScratchError(
+        f"vocabulary mismatch: {model_where} has vocab_size={model_vocab} but {tokenizer_where} has "
+        f"{tokenizer_vocab} tokens",
+        f"use the tokenizer the model was trained with, or train the model with model.vocab_size={tokenizer_vocab}",
+    )
+
+
 def load_checked(model: Transformer, state: Mapping[str, torch.Tensor], path: Path) -> None:
     """Copy ``state`` into ``model`` after checking names and shapes (``path`` is named in errors)."""
     expected = model.state_dict()

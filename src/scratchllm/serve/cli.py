@@ -222,5 +222,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     model_dir = resolve_model_dir(cfg.model)  # fail fast with a clear message, before the server starts
     check_readable([model_dir, *([Path(cfg.tokenizer)] if cfg.tokenizer else [])])
-    serve(cfg)
+    serve(cfg)  # checks every setting and loads the model before it binds the port (errors: exit 2)
     return 0

@@ -38,12 +38,36 @@ def resolve_model_dir(path: str | Path) -> Path:
                        "pass a model directory or the out_dir of 'scratchllm train'")
 
 
+def check_device(device: str) -> str:
+    """The device string, if torch can place a model there; else a ScratchError (not a traceback mid-load)."""
+    import torch
+
+    hint = "use device=cpu" + (f" or cuda:0..cuda:{torch.cuda.device_count() - 1}" if torch.cuda.is_available() else "")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ScratchError(f"unknown device {device!r}", hint) from None
+    if dev.type == "cpu":
+        return device
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ScratchError(f"device {device!r}: no CUDA GPU is available to this torch", hint)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ScratchError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here", hint)
+        return device
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return device
+    raise ScratchError(f"device {device!r} is not available here", hint)
+
+
 def load_for_inference(model_path: str | Path, tokenizer_path: str | Path | None = None,
                        device: str = "cpu") -> tuple[Any, Any]:
     """(model in eval mode, tokenizer). The tokenizer defaults to one saved inside the model directory."""
+    from scratchllm.model.checkpoint import check_vocab
     from scratchllm.serve.quantize import load_model
     from scratchllm.tokenizer import Tokenizer
 
+    check_device(device)
     model_dir = resolve_model_dir(model_path)
     model = load_model(model_dir, map_location=device).eval()
     if tokenizer_path is None:
@@ -53,9 +77,8 @@ def load_for_inference(model_path: str | Path, tokenizer_path: str | Path | None
             raise ScratchError(f"no tokenizer found next to the model in {model_dir}",
                                "pass --tokenizer DIR (the directory written by 'scratchllm tokenizer train')")
     tokenizer = Tokenizer.load(tokenizer_path)
-    if tokenizer.vocab_size > model.cfg.vocab_size:
-        raise ScratchError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model.cfg.vocab_size}",
-                           "pass the tokenizer the model was trained with")
+    check_vocab(model.cfg.vocab_size, tokenizer.vocab_size, f"the model in {model_dir}",
+                f"the tokenizer in {tokenizer_path}")
     return model, tokenizer
 
 
@@ -152,4 +175,4 @@ async def deltas(job: Job) -> Any:
         job.cancelled.set()
 
 
-__all__ = ["Delta", "Engine", "Job", "JobTimeout", "QueueFull", "deltas", "load_for_inference", "resolve_model_dir"]
+__all__ = ["Delta", "Engine", "check_device", "Job", "JobTimeout", "QueueFull", "deltas", "load_for_inference", "resolve_model_dir"]

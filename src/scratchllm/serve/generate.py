@@ -21,12 +21,18 @@ import torch
 from scratchllm.errors import ScratchError
 
 
+GREEDY_BELOW = 1e-5  # temperatures below this sample greedily (as vLLM): logits / 1e-45 overflow float32
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # signed 64-bit; torch's generators take seed + row up to 2**64 - 1
+REPETITION_PENALTY_RANGE = (0.01, 100.0)  # logits are divided or multiplied by it: keep them finite in float32
+PENALTY_RANGE = (-100.0, 100.0)  # frequency/presence: finite logits (the server keeps OpenAI's [-2, 2])
+
+
 @dataclass
 class SamplingParams:
     """How to pick each next token and when to stop. Defaults: plain sampling at temperature 1."""
 
     max_new_tokens: int = 64
-    temperature: float = 1.0  # 0: greedy (argmax)
+    temperature: float = 1.0  # 0 (anything below GREEDY_BELOW): greedy (argmax)
     top_k: int = 0  # 0: off; else keep the k most likely tokens
     top_p: float = 1.0  # nucleus: keep the smallest set of tokens whose probability reaches top_p
     min_p: float = 0.0  # keep tokens with probability >= min_p * (probability of the most likely token)
@@ -39,14 +45,28 @@ class SamplingParams:
     skip_special_tokens: bool = True  # as vLLM and HF decode: control tokens (<|end|>, ...) are not text
     seed: int | None = None  # None: torch's global random state
 
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW
+
     def validate(self) -> None:
+        """Every value within the range the sampling maths can take (NaN fails every comparison)."""
+        lo, hi = REPETITION_PENALTY_RANGE
+        plo, phi = PENALTY_RANGE
         checks = [
             (self.max_new_tokens >= 1, f"max_new_tokens must be at least 1, got {self.max_new_tokens}"),
-            (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
+            (0 <= self.temperature < float("inf"), f"temperature must be finite and >= 0, got {self.temperature}"),
             (self.top_k >= 0, f"top_k must be >= 0 (0 turns it off), got {self.top_k}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}"),
-            (self.repetition_penalty > 0, f"repetition_penalty must be positive, got {self.repetition_penalty}"),
+            (lo <= self.repetition_penalty <= hi,
+             f"repetition_penalty must be in [{lo}, {hi}], got {self.repetition_penalty}"),
+            (plo <= self.frequency_penalty <= phi,
+             f"frequency_penalty must be in [{plo}, {phi}], got {self.frequency_penalty}"),
+            (plo <= self.presence_penalty <= phi,
+             f"presence_penalty must be in [{plo}, {phi}], got {self.presence_penalty}"),
+            (self.seed is None or SEED_MIN <= self.seed <= SEED_MAX,
+             f"seed must be a signed 64-bit integer ({SEED_MIN}..{SEED_MAX}), got {self.seed}"),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
         ]
         for ok, message in checks:
@@ -107,8 +127,8 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generators: list[torch.Generator] | None) -> torch.Tensor:
-    """Next token per row of processed logits (B, V) float: argmax at temperature 0, else a draw."""
-    if params.temperature == 0:
+    """Next token per row of processed logits (B, V) float: argmax at temperature ~0, else a draw."""
+    if params.greedy:
         return logits.argmax(-1)
     probs = filter_logits(logits, params).softmax(-1)
     if generators is None:
@@ -140,7 +160,7 @@ def _check_prompts(model: Any, prompts: list[list[int]], params: SamplingParams)
 
 
 def _generators(params: SamplingParams, n: int, device: torch.device) -> list[torch.Generator] | None:
-    if params.seed is None or params.temperature == 0:
+    if params.seed is None or params.greedy:
         return None
     return [torch.Generator(device=device).manual_seed(params.seed + i) for i in range(n)]
 

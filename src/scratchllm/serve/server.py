@@ -6,20 +6,30 @@
     GET  /v1/models             the one model served
     POST /v1/completions        text completion; stream=true sends server-sent events
     POST /v1/chat/completions   chat (the fine-tuning chat template); stream=true as well
+    GET  /openapi.json          the OpenAPI document (the /docs page is off: it needs a CDN)
 
 Every error is a 4xx/5xx with OpenAI's body ``{"error": {"message", "type", "param", "code"}}``: bad
 JSON, wrong fields, prompts that do not fit the context -> 400, wrong API key -> 401, unknown model ->
-404, queue full -> 429, timeout -> 504. Generation runs on the engine's worker thread (engine.py).
+404, body not sent in time -> 408, body too large -> 413, queue full -> 429, a bug -> 500, timeout -> 504.
+The guard (an ASGI middleware around the app) enforces the body limit while reading, before routing and
+auth, logs every response (500s included) and turns unexpected errors into that body; a uvicorn
+protocol subclass closes connections that do not send their request headers in time. Generation runs
+on the engine's worker thread (engine.py), tokenization in a thread: the event loop only routes.
+docs/serve.md lists the guarantees.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
+import socket
+import sys
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,7 +39,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scratchllm.errors import ScratchError
 from scratchllm.serve.engine import Engine, JobTimeout, QueueFull, deltas
-from scratchllm.serve.generate import SamplingParams
+from scratchllm.serve.generate import (
+    REPETITION_PENALTY_RANGE,
+    SEED_MAX,
+    SEED_MIN,
+    SamplingParams,
+)
 
 log = logging.getLogger("scratchllm.serve")
 
@@ -48,43 +63,101 @@ class ServeConfig:
     timeout_s: float = 120.0  # per request, from arrival (queue wait included)
     device: str = "cpu"
     threads: int = 0  # torch CPU threads for generation; 0 = torch's default (one per core)
-    compile: bool = False  # torch.compile the decode step (compiled at startup, before /ready turns 200)
+    compile: bool = False  # torch.compile the decode step (compiled at startup, before the port opens)
+    max_body_bytes: int = 1 << 20  # larger request bodies get 413, checked while reading, before auth
+    header_timeout_s: float = 10.0  # a connection that has not sent a request's headers by then is closed
+    body_timeout_s: float = 30.0  # a request body not complete by then (from its headers) gets 408
 
 
-# --- request bodies (pydantic validates types and ranges; extra fields are ignored, as OpenAI does) ------
+def check_config(cfg: ServeConfig) -> None:
+    """Every setting in range, with error/fix, before anything is loaded or bound."""
+    def finite_positive(x: float) -> bool:
+        return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+    checks = [
+        (bool(cfg.model), "no model to serve", "pass model=DIR (a model directory or a training run directory)"),
+        (0 <= cfg.port <= 65535, f"port={cfg.port} is not a TCP port", "use 1..65535 (0 picks a free port)"),
+        (bool(cfg.host), "host is empty", "use host=127.0.0.1 (this machine) or host=0.0.0.0 (every interface)"),
+        (bool(cfg.model_name), "model_name is empty", "set model_name=NAME, the id clients send as \"model\""),
+        (cfg.threads >= 0, f"threads={cfg.threads} is negative", "use threads=0 (torch's default) or a count"),
+        (cfg.max_pending >= 1, f"max_pending={cfg.max_pending} must be at least 1", "e.g. max_pending=64"),
+        (finite_positive(cfg.timeout_s), f"timeout_s={cfg.timeout_s} must be a positive number of seconds",
+         "e.g. timeout_s=120"),
+        (cfg.max_body_bytes >= 1024, f"max_body_bytes={cfg.max_body_bytes} is below 1024",
+         "e.g. max_body_bytes=1048576 (1 MiB)"),
+        (finite_positive(cfg.header_timeout_s), f"header_timeout_s={cfg.header_timeout_s} must be positive",
+         "e.g. header_timeout_s=10"),
+        (finite_positive(cfg.body_timeout_s), f"body_timeout_s={cfg.body_timeout_s} must be positive",
+         "e.g. body_timeout_s=30"),
+    ]
+    for ok, message, fix in checks:
+        if not ok:
+            raise ScratchError(f"serve: {message}", fix)
+    from scratchllm.serve.engine import check_device
+
+    check_device(cfg.device)
+
+
+# --- request bodies ---------------------------------------------------------------------------------
+# pydantic validates types strictly (no "yes" for true, no true for 1) and every value to the range the
+# sampling maths can take; extra fields are ignored, as OpenAI does.
+
+_STRICT = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+
+class StreamOptions(BaseModel):
+    model_config = _STRICT
+
+    include_usage: bool = False  # a last chunk with "usage" (and empty choices) before [DONE], as OpenAI
 
 
 class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _STRICT
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0, le=2)
+    temperature: float = Field(default=1.0, ge=0, le=2, description="below 1e-5: greedy")
     top_p: float = Field(default=1.0, gt=0, le=1)
     top_k: int = Field(default=0, ge=0)
     min_p: float = Field(default=0.0, ge=0, le=1)
-    repetition_penalty: float = Field(default=1.0, gt=0)
-    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    repetition_penalty: float = Field(default=1.0, ge=REPETITION_PENALTY_RANGE[0], le=REPETITION_PENALTY_RANGE[1])
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)  # OpenAI's range
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: Annotated[str, Field(min_length=1)] | list[Annotated[str, Field(min_length=1)]] | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
+    ignore_eos: bool = False  # vLLM's extension: do not stop at end-of-text (or <|end|>): exactly max_tokens
     skip_special_tokens: bool = True  # vLLM's extension: False returns control tokens as text
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
+    stream_options: StreamOptions | None = None
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int]
+    # One prompt per request: a string, a one-element list of strings, or token ids.
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] | list[Annotated[int, Field(ge=0)]]
 
 
 class Message(BaseModel):
+    model_config = _STRICT
+
     role: Literal["system", "user", "assistant"]
     content: str
 
 
 class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
 
 
 # --- errors -------------------------------------------------------------------------------------------
@@ -112,16 +185,139 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"{where}: {first.get('msg', 'invalid value')}", where
 
 
+# --- the guard: body limit, body timeout, auth, one log line per response, 500s as OpenAI errors -----------
+
+
+class _Guard:
+    """Raw ASGI middleware around the whole app (outside routing, so a 413 never waits for routing or
+    auth, and inside nothing that could swallow a 500 unlogged)."""
+
+    def __init__(self, app: Any, cfg: ServeConfig) -> None:
+        self.app, self.cfg = app, cfg
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, rid = time.perf_counter(), uuid.uuid4().hex[:12]
+        method, path = scope["method"], scope["path"]
+        status: list[int] = [0]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+        async def send_logged(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        async def reply(err: APIError, close: bool = False) -> None:
+            body = json.dumps(err.body()).encode()
+            hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            if close:  # the body was not read: the connection cannot carry another request
+                hdrs.append((b"connection", b"close"))
+            await send_logged({"type": "http.response.start", "status": err.status, "headers": hdrs})
+            await send_logged({"type": "http.response.body", "body": body})
+
+        try:
+            has_body = method in ("POST", "PUT", "PATCH") or "content-length" in headers \
+                or "transfer-encoding" in headers
+            try:
+                declared = int(headers.get("content-length", "0"))
+            except ValueError:
+                declared = 0  # h11 already rejects malformed lengths; be safe
+            if declared > self.cfg.max_body_bytes:
+                return await reply(_too_large(self.cfg), close=True)
+            if path.startswith("/v1") and self.cfg.api_key:
+                if headers.get("authorization", "") != f"Bearer {self.cfg.api_key}":
+                    return await reply(APIError(401, "invalid or missing API key", "authentication_error",
+                                                code="invalid_api_key"), close=has_body)
+            if method == "POST":
+                body = await self._read_body(receive)
+                if isinstance(body, APIError):
+                    return await reply(body, close=True)
+                if body is None:  # the client went away mid-body: nobody to answer
+                    status[0] = 499
+                    return
+                try:
+                    body.decode("utf-8")
+                except UnicodeDecodeError:
+                    return await reply(APIError(400, "the request body is not valid UTF-8"))
+                receive = _replay(body, receive)
+            await self.app(scope, receive, send_logged)
+        except Exception as e:  # noqa: BLE001 - a bug: log it once, answer in OpenAI's shape if still possible
+            log.error(json.dumps({"event": "error", "id": rid, "path": path, "error": f"{type(e).__name__}: {e}"}),
+                      exc_info=True)
+            if not status[0]:
+                await reply(APIError(500, f"internal error ({type(e).__name__}); the server log has the details",
+                                     "server_error", code="internal_error"))
+            elif status[0] < 500:
+                status[0] = 500  # the response was cut short
+        finally:
+            log.info(json.dumps({"event": "request", "id": rid, "method": method, "path": path,
+                                 "status": status[0] or 499, "ms": round(1000 * (time.perf_counter() - start), 1)}))
+
+    async def _read_body(self, receive: Any) -> bytes | APIError | None:
+        """The whole body, within max_body_bytes and body_timeout_s; None if the client disconnected."""
+        chunks, size = [], 0
+        deadline = time.monotonic() + self.cfg.body_timeout_s
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                return APIError(408, f"the request body was not received within {self.cfg.body_timeout_s:g} s",
+                                code="request_timeout")
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.cfg.max_body_bytes:
+                return _too_large(self.cfg)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _too_large(cfg: ServeConfig) -> APIError:
+    return APIError(413, f"the request body is larger than max_body_bytes={cfg.max_body_bytes}",
+                    code="request_too_large")
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """A receive() that hands the app the body already read, then waits on the client (disconnects)."""
+    sent = [False]
+
+    async def replay() -> dict:
+        if not sent[0]:
+            sent[0] = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 # --- the app ------------------------------------------------------------------------------------------
 
+_ERRORS = {
+    400: "invalid request: malformed JSON or UTF-8, a wrong field, a prompt that does not fit the context",
+    401: "missing or wrong API key (when the server has one)",
+    404: "unknown model",
+    408: "the request body was not received within body_timeout_s",
+    413: "the request body is larger than max_body_bytes",
+    429: "the queue is full (max_pending requests); retry later",
+    500: "an internal error (a bug); the server log has the traceback",
+    503: "the model is still loading",
+    504: "the request did not finish within timeout_s",
+}
 
-def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> FastAPI:
-    """The FastAPI app. With model/tokenizer None they are loaded from cfg at startup (then /ready turns 200)."""
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"model": ErrorResponse, "description": _ERRORS[c]} for c in (*codes, 500)}
+
+
+def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Any:
+    """The ASGI app (FastAPI inside the guard). With model/tokenizer None they are loaded from cfg at
+    startup (then /ready turns 200); serve() loads them before binding the port instead."""
     state: dict[str, Any] = {"engine": None}
 
     async def lifespan(app: FastAPI):  # noqa: ANN202
-        import asyncio
-
         m, t = model, tokenizer
         if m is None:
             from scratchllm.serve.engine import load_for_inference
@@ -137,7 +333,9 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
         yield
         state["engine"].close()
 
-    app = FastAPI(title="scratchllm", lifespan=lifespan)
+    # No /docs or /redoc: Swagger UI and ReDoc load their scripts from a CDN (blank offline) and no
+    # installed package ships the assets; the OpenAPI document itself is at /openapi.json.
+    app = FastAPI(title="scratchllm", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     from scratchllm.serve.chat_page import add_chat_page
 
     add_chat_page(app, cfg.model_name, cfg.api_key, lambda: state["engine"])  # the web page at /
@@ -156,46 +354,22 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
         type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return APIError(exc.status_code, str(exc.detail), type_).response()
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Any:
-        """Auth for /v1, undecodable bodies -> 400, one structured log line per request."""
-        start = time.perf_counter()
-        rid = uuid.uuid4().hex[:12]
-        if request.url.path.startswith("/v1") and cfg.api_key:
-            if request.headers.get("authorization", "") != f"Bearer {cfg.api_key}":
-                response = APIError(401, "invalid or missing API key", "authentication_error",
-                                    code="invalid_api_key").response()
-                _log(rid, request, response.status_code, start)
-                return response
-        if request.method == "POST":
-            body = await request.body()
-            try:
-                body.decode("utf-8")
-            except UnicodeDecodeError:
-                response = APIError(400, "the request body is not valid UTF-8").response()
-                _log(rid, request, response.status_code, start)
-                return response
-        request.state.rid = rid
-        response = await call_next(request)
-        _log(rid, request, response.status_code, start)
-        return response
-
     def engine() -> Engine:
         if state["engine"] is None:
             raise APIError(503, "the model is still loading", "server_error", code="not_ready")
         return state["engine"]
 
-    @app.get("/health")
+    @app.get("/health", responses=_responses())
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready")
+    @app.get("/ready", responses={503: {"description": "the model is still loading"}, **_responses()})
     async def ready() -> JSONResponse:
         if state["engine"] is None:
             return JSONResponse({"status": "loading"}, status_code=503)
         return JSONResponse({"status": "ready", "pending": state["engine"].pending})
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=_responses(401))
     async def models() -> dict[str, Any]:
         card = {"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "scratchllm"}
         return {"object": "list", "data": [card]}
@@ -203,8 +377,11 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
     def prepare(req: _Sampling, prompt: list[int], default_max: int | None, extra_stop: list[int]
                 ) -> SamplingParams:
         if req.model != cfg.model_name:
-            raise APIError(404, f"the model {req.model!r} does not exist; this server serves {cfg.model_name!r}",
+            shown = req.model if len(req.model) <= 64 else req.model[:64] + "..."  # never echo a huge name
+            raise APIError(404, f"the model {shown!r} does not exist; this server serves {cfg.model_name!r}",
                            "not_found_error", "model", "model_not_found")
+        if req.stream_options is not None and not req.stream:
+            raise APIError(400, "stream_options is only allowed with stream=true", param="stream_options")
         eng = engine()
         ctx = eng.model.cfg.context_length
         if len(prompt) >= ctx:
@@ -218,13 +395,16 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
             raise APIError(400, f"max_tokens={max_tokens} + {len(prompt)} prompt tokens exceed the model's context "
                                 f"window of {ctx} tokens", param="max_tokens", code="context_length_exceeded")
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if any(not s for s in stop):
-            raise APIError(400, "stop strings must not be empty", param="stop")
-        return SamplingParams(
+        params = SamplingParams(
             max_new_tokens=max_tokens, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
             min_p=req.min_p, repetition_penalty=req.repetition_penalty, frequency_penalty=req.frequency_penalty,
-            presence_penalty=req.presence_penalty, stop=stop, stop_token_ids=extra_stop, seed=req.seed,
-            skip_special_tokens=req.skip_special_tokens)
+            presence_penalty=req.presence_penalty, stop=stop, stop_token_ids=[] if req.ignore_eos else extra_stop,
+            ignore_eos=req.ignore_eos, seed=req.seed, skip_special_tokens=req.skip_special_tokens)
+        try:
+            params.validate()  # the schema's ranges already hold; this keeps the two from drifting apart
+        except ScratchError as e:
+            raise APIError(400, e.message) from None
+        return params
 
     def submit(prompt: list[int], params: SamplingParams) -> Any:
         try:
@@ -250,6 +430,11 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
         job = submit(prompt, params)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        def usage(completion_tokens: int) -> dict[str, int]:
+            return {"prompt_tokens": len(prompt), "completion_tokens": completion_tokens,
+                    "total_tokens": len(prompt) + completion_tokens}
 
         def chunk(text: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
             if chat:
@@ -257,30 +442,43 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
                 if text:
                     delta["content"] = text
                 choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-                return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": cfg.model_name,
-                        "choices": [choice]}
-            choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
-            return {"id": rid, "object": "text_completion", "created": created, "model": cfg.model_name,
-                    "choices": [choice]}
+                out = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": cfg.model_name,
+                       "choices": [choice]}
+            else:
+                choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+                out = {"id": rid, "object": "text_completion", "created": created, "model": cfg.model_name,
+                       "choices": [choice]}
+            if include_usage:
+                out["usage"] = None  # as OpenAI: null on every chunk but the last
+            return out
 
         if req.stream:
             async def events() -> Any:
-                pieces: list[str] = []
+                n_tokens = 0
                 if chat:
                     yield _sse(chunk(None, None, first=True))
                 try:
                     async for d in deltas(job):
+                        n_tokens += d.token_id is not None
                         if d.finish_reason:
                             if d.text:
                                 yield _sse(chunk(d.text, None))
                             yield _sse(chunk(None, d.finish_reason))
                         elif d.text:
-                            pieces.append(d.text)
                             yield _sse(chunk(d.text, None))
+                    if include_usage:
+                        last = chunk(None, None)
+                        last.update(choices=[], usage=usage(n_tokens))
+                        yield _sse(last)
                 except JobTimeout as e:
                     yield _sse(APIError(504, str(e), "timeout_error", code="timeout").body())
                 except ScratchError as e:
                     yield _sse(APIError(400, e.message).body())
+                except Exception as e:  # noqa: BLE001 - a bug; the stream still ends cleanly
+                    log.error(json.dumps({"event": "error", "id": rid, "error": f"{type(e).__name__}: {e}"}),
+                              exc_info=True)
+                    yield _sse(APIError(500, f"internal error ({type(e).__name__})", "server_error",
+                                        code="internal_error").body())
                 finally:  # also when the client disconnects (the response task is cancelled): stop generating
                     job.cancelled.set()
                 yield "data: [DONE]\n\n"
@@ -297,27 +495,25 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
 
         finish = await run(job, collect)
         text = "".join(parts)
-        usage = {"prompt_tokens": len(prompt), "completion_tokens": n_tokens[0],
-                 "total_tokens": len(prompt) + n_tokens[0]}
         if chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
                       "logprobs": None}
             return {"id": rid, "object": "chat.completion", "created": created, "model": cfg.model_name,
-                    "choices": [choice], "usage": usage}
+                    "choices": [choice], "usage": usage(n_tokens[0])}
         choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
         return {"id": rid, "object": "text_completion", "created": created, "model": cfg.model_name,
-                "choices": [choice], "usage": usage}
+                "choices": [choice], "usage": usage(n_tokens[0])}
 
-    @app.post("/v1/completions")
+    generation_errors = _responses(400, 401, 404, 408, 413, 429, 503, 504)
+
+    @app.post("/v1/completions", responses=generation_errors)
     async def completions(req: CompletionRequest) -> Any:
         tok = engine().tokenizer
         p = req.prompt
         if isinstance(p, list) and p and isinstance(p[0], str):
-            if len(p) != 1:
-                raise APIError(400, "only one prompt per request is supported", param="prompt")
-            p = p[0]
+            p = p[0]  # the schema allows exactly one
         if isinstance(p, str):
-            prompt = _encode(lambda: tok.encode(p), "prompt")
+            prompt = await asyncio.to_thread(_encode, lambda: tok.encode(p), "prompt")  # long prompts: off the loop
         else:
             vocab = engine().model.cfg.vocab_size
             if any(not 0 <= i < vocab for i in p):
@@ -329,19 +525,38 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
             raise APIError(400, "the prompt is empty", param="prompt")
         return await respond(req, prompt, prepare(req, prompt, 16, []), chat=False)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=generation_errors)
     async def chat_completions(req: ChatRequest) -> Any:
         from scratchllm.finetune.chat import END, encode_chat
 
         tok = engine().tokenizer
+        messages = [m.model_dump() for m in req.messages]
         try:
-            prompt, _ = _encode(lambda: encode_chat(tok, [m.model_dump() for m in req.messages], True), "messages")
+            prompt, _ = await asyncio.to_thread(_encode, lambda: encode_chat(tok, messages, True), "messages")
             end = tok.token_id(END)
         except ScratchError as e:
             raise APIError(400, e.message, param="messages") from None
         return await respond(req, prompt, prepare(req, prompt, None, [end]), chat=True)
 
-    return app
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, less the 422 it adds to every body route: this server answers 400 instead."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            doc = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                              description="OpenAI-compatible API; status codes and limits: docs/serve.md")
+            for ops in doc.get("paths", {}).values():
+                for op in ops.values():
+                    op.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                doc.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi
+    guarded = _Guard(app, cfg)
+    guarded.fastapi = app  # type: ignore[attr-defined]  # for callers that need the FastAPI object
+    return guarded
 
 
 def _encode(fn: Any, param: str) -> Any:
@@ -356,18 +571,102 @@ def _sse(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def _log(rid: str, request: Request, status: int, start: float) -> None:
-    log.info(json.dumps({"event": "request", "id": rid, "method": request.method, "path": request.url.path,
-                         "status": status, "ms": round(1000 * (time.perf_counter() - start), 1)}))
+# --- running it ---------------------------------------------------------------------------------------
+
+
+def _protocol(header_timeout_s: float) -> type:
+    """uvicorn's h11 protocol, closing connections that do not complete a request's headers in time.
+
+    uvicorn only times out idle keep-alive connections; one sending its headers byte by byte (or
+    nothing at all) is otherwise held forever. The timer starts when the connection opens and again
+    when each response completes; it is harmless once a request's headers are in (the body has
+    body_timeout_s, generation timeout_s).
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _header_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self._header_timer = self.loop.call_later(header_timeout_s, self._expire)
+
+        def _expire(self) -> None:
+            self._header_timer = None
+            waiting = self.cycle is None or self.cycle.response_complete
+            if waiting and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
+
+
+def build_server(cfg: ServeConfig, app: Any) -> Any:
+    """A uvicorn.Server for app with this config's timeouts; announces its URL once it listens."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started and self.servers:
+                host, port = self.servers[0].sockets[0].getsockname()[:2]
+                self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+                log.info(json.dumps({"event": "listening", "url": self.url}))
+                print(f"scratchllm serve: {cfg.model_name} at {self.url}/v1 (port {port}; health {self.url}/health, "
+                      f"API document {self.url}/openapi.json); Ctrl-C stops", file=sys.stderr, flush=True)
+
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=5,
+                            http=_protocol(cfg.header_timeout_s), lifespan="on")
+    return Server(config)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening-ready socket on host:port, or a ScratchError (port taken, no permission, bad host)."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as e:
+        raise ScratchError(f"serve: cannot resolve host {host!r}: {e}", "use host=127.0.0.1 or host=0.0.0.0") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise ScratchError(f"serve: cannot listen on {host}:{port}: {e.strerror or e}",
+                           "choose another port=... (0 picks a free one), or stop what holds this one") from None
+    return sock
 
 
 def serve(cfg: ServeConfig) -> None:
-    """Run the server until interrupted (uvicorn; logs are JSON lines on stderr)."""
-    import uvicorn
+    """Check the config, load the model, bind the port, then serve until interrupted (JSON logs on stderr).
 
+    Every user error (a bad setting, a damaged model, a missing tokenizer, mismatched vocabularies, a
+    device that is not there, a port in use) is a ScratchError before the port opens.
+    """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    check_config(cfg)
     if cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)  # small models decode faster on fewer threads (per-op overhead)
-    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=5)
+    from scratchllm.serve.engine import load_for_inference
+
+    model, tokenizer = load_for_inference(cfg.model, cfg.tokenizer or None, cfg.device)
+    sock = bind(cfg.host, cfg.port)
+    try:
+        build_server(cfg, create_app(cfg, model, tokenizer)).run(sockets=[sock])
+    finally:
+        sock.close()

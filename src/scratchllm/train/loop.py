@@ -548,13 +548,14 @@ class Trainer:
                             if main:
                                 bar.write(f"step {self.step}: train loss {result['loss']:.4f}, "
                                           f"val loss {self.last_val:.4f}, lr {result['lr']:.2e}")
+                    if due(cfg.checkpoint.interval) or final or self._stop:
+                        last_ckpt = self.save()
+                    # Samples after the save: a failure while sampling must never cost the checkpoint.
                     if due(cfg.eval.sample_interval) or final:
                         for prompt, text in zip(cfg.eval.sample_prompts, self.sample(), strict=False):
                             tracker.log(self.step, "sample", {"prompt": prompt, "text": text})
                             if main:
                                 bar.write(f"sample @ step {self.step}: {text!r}")
-                    if due(cfg.checkpoint.interval) or final or self._stop:
-                        last_ckpt = self.save()
                     if self._stop:
                         ok = True
                         return Stopped(self._stop, self.step, last_ckpt)
