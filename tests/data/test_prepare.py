@@ -222,7 +222,8 @@ def test_empty_and_all_filtered_inputs(tmp_path, bpe_dir):
         P.prepare(cfg, progress=False, log=lambda _: None)
     assert "invalid utf8" in e.value.hint and "empty" in e.value.hint
     (folder / "short.txt").write_text("too short")
-    with pytest.raises(ScratchError, match="all 1 documents were removed"):
+    with pytest.raises(ScratchError, match=r"all 1 documents were removed: 0 emptied by cleaning, 1 by the \w+ "
+                                           r"filter, 0 as duplicates"):
         P.prepare(cfg, progress=False, log=lambda _: None)
 
 
