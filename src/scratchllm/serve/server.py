@@ -246,8 +246,7 @@ class _Guard:
             log.error(json.dumps({"event": "error", "id": rid, "path": path, "error": f"{type(e).__name__}: {e}"}),
                       exc_info=True)
             if not status[0]:
-                await reply(APIError(500, f"internal error ({type(e).__name__}); the server log has the details",
-                                     "server_error", code="internal_error"))
+                await reply(_internal(e))
             elif status[0] < 500:
                 status[0] = 500  # the response was cut short
         finally:
@@ -273,6 +272,11 @@ class _Guard:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _internal(e: Exception) -> APIError:
+    return APIError(500, f"internal error ({type(e).__name__}); the server log has the details", "server_error",
+                    code="internal_error")
 
 
 def _too_large(cfg: ServeConfig) -> APIError:
@@ -353,6 +357,11 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> An
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return APIError(exc.status_code, str(exc.detail), type_).response()
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's outermost middleware answers with this, then re-raises: the guard logs the traceback.
+        return _internal(exc).response()
 
     def engine() -> Engine:
         if state["engine"] is None:
@@ -477,8 +486,7 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> An
                 except Exception as e:  # noqa: BLE001 - a bug; the stream still ends cleanly
                     log.error(json.dumps({"event": "error", "id": rid, "error": f"{type(e).__name__}: {e}"}),
                               exc_info=True)
-                    yield _sse(APIError(500, f"internal error ({type(e).__name__})", "server_error",
-                                        code="internal_error").body())
+                    yield _sse(_internal(e).body())
                 finally:  # also when the client disconnects (the response task is cancelled): stop generating
                     job.cancelled.set()
                 yield "data: [DONE]\n\n"
