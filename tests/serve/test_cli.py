@@ -108,6 +108,7 @@ def test_serve_command_in_a_subprocess(model_dir):
         proc.terminate()
         out, _ = proc.communicate(timeout=20)
     assert '"event": "request"' in out and '"status": 200' in out  # structured JSON log lines
+    assert f"at http://127.0.0.1:{port}/v1 (port {port}" in out  # the start-up line says where it listens
 
 
 def test_api_key_from_the_environment_or_a_secret_file(tmp_path, model_dir, monkeypatch):

@@ -12,6 +12,7 @@ import time
 
 import httpx
 import pytest
+import torch
 
 from scratchllm.cli import main
 from scratchllm.errors import ScratchError
@@ -365,3 +366,45 @@ def test_openapi_document_lists_the_real_status_codes(srv):
     prompt = doc["components"]["schemas"]["CompletionRequest"]["properties"]["prompt"]
     assert any(alt.get("maxItems") == 1 for alt in prompt["anyOf"])
     assert httpx.get(srv.url + "/docs", timeout=10).status_code == 404  # no CDN-backed page (issue 23)
+
+
+# --- issue 23, item 8: stream_options.include_usage, ignore_eos, the start-up line ------------------------------
+
+
+@pytest.fixture(scope="module")
+def eos_server(byte_tokenizer, loopback_server):
+    """A model whose greedy choice is always <|eos|> (or <|end|> in chat): it stops at once unless told not to."""
+    from scratchllm.finetune.chat import END
+
+    model = tiny_model(vocab_size=byte_tokenizer.vocab_size, context_length=64)
+    fast = model.forward
+    boost = torch.zeros(byte_tokenizer.vocab_size)
+    boost[byte_tokenizer.eos_id] = boost[byte_tokenizer.token_id(END)] = 1e4
+    model.forward = lambda *a, **k: fast(*a, **k) + boost
+    srv = loopback_server(create_app(ServeConfig(model_name="tiny"), model, byte_tokenizer))
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_ignore_eos_generates_exactly_max_tokens(eos_server, chat):
+    path = "/v1/chat/completions" if chat else "/v1/completions"
+    body = {"model": "tiny", "max_tokens": 7, "temperature": 0,
+            **({"messages": [{"role": "user", "content": "hi"}]} if chat else {"prompt": "hi"})}
+    stopped = httpx.post(eos_server.url + path, json=body, timeout=30).json()
+    assert stopped["choices"][0]["finish_reason"] == "stop" and stopped["usage"]["completion_tokens"] == 1
+    full = httpx.post(eos_server.url + path, json={**body, "ignore_eos": True}, timeout=30).json()
+    assert full["choices"][0]["finish_reason"] == "length" and full["usage"]["completion_tokens"] == 7
+
+
+def test_stream_include_usage_sends_the_usage_chunk(eos_server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=eos_server.url + "/v1", api_key="unused", max_retries=0)
+    chunks = list(client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=5, temperature=0, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
+    assert chunks[-1].usage.total_tokens == chunks[-1].usage.prompt_tokens + 5
+    assert all(c.usage is None for c in chunks[:-1]) and chunks[-2].choices[0].finish_reason == "length"
+    plain = list(client.completions.create(model="tiny", prompt="hi", max_tokens=3, stream=True))
+    assert all(c.usage is None for c in plain) and plain[-1].choices  # no usage chunk unless asked

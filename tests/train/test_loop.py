@@ -153,8 +153,26 @@ def test_missing_shard_is_reported(make_cfg, shard_dir, tmp_path):
 
 
 def test_vocab_mismatch_is_reported(make_cfg):
-    with pytest.raises(ScratchError, match="model config has vocab_size=200 but the tokenizer of the data .* has 257 tokens"):
-        build_trainer(make_cfg("model.vocab_size=200"), Dist())
+    """Refused before training, both ways: a larger model would sample ids the tokenizer cannot decode."""
+    for vocab in (200, 4096):
+        with pytest.raises(ScratchError, match=f"model config has vocab_size={vocab} but the tokenizer of the data "
+                                               ".* has 257 tokens") as e:
+            build_trainer(make_cfg(f"model.vocab_size={vocab}"), Dist())
+        assert "model.vocab_size=257" in e.value.hint
+
+
+def test_final_checkpoint_is_saved_before_the_final_samples(make_cfg):
+    """A failure in the end-of-run sample must not cost the final checkpoint."""
+    trainer = build_trainer(make_cfg("train.max_steps=3", "eval.sample_tokens=4"), Dist())
+    trainer.tokenizer = ByteTokenizer()
+
+    def failing_sample():
+        raise RuntimeError("sampling failed")
+
+    trainer.sample = failing_sample
+    with pytest.raises(RuntimeError, match="sampling failed"):
+        trainer.fit()
+    assert ckpt.latest_checkpoint(trainer.ckpt_root).name == "step_000003"
 
 
 def test_cli_trains_and_reports_errors(make_cfg, tmp_path, capsys):
