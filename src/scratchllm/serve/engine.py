@@ -175,4 +175,5 @@ async def deltas(job: Job) -> Any:
         job.cancelled.set()
 
 
-__all__ = ["Delta", "Engine", "check_device", "Job", "JobTimeout", "QueueFull", "deltas", "load_for_inference", "resolve_model_dir"]
+__all__ = ["Delta", "Engine", "Job", "JobTimeout", "QueueFull", "check_device", "deltas", "load_for_inference",
+           "resolve_model_dir"]
