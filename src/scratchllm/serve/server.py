@@ -316,9 +316,10 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorResponse, "description": _ERRORS[c]} for c in (*codes, 500)}
 
 
-def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Any:
+def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None, compiled: bool = False) -> Any:
     """The ASGI app (FastAPI inside the guard). With model/tokenizer None they are loaded from cfg at
-    startup (then /ready turns 200); serve() loads them before binding the port instead."""
+    startup (then /ready turns 200); serve() loads them before binding the port instead. compiled: the
+    cfg.compile warm-up was already done (serve() does it before binding, so its errors are exit 2 too)."""
     state: dict[str, Any] = {"engine": None}
 
     async def lifespan(app: FastAPI):  # noqa: ANN202
@@ -327,7 +328,7 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> An
             from scratchllm.serve.engine import load_for_inference
 
             m, t = await asyncio.to_thread(load_for_inference, cfg.model, cfg.tokenizer or None, cfg.device)
-        if cfg.compile:
+        if cfg.compile and not compiled:
             from scratchllm.serve.compile import warm_up
 
             seconds = await asyncio.to_thread(warm_up, m)
@@ -673,8 +674,12 @@ def serve(cfg: ServeConfig) -> None:
     from scratchllm.serve.engine import load_for_inference
 
     model, tokenizer = load_for_inference(cfg.model, cfg.tokenizer or None, cfg.device)
+    if cfg.compile:
+        from scratchllm.serve.compile import warm_up
+
+        log.info(json.dumps({"event": "compiled", "seconds": round(warm_up(model), 2)}))
     sock = bind(cfg.host, cfg.port)
     try:
-        build_server(cfg, create_app(cfg, model, tokenizer)).run(sockets=[sock])
+        build_server(cfg, create_app(cfg, model, tokenizer, compiled=True)).run(sockets=[sock])
     finally:
         sock.close()
