@@ -178,7 +178,9 @@ class APIError(Exception):
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = exc.errors()[0] if exc.errors() else {}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    # pydantic names the union branch it tried ("str", "list[str]", ...): not a field, so left out
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and (isinstance(p, int) or p.isidentifier())
+           and p not in ("str", "int", "float", "bool")]
     if first.get("type") == "json_invalid":
         return "the request body is not valid JSON", None
     where = ".".join(loc) or "body"
