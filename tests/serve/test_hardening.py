@@ -151,6 +151,14 @@ def test_out_of_range_or_loosely_typed_values_get_400(srv, field, value, fragmen
     _assert_error(_post(srv, "/v1/completions", body), 400, fragment)
 
 
+def test_null_means_the_default(srv):
+    nulls = {k: None for k in ("temperature", "top_p", "top_k", "seed", "stop", "max_tokens", "stream", "n",
+                               "stream_options", "ignore_eos", "repetition_penalty")}
+    r = _post(srv, "/v1/completions", {"model": "tiny", "prompt": "hi", **nulls})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+    _assert_error(_post(srv, "/v1/completions", {"model": None, "prompt": "hi"}), 400, "model")
+
+
 @pytest.mark.parametrize("seed", [2**63 - 1, -(2**63)])
 def test_seeds_at_the_64_bit_bounds_work(srv, seed):
     r = _post(srv, "/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 3, "seed": seed})

@@ -34,7 +34,7 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scratchllm.errors import ScratchError
@@ -113,6 +113,12 @@ class StreamOptions(BaseModel):
 
 class _Sampling(BaseModel):
     model_config = _STRICT
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: Any) -> Any:
+        """As OpenAI: "temperature": null means the default (some clients send every field, unset ones as null)."""
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
