@@ -47,16 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
-    """The shared ``--config FILE`` and ``key=value`` override arguments of config-driven commands."""
+def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | None = None,
+                         example: str = "seed=1") -> None:
+    """The shared ``--config FILE`` and ``key=value`` override arguments of config-driven commands.
+
+    ``example`` is an override that is valid for this command (shown in --help; tests/test_cli.py loads it)."""
     parser.add_argument(
         "--config",
         default=default_config,
-        help=f"TOML preset (default: {default_config})" if default_config else "TOML preset",
+        help="TOML preset: a file, or a shipped preset by name (e.g. cpu-demo, train/cpu-tiny)"
+        + (f"; default: {default_config}" if default_config else ""),
     )
     parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="override a config value, e.g. train.lr=3e-4"
+        "overrides", nargs="*", metavar="key=value", help=f"override a config value, e.g. {example}"
     )
+    parser.set_defaults(config_example=example)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions)",
                               description="Serve a model over HTTP with an OpenAI-compatible API. Settings: "
                                           "ServeConfig in scratchllm.serve.server, e.g. model=runs/x port=8000.")
-    add_config_arguments(s, DEFAULT_SERVE_CONFIG)
+    add_config_arguments(s, DEFAULT_SERVE_CONFIG, "port=8001")
     s.set_defaults(func=cmd_serve)
 
 

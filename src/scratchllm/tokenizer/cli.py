@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser("train", help="train a tokenizer (embedded corpus by default)",
                        description="Train a BPE tokenizer and save it (ours + Hugging Face tokenizer.json).")
-    add_config_arguments(t, DEFAULT_CONFIG)
+    add_config_arguments(t, DEFAULT_CONFIG, "tokenizer.vocab_size=8192")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("encode", help="print the token ids of a text")

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Pre-train a model on shards written by `scratchllm data prepare`. Distributed: "
         "torchrun --nproc_per_node=N -m scratchllm train --config ... (train.parallel=ddp|fsdp).",
     )
-    add_config_arguments(p, DEFAULT_CONFIG)
+    add_config_arguments(p, DEFAULT_CONFIG, "optim.lr=3e-4")
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in out_dir (start fresh if there is none)")
     p.add_argument("--resume-from", type=Path, metavar="DIR",
