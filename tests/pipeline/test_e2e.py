@@ -223,9 +223,10 @@ def check_rerun_and_from(args: list[str], capsys) -> None:
 def test_stage_failure_names_stage_and_resume_command(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     args = ["pipeline", "--config", "configs/pipeline/micro.toml", f"run_dir={tmp_path}",
-            "tokenizer.corpus.files=['/nonexistent/corpus/*.txt']"]
+            "data.sources=[{kind='files', domain='prose', paths=['/nonexistent/corpus/*.txt']}]",
+            "data.mix.weights={prose=1.0}"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "error: stage 'tokenizer' failed: no files match" in err
+    assert "error: stage 'tokenizer' failed: input glob" in err and "matches no files" in err
     assert "resume with: scratchllm pipeline --config configs/pipeline/micro.toml" in err
-    assert "tokenizer.corpus.files=" in err  # the resume command repeats the overrides
+    assert "data.sources=" in err  # the resume command repeats the overrides

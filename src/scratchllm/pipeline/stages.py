@@ -81,10 +81,10 @@ def run_tokenizer(ctx: Context) -> dict[str, Any]:
     from scratchllm.config import to_toml
     from scratchllm.io import atomic_write_text
     from scratchllm.tokenizer.bpe import DEFAULT_SPECIAL_TOKENS, train_bpe
-    from scratchllm.tokenizer.cli import _training_texts
+    from scratchllm.tokenizer.cli import training_texts
 
     cfg = ctx.cfg.tokenizer_config()
-    texts = _training_texts(cfg.corpus)
+    texts, _ = training_texts(cfg.corpus)
     t = cfg.tokenizer
     tok = train_bpe(texts, t.vocab_size, t.pattern, t.special_tokens or list(DEFAULT_SPECIAL_TOKENS),
                     t.min_frequency, progress=sys.stderr.isatty())
