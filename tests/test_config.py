@@ -194,3 +194,14 @@ def test_help_example_override_is_valid_for_every_command():
     assert set(seen) == set(classes)
     for command, (default, example) in seen.items():
         load_config(classes[command], default, [example])  # raises on an unknown key
+
+
+def test_to_toml_writes_lists_of_tables_back_readably():
+    import tomllib
+
+    @dataclass
+    class WithSources:
+        sources: list[dict[str, str | list[str]]] = field(default_factory=list)
+
+    obj = WithSources(sources=[{"kind": "files", "paths": ["a b/", 'q"uote']}, {"kind": "embedded", "odd key": "x"}])
+    assert tomllib.loads(to_toml(obj)) == {"sources": obj.sources}
