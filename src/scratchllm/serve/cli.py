@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory (or a training run directory)")
+    p.add_argument("--model", required=True, help="model directory, fine-tuning run or training run directory")
     p.add_argument("--tokenizer", help="tokenizer directory or file (default: the one inside the model directory)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--compile", action="store_true",
@@ -168,7 +168,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     quantize(model, args.mode, args.group_size)
     out = Path(args.out)
     save_quantized(model, out)
-    for f in [*src.glob("tokenizer*.json"), *Path(args.model).glob("tokenizer*.json")]:
+    from scratchllm.model.paths import find_tokenizer
+
+    tok_dir = find_tokenizer(args.model, src)
+    for f in [*tok_dir.glob("tokenizer*.json"), *tok_dir.glob("scratchllm_tokenizer.json")] if tok_dir else []:
         shutil.copy2(f, out / f.name)  # keep the model directory self-contained
     print(f"wrote {out} ({args.mode}): weights {before / 2**20:.2f} MiB -> {weight_bytes(model) / 2**20:.2f} MiB")
     return 0

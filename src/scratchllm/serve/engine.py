@@ -18,24 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from scratchllm.errors import ScratchError
+from scratchllm.model.paths import require_tokenizer, resolve_model_dir
 from scratchllm.serve.generate import Delta, SamplingParams, stream
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """A model directory, or a training run directory (its latest checkpoint)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ScratchError(f"model directory not found: {path}",
-                           "pass a directory with config.json + model.safetensors, or a training run directory")
-    if (path / "config.json").is_file():
-        return path
-    from scratchllm.train.checkpoint import latest_checkpoint
-
-    for root in (path / "checkpoints", path):
-        if root.is_dir() and (ckpt := latest_checkpoint(root)) is not None:
-            return ckpt
-    raise ScratchError(f"{path} holds neither a model (config.json) nor training checkpoints",
-                       "pass a model directory or the out_dir of 'scratchllm train'")
 
 
 def check_device(device: str) -> str:
@@ -71,11 +55,7 @@ def load_for_inference(model_path: str | Path, tokenizer_path: str | Path | None
     model_dir = resolve_model_dir(model_path)
     model = load_model(model_dir, map_location=device).eval()
     if tokenizer_path is None:
-        candidates = [model_dir, Path(model_path)]
-        tokenizer_path = next((c for c in candidates if any(c.glob("tokenizer*.json"))), None)
-        if tokenizer_path is None:
-            raise ScratchError(f"no tokenizer found next to the model in {model_dir}",
-                               "pass --tokenizer DIR (the directory written by 'scratchllm tokenizer train')")
+        tokenizer_path = require_tokenizer(model_path, model_dir)
     tokenizer = Tokenizer.load(tokenizer_path)
     check_vocab(model.cfg.vocab_size, tokenizer.vocab_size, f"the model in {model_dir}",
                 f"the tokenizer in {tokenizer_path}")
