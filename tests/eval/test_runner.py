@@ -163,7 +163,7 @@ def test_cli_on_hf_directory(tmp_path, model_dirs):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--tasks", "mmlu,nope", "--model", "{ours}"], "unknown task 'nope'"),
-    (["--tasks", "mmlu", "--model", "{tmp}"], "not a model directory"),
+    (["--tasks", "mmlu", "--model", "{tmp}"], "holds no model"),
     (["--tasks", "mmlu", "--model", "{tmp}/missing"], "model directory not found"),
     (["--tasks", "judge", "--model", "{ours}"], "need --judge-url"),
     (["--tasks", "mmlu", "--model", "{ours}", "--data", "mmlu"], "expected TASK=PATH"),

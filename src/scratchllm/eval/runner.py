@@ -211,7 +211,7 @@ def run_generate(lm: LanguageModel, spec: TaskSpec, records: list[Record], setti
         strict.append(float(pred_strict == gold))
         flexible.append(float(pred_flex == gold))
         if settings.log_samples:
-            samples.append({"source": rec.source, "output": output, "gold": gold,
+            samples.append({"source": rec.source, "prompt": prompt, "output": output, "gold": gold,
                             "strict": pred_strict, "flexible": pred_flex})
     out = {"n": len(records), "metrics": {**_acc(strict, "exact_match"), **_acc(flexible, "exact_match_flexible")}}
     if samples:
