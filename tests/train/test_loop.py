@@ -185,7 +185,28 @@ def test_cli_trains_and_reports_errors(make_cfg, tmp_path, capsys):
     assert [s for s, _ in losses(cfg.out_dir)] == [1, 2, 3]
     assert main(["train", "--config", str(preset)]) == 2
     assert "already holds a run" in capsys.readouterr().err
-    assert main(["train", "--config", str(preset), "--resume", "train.max_steps=5"]) == 0
+    # A longer run changes the learning-rate schedule: refused unless asked for.
+    assert main(["train", "--config", str(preset), "--resume", "train.max_steps=5"]) == 2
+    err = capsys.readouterr().err
+    assert "train.max_steps: 3 -> 5" in err and "train.allow_schedule_change=true" in err
+    assert main(["train", "--config", str(preset), "--resume", "train.max_steps=5",
+                 "train.allow_schedule_change=true"]) == 0
+    assert "resuming on a changed schedule" in capsys.readouterr().err
     assert [s for s, _ in losses(cfg.out_dir)] == [1, 2, 3, 4, 5]
     assert main(["train", "--config", str(preset), "train.activation_checkpointing=some"]) == 2
     assert "every-N" in capsys.readouterr().err
+
+
+def test_auto_threads_uses_idle_cores(monkeypatch):
+    import os
+
+    from scratchllm.train.loop import auto_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.4, 0.0, 0.0))
+    assert auto_threads() == 6
+    monkeypatch.setattr(os, "getloadavg", lambda: (12.0, 0.0, 0.0))  # oversubscribed: one thread
+    assert auto_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert auto_threads() == 0  # the launcher's (torchrun's) choice stands

@@ -116,13 +116,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def auto_threads() -> int:
+    """train.num_threads=0: one thread per idle core, or 0 (torch's own choice) when OMP_NUM_THREADS is set.
+
+    Oversubscribed cores make torch's worker threads wait on each other: on a 2-core machine with a load
+    of 12, 2 threads trained 0.15x as fast as 1 (docs/benchmarks.md)."""
+    import os
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        return 0  # the launcher decided (torchrun: 1 per process)
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return 0
+    return max(1, min(cores, cores - round(busy)))
+
+
 def configure_torch(cfg: TrainConfig) -> None:
     """Threads, determinism and matmul precision; call before building the model."""
     import os
 
     t = cfg.train
-    if t.num_threads:
-        torch.set_num_threads(t.num_threads)
+    threads = t.num_threads or auto_threads()
+    if threads:
+        torch.set_num_threads(threads)
     if t.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required for deterministic cuBLAS
         torch.use_deterministic_algorithms(True)
@@ -427,6 +445,7 @@ class Trainer:
             return None
         c = ckpt.load_checkpoint(path)
         ckpt.check_model_config(c.state["model_config"], self.model_config, path)
+        self._check_schedule(c.state.get("config"), path)
         expected = {k: v for k, v in self.model.state_dict().items() if k not in self.aliases}
         check_state(expected, {k: v for k, v in c.model_state.items() if k not in self.aliases}, path / "model.safetensors")
         opts = StateDictOptions(full_state_dict=True)
@@ -449,6 +468,31 @@ class Trainer:
                   "random streams (dropout) are re-seeded, the data order is unchanged", file=sys.stderr)
         self.resumed_from = path
         return path
+
+    def _check_schedule(self, saved: dict[str, Any] | None, path: Path) -> None:
+        """Refuse to resume on a different learning-rate schedule unless train.allow_schedule_change."""
+        if not isinstance(saved, dict):
+            return
+        now = to_dict(self.cfg)
+        keys = [("train", "max_steps"), ("optim", "lr"), ("schedule", None)]
+        changed = []
+        for section, key in keys:
+            old, new = saved.get(section, {}), now.get(section, {})
+            old, new = (old.get(key), new.get(key)) if key else (old, new)
+            if old != new:
+                changed.append(f"{section}.{key}: {old} -> {new}" if key else f"[{section}]: {old} -> {new}")
+        if not changed:
+            return
+        if not getattr(self.cfg.train, "allow_schedule_change", False):
+            raise ScratchError(
+                f"checkpoint {path} was trained on a different learning-rate schedule ({'; '.join(changed)}); "
+                "resuming would change the schedule mid-run",
+                "resume with the original values, or add train.allow_schedule_change=true to continue on the new "
+                "schedule from this step",
+            )
+        if self.dist.is_main:
+            print(f"note: resuming on a changed schedule ({'; '.join(changed)}): from the checkpoint's step on, "
+                  "the learning rate follows the new one", file=sys.stderr)
 
     # --- the loop -----------------------------------------------------------------------------------
 
