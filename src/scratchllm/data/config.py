@@ -282,7 +282,8 @@ class DataConfig:
         missing = sorted(d for d, w in self.mix.weights.items() if w > 0 and d not in produced)
         if missing:
             raise ScratchError(
-                f"mix.weights: no source produces domain {missing[0]!r} (the sources give: {', '.join(sorted(produced))})",
+                f"mix.weights: no source produces domain {missing[0]!r} "
+                f"(the sources give: {', '.join(sorted(produced))})",
                 "add a source with that domain, or set mix.weights to your domains only, e.g. mix.weights={prose=1.0}",
             )
         if not 0.0 <= self.val_fraction < 1.0:

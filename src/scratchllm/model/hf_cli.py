@@ -10,7 +10,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Export a model directory to another format.")
     sub = p.add_subparsers(dest="format", metavar="<format>", required=True)
     e = sub.add_parser("hf", help="write a directory transformers.AutoModelForCausalLM can load offline",
-                       description="Write config.json + model.safetensors + the tokenizer (found with the model, or --tokenizer) "
+                       description="Write config.json + model.safetensors + the tokenizer (found with the model, "
+                                   "or --tokenizer) "
                                    "in Hugging Face Llama format.")
     e.add_argument("model", help="model directory, fine-tuning run or training run directory (its latest checkpoint)")
     e.add_argument("--out", required=True, help="output directory")
