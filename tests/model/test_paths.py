@@ -68,6 +68,8 @@ def test_every_command_takes_the_same_directories(runs, tok, tmp_path, capsys):
         assert main(["generate", "--model", str(run), "--prompt", "the", "--max-new-tokens", "2",
                      "--temperature", "0"]) == 0
         capsys.readouterr()
+        assert main(["model", "info", "--checkpoint", str(run)]) == 0
+        assert "parameters" in capsys.readouterr().out.lower()
 
     from scratchllm.eval.lm import load_model
 
