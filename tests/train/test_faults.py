@@ -238,8 +238,8 @@ def test_disk_filling_between_checkpoints_then_resume(make_cfg, full_disk):
     assert saved is not None
     rows = whole_lines(cfg.out_dir / "metrics.jsonl")
     assert rows and rows[-1]["step"] >= int(saved.name.split("_")[1])
-    resumed = build_trainer(make_cfg("train.max_steps=8", "checkpoint.interval=2", out=cfg.out_dir), Dist(),
-                            resume=True)
+    resumed = build_trainer(make_cfg("train.max_steps=8", "checkpoint.interval=2", "train.allow_schedule_change=true",
+                                     out=cfg.out_dir), Dist(), resume=True)
     resumed.fit()
     assert [r["step"] for r in read_metrics(cfg.out_dir, "train")] == list(range(1, 9))
 
@@ -251,7 +251,8 @@ def test_a_cut_last_metrics_line_is_skipped_and_repaired(make_cfg):
     with open(path, "a", encoding="utf-8") as f:
         f.write('{"step": 5, "kind": "train", "lo')  # the writer died mid-row (e.g. 4,096 bytes into a buffer)
     assert [r["step"] for r in read_metrics(path, "train")] == [1, 2, 3, 4]
-    build_trainer(make_cfg("train.max_steps=6", "checkpoint.interval=2"), Dist(), resume=True).fit()
+    build_trainer(make_cfg("train.max_steps=6", "checkpoint.interval=2", "train.allow_schedule_change=true"), Dist(),
+                  resume=True).fit()
     assert [r["step"] for r in whole_lines(path) if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
 
 
