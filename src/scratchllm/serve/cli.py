@@ -216,8 +216,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from scratchllm.config import load_config
     from scratchllm.serve.server import ServeConfig, serve
 
-    config = args.config if args.config and Path(args.config).exists() else None
-    cfg = load_config(ServeConfig, config, args.overrides)
+    cfg = load_config(ServeConfig, args.config, args.overrides)  # a path or a preset's name, found from anywhere
     cfg.api_key = cfg.api_key or api_key_from_env()
     if not cfg.model:
         raise ScratchError("no model to serve", "pass model=DIR (a model directory or a training run directory)")
