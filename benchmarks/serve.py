@@ -138,6 +138,8 @@ def server(args: argparse.Namespace, model: str, src: Path, max_clients: int) ->
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(src / "src")}
+    for key in ("SCRATCHLLM_API_KEY", "SCRATCHLLM_API_KEY_FILE"):  # a deployment's key is not for this server
+        env.pop(key, None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "scratchllm", "serve", f"model={model}", f"port={port}", "model_name=bench",
          f"max_pending={max(64, max_clients)}", f"timeout_s={args.max_seconds}", f"threads={args.threads}"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -93,6 +94,13 @@ def loopback_server():
     return LoopbackServer
 
 
+@pytest.fixture(autouse=True)
+def _no_api_key_from_the_environment(monkeypatch):
+    """`scratchllm serve` reads its API key from these; a developer's own must not reach the tests' servers."""
+    monkeypatch.delenv("SCRATCHLLM_API_KEY", raising=False)
+    monkeypatch.delenv("SCRATCHLLM_API_KEY_FILE", raising=False)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models run fastest on one thread; two threads on a loaded 2-core machine are ~10x slower.
@@ -101,3 +109,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- CI: a missing library never skips --------------------------------------------------------------
+# Every importorskip in this suite guards a reference library (or a test tool) that the `test` extra
+# installs. Locally a missing one is a skip; under CI=true (.ci/run sets it) it fails the test (or,
+# at module level, its file's collection), so a reference comparison cannot silently stop running.
+# Other skips (no GPU, no Chromium, no tmpfs) stay skips.
+
+_importorskip = pytest.importorskip
+
+
+def _strict_importorskip(modname: str, *args, **kwargs):
+    try:
+        return _importorskip(modname, *args, **kwargs)
+    except pytest.skip.Exception as e:
+        reason = e.msg
+    pytest.fail(f"CI=true: a test needing {modname!r} would be skipped ({reason}); every library the tests "
+                "import must be installed by the test extra: pip install -e '.[test]'", pytrace=False)
+
+
+if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+    pytest.importorskip = _strict_importorskip

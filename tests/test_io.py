@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import errno
+import os
+import stat
 
 import pytest
 
@@ -17,6 +19,25 @@ def test_atomic_write_replaces_whole_file(tmp_path):
             raise RuntimeError("boom")
     assert p.read_text() == "old"
     assert [x.name for x in tmp_path.iterdir()] == ["f.txt"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077], ids=oct)
+def test_atomic_write_gives_the_mode_open_would(tmp_path, umask):
+    """mkstemp makes 0600 files; a model directory mounted into a container (or shared) must stay readable."""
+    old = os.umask(umask)
+    try:
+        with open(tmp_path / "plain", "w") as f:
+            f.write("x")
+        atomic_write_text(tmp_path / "atomic.txt", "x")
+        with atomic_write(tmp_path / "atomic.bin", "wb") as f:
+            f.write(b"x")
+        atomic_write_text(tmp_path / "atomic.txt", "replaced")  # replacing keeps the mode too
+    finally:
+        os.umask(old)
+    want = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    assert want == 0o666 & ~umask
+    for name in ("atomic.txt", "atomic.bin"):
+        assert oct(stat.S_IMODE((tmp_path / name).stat().st_mode)) == oct(want), name
 
 
 def test_disk_full_is_a_clear_error(tmp_path, monkeypatch):

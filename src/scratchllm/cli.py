@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Sequence
 
 from scratchllm import __version__
-from scratchllm.errors import ScratchError
+from scratchllm.errors import ScratchError, disk_full, is_disk_full
 
 # (command, module providing register(subparsers)). Order is pipeline order, as shown in --help.
 STAGES: list[str] = [
@@ -47,16 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
-    """The shared ``--config FILE`` and ``key=value`` override arguments of config-driven commands."""
+def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | None = None,
+                         example: str = "seed=1") -> None:
+    """The shared ``--config FILE`` and ``key=value`` override arguments of config-driven commands.
+
+    ``example`` is an override that is valid for this command (shown in --help; tests/test_cli.py loads it)."""
     parser.add_argument(
         "--config",
         default=default_config,
-        help=f"TOML preset (default: {default_config})" if default_config else "TOML preset",
+        help="TOML preset: a file, or a shipped preset by name (e.g. cpu-demo, train/cpu-tiny)"
+        + (f"; default: {default_config}" if default_config else ""),
     )
     parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="override a config value, e.g. train.lr=3e-4"
+        "overrides", nargs="*", metavar="key=value", help=f"override a config value, e.g. {example}"
     )
+    parser.set_defaults(config_example=example)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,15 +77,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if e.hint:
             print(f"fix: {e.hint}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("\ninterrupted; completed outputs are intact (partial files are never left behind)", file=sys.stderr)
-        return 130
+        return getattr(e, "exit_code", 130)  # 143 for a second SIGTERM
     except BrokenPipeError:  # e.g. `scratchllm tokenizer encode ... | head`
         sys.stderr.close()
         return 0
     except Exception as e:  # noqa: BLE001 - last-resort handler for the CLI only
         if debug:
             raise
+        if is_disk_full(e):  # any write path not already wrapped: the same message as everywhere else
+            err = disk_full(getattr(e, "filename", None) or "a file")
+            print(f"error: {err.message}\nfix: {err.hint}", file=sys.stderr)
+            return 2
         print(f"internal error: {type(e).__name__}: {e}", file=sys.stderr)
         print("fix: rerun with --debug for the full traceback, and report it if it looks like a bug", file=sys.stderr)
         return 1

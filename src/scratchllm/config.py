@@ -4,7 +4,7 @@ A stage declares its config as a (nested) dataclass. ``load_config(Cls, path, ov
 TOML preset, applies ``section.key=value`` overrides and checks every key and type, so a typo or a
 wrong type fails early with the offending key named::
 
-    cfg = load_config(TrainConfig, "configs/tiny.toml", ["train.lr=3e-4"])
+    cfg = load_config(TrainConfig, "configs/train/cpu-tiny.toml", ["optim.lr=3e-4"])
 
 Override values are parsed as TOML literals (``3e-4``, ``true``, ``[1, 2]``, ``"text"``); anything
 that is not a TOML literal is taken as a bare string (``tokenizer.pattern=gpt4``).
@@ -26,28 +26,86 @@ T = TypeVar("T")
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Build ``cls`` from an optional TOML file plus ``key=value`` overrides, validating everything."""
+    """Build ``cls`` from an optional TOML file plus ``key=value`` overrides, validating everything.
+
+    ``path`` is a file or a shipped preset's name (see :func:`find_config`)."""
     data: dict[str, Any] = {}
     if path is not None:
         data = read_toml(path)
     for item in overrides:
         key, value = parse_override(item)
+        if key.split(".")[-1] == "preset" and isinstance(value, str):
+            # A preset named on the command line is relative to where the command runs.
+            value = str(find_config(value, named_by=f"the override {item!r}").resolve())
         _set_dotted(data, key, value)
     return from_dict(cls, data)
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+def preset_root() -> Path:
+    """The shipped presets (configs/<stage>/<name>.toml), installed inside the package."""
+    return Path(__file__).resolve().parent / "configs"
+
+
+def shipped_presets(stage: str | None = None) -> list[str]:
+    """Names (``stage/name``) of the shipped presets, optionally of one stage only."""
+    return [f"{p.parent.name}/{p.stem}" for p in sorted(preset_root().glob(f"{stage or '*'}/*.toml"))]
+
+
+def find_config(ref: str | Path, base: Path | None = None, named_by: str | None = None) -> Path:
+    """Where the config file ``ref`` is: one rule for ``--config``, nested presets and overrides.
+
+    First ``ref`` as a path relative to ``base`` (the folder of the file that names it; the current
+    directory on the command line), then as a shipped preset: ``configs/train/cpu-tiny.toml``,
+    ``train/cpu-tiny`` or just ``cpu-tiny`` when only one stage has that name. A miss names the file
+    that pointed there.
+    """
+    ref_path = Path(ref).expanduser()
+    path = ref_path if ref_path.is_absolute() or base is None else base / ref_path
+    if path.is_file():
+        return path
+    parts = ref_path.parts[1:] if ref_path.parts[:1] == ("configs",) else ref_path.parts
+    if parts and not ref_path.is_absolute():
+        rel = Path(*parts)
+        rel = rel if rel.suffix == ".toml" else rel.with_name(rel.name + ".toml")
+        candidates = [preset_root() / rel] if len(parts) > 1 else sorted(preset_root().glob(f"*/{rel.name}"))
+        if len(candidates) > 1:
+            names = [f"{c.parent.name}/{c.stem}" for c in candidates]
+            raise ScratchError(f"config {str(ref)!r} is ambiguous: shipped presets {', '.join(names)}",
+                               f"name it with its stage, e.g. {names[0]}")
+        if candidates and candidates[0].is_file():
+            return candidates[0]
+    where = f" (named by {named_by})" if named_by else ""
+    raise ScratchError(
+        f"config file not found: {ref}{where}",
+        "give a path (relative to the file that names it) or a shipped preset: " + ", ".join(shipped_presets()),
+    )
+
+
+def read_toml(path: str | Path, named_by: str | None = None) -> dict[str, Any]:
+    """Read a TOML config (a path or a shipped preset's name). Its ``preset`` keys, at any depth, become
+    absolute paths resolved relative to this file, so nested presets work from any directory."""
+    path = find_config(path, named_by=named_by)
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScratchError(f"config file not found: {path}", "check the path; presets live in configs/") from None
     except UnicodeDecodeError:
         raise ScratchError(f"config file {path} is not valid UTF-8", "save it as UTF-8") from None
+    except OSError as e:
+        raise ScratchError(f"cannot read config file {path}: {e.strerror or e}", "check the path") from None
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ScratchError(f"config file {path} is not valid TOML: {e}", "fix the syntax at that line") from None
+    _resolve_presets(data, path, "")
+    return data
+
+
+def _resolve_presets(table: dict[str, Any], file: Path, where: str) -> None:
+    for key, value in table.items():
+        if isinstance(value, dict):
+            _resolve_presets(value, file, _join(where, key))
+        elif key == "preset" and isinstance(value, str):
+            named_by = f"{file}, key {_join(where, key)!r}"
+            table[key] = str(find_config(value, base=file.parent, named_by=named_by).resolve())
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -195,6 +253,10 @@ def _emit_table(table: dict[str, Any], prefix: list[str], lines: list[str]) -> N
         _emit_table(v, [*prefix, k], lines)
 
 
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() and k.isascii() else _toml_value(k)
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -204,4 +266,6 @@ def _toml_value(v: Any) -> str:
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # inside a list (e.g. a tokenizer's corpus.sources): an inline table
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")

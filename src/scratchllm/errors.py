@@ -16,3 +16,24 @@ class ScratchError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message} (fix: {self.hint})"
+
+
+class Interrupted(KeyboardInterrupt):
+    """A second SIGINT/SIGTERM: stop at once. The CLI exits 128 + the signal's number (130 for
+    Ctrl-C, 143 for SIGTERM), as a shell reports a process the signal killed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.exit_code = 128 + int(signum)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an OSError meaning "no space left" (ENOSPC) or "quota exceeded" (EDQUOT)."""
+    import errno
+
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def disk_full(what: str, hint: str = "free some disk space (df -h) and run the command again") -> ScratchError:
+    """The one "disk full" message for every write path (checkpoints, metrics, logs, TensorBoard...)."""
+    return ScratchError(f"disk full while writing {what}", hint)

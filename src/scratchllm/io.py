@@ -30,6 +30,9 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
+            # mkstemp creates 0600; give the mode a plain open() would, so a model directory stays
+            # readable by other users (a container's unprivileged server, a shared volume).
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -55,6 +58,19 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_write(path, "w", newline="") as f:
         f.write(text)
+
+
+def _umask() -> int:
+    # Reading the umask means setting it; threads writing files meanwhile would briefly see 0o022
+    # instead of the real mask, so prefer the value the kernel reports (Linux 4.7+).
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _remove_quietly(name: str) -> None:
@@ -90,9 +106,13 @@ def read_text(
 
 
 def iter_jsonl(text: str, path: str | os.PathLike[str], hint: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(where, record)`` for each non-blank line of JSONL ``text``, ``where`` being "path:line".
+    """``(where, record)`` for each record of JSONL ``text`` ("path:line"), or of one JSON array of
+    objects ("path[index]": ShareGPT and many datasets ship a ``.json`` file that way).
     A line that is not JSON, or not a JSON object, raises a ScratchError naming its line; ``hint``
     says what a line should look like."""
+    if text.lstrip().startswith("["):
+        yield from iter_json_array(text, path, hint)
+        return
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -106,8 +126,23 @@ def iter_jsonl(text: str, path: str | os.PathLike[str], hint: str) -> Iterator[t
         yield where, record
 
 
+def iter_json_array(text: str, path: str | os.PathLike[str], hint: str) -> Iterator[tuple[str, Any]]:
+    """``(where, item)`` for each item of a JSON array ("path[index]"); items are not checked here."""
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ScratchError(f"{path}: malformed JSON array ({e.msg} at line {e.lineno}, column {e.colno})",
+                           "a .json file holds one array of objects; JSONL holds one object per line") from None
+    if not isinstance(items, list):
+        raise ScratchError(f"{path}: expected a JSON array of objects, got {type(items).__name__}", hint)
+    for i, record in enumerate(items):
+        if not isinstance(record, dict):
+            raise ScratchError(f"{path}[{i}]: expected a JSON object, got {type(record).__name__}", hint)
+        yield f"{path}[{i}]", record
+
+
 def read_jsonl(path: str | os.PathLike[str], hint: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``iter_jsonl`` over a UTF-8 file; invalid UTF-8 raises a ScratchError naming the line."""
+    """``iter_jsonl`` over a UTF-8 file (JSONL or a JSON array); invalid UTF-8 raises a ScratchError naming the line."""
     path = Path(path)
     data = path.read_bytes()
     try:

@@ -39,6 +39,8 @@ def test_dpo_on_user_pairs_then_resume(run_cli, tmp_path):
     code, err = run_cli("dpo", *args)
     assert code == 2 and "already holds a run" in err and "--resume" in err
     code, err = run_cli("dpo", *args[:-2], "train.max_steps=5", "--resume")
+    assert code == 2 and "train.allow_schedule_change=true" in err  # a longer run: a new lr schedule
+    code, err = run_cli("dpo", *args[:-2], "train.max_steps=5", "train.allow_schedule_change=true", "--resume")
     assert code == 0, err
     assert json.loads((out / "report.json").read_text())["steps"] == 5
 

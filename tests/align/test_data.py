@@ -134,3 +134,14 @@ def test_batch_source_resumes_exactly(tokenizer):
     assert all(torch.equal(a, other.next_batch()["input_ids"]) for a in expected)
     with pytest.raises(ScratchError, match="trained on 7 preference pairs, this run has 6"):
         PairBatchSource(encoded[:6], 3, tokenizer.pad_id, seed=5).load_state_dict(state)
+
+
+def test_preferences_as_a_json_array(tmp_path):
+    pairs = [{"prompt": f"q{i}", "chosen": "a", "rejected": "b"} for i in range(4)]
+    path = tmp_path / "prefs.json"
+    path.write_text(json.dumps(pairs, indent=1))
+    loaded = load_preferences(path)
+    assert len(loaded) == 4 and loaded[3].prompt == (("user", "q3"),) and loaded[3].chosen == "a"
+    path.write_text(json.dumps([*pairs, {"prompt": "q", "chosen": "a"}]))
+    with pytest.raises(ScratchError, match=r"prefs.json\[4\]: missing key 'rejected'"):
+        load_preferences(path)

@@ -9,7 +9,11 @@ import pytest
 from scratchllm.data import dedup as D
 from scratchllm.data.config import DedupConfig
 
-datasketch = pytest.importorskip("datasketch")
+
+@pytest.fixture
+def datasketch():
+    """The reference implementation, only for the tests that compare against it."""
+    return pytest.importorskip("datasketch")
 
 
 def random_doc(rng: random.Random, vocab: list[str], n: int) -> list[str]:
@@ -66,7 +70,7 @@ def true_jaccard_duplicates(texts: list[str], threshold: float, ngram: int = 5) 
 
 
 @pytest.mark.parametrize("scheme", ["affine32", "legacy"])
-def test_signatures_equal_datasketch_bit_for_bit(scheme):
+def test_signatures_equal_datasketch_bit_for_bit(scheme, datasketch):
     texts = planted_corpus(n_base=20)[:30] + ["", "one", "two words only", "Ünïcödé wörds too, ÄÖÜ."]
     a, b = D.permutations(128, seed=3, scheme=scheme)
     ref = datasketch.MinHash(num_perm=128, seed=3, scheme=scheme)
@@ -87,7 +91,7 @@ def test_shingle_hash_is_position_independent():
     assert len(set(D.shingle_hashes([" ".join(f"w{i}" for i in range(5000))], 1)[0].tolist())) == 5000
 
 
-def test_jaccard_estimates_agree_with_datasketch_default_hashing():
+def test_jaccard_estimates_agree_with_datasketch_default_hashing(datasketch):
     """datasketch with its own SHA-1 shingle hashing vs ours: both within sampling error of the truth."""
     rng = random.Random(1)
     vocab = [f"v{i}" for i in range(2000)]
@@ -111,7 +115,7 @@ def test_jaccard_estimates_agree_with_datasketch_default_hashing():
     assert 0.4 < np.std(errors_ours) < 1.6  # and the spread a binomial estimator should have
 
 
-def test_lsh_params_match_datasketch():
+def test_lsh_params_match_datasketch(datasketch):
     from datasketch.lsh import _optimal_param
 
     for t, n, w in [(0.5, 128, (0.5, 0.5)), (0.7, 128, (0.1, 0.9)), (0.8, 64, (0.5, 0.5)), (0.9, 256, (0.3, 0.7))]:

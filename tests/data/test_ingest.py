@@ -61,6 +61,7 @@ def test_bad_inputs_are_skipped_and_counted(tmp_path, monkeypatch):
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "blank.txt").write_text("  \n\n")
+    (tmp_path / "nothing.jsonl").write_bytes(b"")
     (tmp_path / "image.txt").write_bytes(b"\x89PNG\x00\x00\x01")
     (tmp_path / "locked.txt").write_text("secret")
     (tmp_path / "bad.jsonl").write_bytes(
@@ -78,7 +79,7 @@ def test_bad_inputs_are_skipped_and_counted(tmp_path, monkeypatch):
     docs, stats = read(resolve_paths([str(tmp_path)]))
     assert sorted(d.text for d in docs) == ["fine", "ok"]
     assert stats.invalid_utf8 == 2  # the latin-1 file and one JSONL line
-    assert stats.empty == 3  # empty.txt, blank.txt, the blank JSONL record
+    assert stats.empty == 4  # empty.txt, blank.txt, the 0-byte nothing.jsonl, the blank JSONL record
     assert stats.binary == 1 and stats.unreadable == 2  # locked.txt and the corrupt .gz
     assert stats.bad_json == 4  # not JSON, missing field, number, not an object
     assert any("latin1.txt" in p and "0xe9" in p for p in stats.problems), stats.problems

@@ -19,7 +19,8 @@ def write(tmp_path, docs, shard_tokens=64, dtype=np.uint16):
     with ShardWriter(tmp_path, "train", np.dtype(dtype), shard_tokens, domains) as w:
         for domain, ids in docs:
             w.add(np.array(ids + [0]), domain)  # 0 plays <|eos|>
-    write_manifest(tmp_path, {"dtype": np.dtype(dtype).name, "vocab_size": 70000 if dtype == np.uint32 else 300,
+    vocab = max([70000 if dtype == np.uint32 else 300, *(max(ids, default=0) + 1 for _, ids in docs)])
+    write_manifest(tmp_path, {"dtype": np.dtype(dtype).name, "vocab_size": vocab,
                               "eos_id": 0, "domains": domains, "splits": {"train": split_summary(w.shards)}})
     return w.shards
 

@@ -32,10 +32,11 @@ def test_generated_answers_are_correct():
 
 
 def test_model_continuations_from_a_tiny_checkpoint(tmp_path, bpe_tokenizer):
-    model_mod = pytest.importorskip("scratchllm.model.model")
+    from scratchllm.model.model import ModelConfig, Transformer
+
     torch.manual_seed(0)
-    cfg = model_mod.ModelConfig(vocab_size=bpe_tokenizer.vocab_size, context_length=32, d_model=32, n_layers=1, n_heads=2)
-    model_mod.Transformer(cfg).save_pretrained(tmp_path / "ckpt")
+    cfg = ModelConfig(vocab_size=bpe_tokenizer.vocab_size, context_length=32, d_model=32, n_layers=1, n_heads=2)
+    Transformer(cfg).save_pretrained(tmp_path / "ckpt")
     prompts = ["The quick brown fox", "def add(a, b):"]
     docs = list(model_documents(tmp_path / "ckpt", bpe_tokenizer, prompts, count=3, max_new_tokens=40, seed=0))
     again = list(model_documents(tmp_path / "ckpt", bpe_tokenizer, prompts, count=3, max_new_tokens=40, seed=0))

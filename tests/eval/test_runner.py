@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -163,7 +164,7 @@ def test_cli_on_hf_directory(tmp_path, model_dirs):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--tasks", "mmlu,nope", "--model", "{ours}"], "unknown task 'nope'"),
-    (["--tasks", "mmlu", "--model", "{tmp}"], "not a model directory"),
+    (["--tasks", "mmlu", "--model", "{tmp}"], "holds no model"),
     (["--tasks", "mmlu", "--model", "{tmp}/missing"], "model directory not found"),
     (["--tasks", "judge", "--model", "{ours}"], "need --judge-url"),
     (["--tasks", "mmlu", "--model", "{ours}", "--data", "mmlu"], "expected TASK=PATH"),
@@ -183,3 +184,19 @@ def test_cli_lists_tasks(capsys):
     assert main(["eval", "--list-tasks"]) == 0
     out = capsys.readouterr().out
     assert "humaneval" in out and "groups: mc = mmlu,hellaswag,arc" in out
+
+
+def test_baselines_fit_on_a_prepared_data_folder(tmp_path, model_dirs, lm):
+    """--baseline-text DATA_DIR: the n-gram baselines see your corpus (its train split), not the embedded one."""
+    from scratchllm.data.shards import iter_documents
+    from scratchllm.eval.cli import _baseline_loader
+
+    root = Path(__file__).resolve().parents[2]
+    data = tmp_path / "data"
+    assert main(["data", "prepare", "--config", str(root / "configs/data/tiny.toml"), "--no-progress",
+                 f"out_dir={data}", f"tokenizer={model_dirs['ours']}",
+                 'sources=[{kind="synthetic", generators=["arithmetic"], count=40, domain="synthetic"}]',
+                 "mix.weights={synthetic=1.0}"]) == 0
+    texts = _baseline_loader([str(data)], lm)()
+    assert len(texts) == sum(1 for _ in iter_documents(data, "train")) > 0
+    assert all(any(ch.isdigit() for ch in t) for t in texts)  # arithmetic problems, not the embedded prose

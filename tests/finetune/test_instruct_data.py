@@ -88,3 +88,22 @@ def test_load_jsonl_formats_and_errors(tmp_path):
     assert len(load_chat_jsonl(bad_utf8, skip_bad=True, report=reports.append)) == 301
     with pytest.raises(ScratchError, match="not found"):
         load_chat_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_sharegpt_json_array_file(tmp_path):
+    """ShareGPT as usually distributed: one JSON array in a .json file (issue #23, item 7)."""
+    convs = [{"id": str(i), "conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": f"a{i}"}]}
+             for i in range(3)]
+    path = tmp_path / "sharegpt.json"
+    path.write_text(json.dumps(convs, indent=2))  # pretty-printed: no record on a line of its own
+    got = load_chat_jsonl(path)
+    assert got[2] == [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]
+    convs[1] = {"conversations": [{"from": "human", "value": "no reply"}]}
+    path.write_text(json.dumps(convs))
+    with pytest.raises(ScratchError, match=r"sharegpt.json\[1\]: conversation has no"):
+        load_chat_jsonl(path)
+    reports: list[str] = []
+    assert len(load_chat_jsonl(path, skip_bad=True, report=reports.append)) == 2
+    path.write_text(json.dumps(convs)[:-5])
+    with pytest.raises(ScratchError, match="malformed JSON array"):
+        load_chat_jsonl(path)

@@ -6,7 +6,6 @@ import torch
 from scratchllm.errors import ScratchError
 from scratchllm.finetune.lora import LoraConfig, apply_lora, count_trainable, merged_model
 from scratchllm.finetune.nf4 import (
-    NF4_PAPER_VALUES,
     NF4Linear,
     dequantize_nf4,
     dynamic_code,
@@ -21,9 +20,11 @@ def weights(seed: int, shape=(128, 320), std=0.02) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * std
 
 
-def test_code_values_equal_paper_table():
+def test_code_shape():
+    # The values themselves are checked against bitsandbytes' table in test_matches_bitsandbytes (the
+    # independent reference); here only what the format needs: 16 increasing values, exact -1, 0, 1.
     code = nf4_code()  # built from the normal quantile function
-    torch.testing.assert_close(code, torch.tensor(NF4_PAPER_VALUES), atol=2e-7, rtol=0)
+    assert code.shape == (16,) and torch.all(code[1:] > code[:-1])
     assert code[7] == 0 and code[0] == -1 and code[-1] == 1
 
 

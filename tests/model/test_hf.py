@@ -128,7 +128,6 @@ def test_import_refuses_truncated_weights(tmp_path, make_model):
 
 
 def test_export_with_tokenizer_loads_in_auto_tokenizer(tmp_path, make_model):
-    pytest.importorskip("scratchllm.tokenizer")
     from transformers import AutoTokenizer
 
     from scratchllm.tokenizer import train_bpe
@@ -165,3 +164,58 @@ def test_cli_init_export_import_round_trip(tmp_path, capsys):
     capsys.readouterr()
     assert main(["import", "hf", str(tmp_path / "ours"), "--out", str(tmp_path / "x")]) == 2
     assert "already a scratchllm model directory" in capsys.readouterr().err
+
+
+def _bigram_chat_model(tok, chain: dict[int, int], default: int) -> Transformer:
+    """A model whose greedy next token depends only on the current one: next = chain.get(t, default).
+
+    One-hot embeddings, blocks that add nothing (zero output projections), and an lm_head that maps each
+    one-hot to its successor."""
+    from scratchllm.model.model import ModelConfig
+
+    d = 320
+    assert tok.vocab_size <= d
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, context_length=64, d_model=d, n_layers=1,
+                                    n_heads=4, n_kv_heads=4, d_ff=64, tie_embeddings=False)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")) or "lm_head" in name:
+                p.zero_()
+        model.tok_emb.weight.copy_(torch.eye(tok.vocab_size, d))
+        for t in range(tok.vocab_size):
+            model.lm_head.weight[chain.get(t, default), t] = 10.0
+    return model
+
+
+def test_transformers_generate_stops_at_end_of_turn_on_an_exported_chat_model(tmp_path):
+    """The chat reply ends with <|end|>: generation_config lists it as an eos id (issue #23, item 4)."""
+    transformers = pytest.importorskip("transformers")
+    from scratchllm.tokenizer import train_bpe
+
+    tok = train_bpe(["Hi there, how are you? " * 20], vocab_size=280)
+    special = tok.special_tokens
+    h, i = tok.encode("H")[0], tok.encode("i")[0]
+    x = tok.encode("x")[0]
+    # <|assistant|> -> "H" -> "i" -> <|end|> -> "x" -> "x" ... (the text a model runs into past its turn)
+    model = _bigram_chat_model(tok, {special["<|assistant|>"]: h, h: i, i: special["<|end|>"]}, default=x)
+    export_hf(model, tmp_path, tokenizer=tok)
+    generation = json.loads((tmp_path / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == [tok.eos_id, special["<|end|>"]]
+
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    ids = hf_tok.apply_chat_template([{"role": "user", "content": "Hello"}], add_generation_prompt=True,
+                                     tokenize=True, return_tensors="pt", return_dict=True)["input_ids"]
+    out = hf.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_id)
+    reply = out[0, ids.shape[1]:].tolist()
+    assert reply == [h, i, special["<|end|>"]]
+    assert hf_tok.decode(reply, skip_special_tokens=True) == "Hi"
+
+    peft = pytest.importorskip("peft")
+    from scratchllm.finetune.lora import LoraConfig, apply_lora, save_peft_adapter
+
+    apply_lora(model, LoraConfig(r=2, alpha=4, target_modules=["q_proj", "v_proj"]))  # B = 0: no change
+    save_peft_adapter(model, tmp_path / "adapter")
+    pm = peft.PeftModel.from_pretrained(hf, str(tmp_path / "adapter")).eval()
+    out = pm.generate(input_ids=ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_id)
+    assert out[0, ids.shape[1]:].tolist() == [h, i, special["<|end|>"]]

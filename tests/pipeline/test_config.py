@@ -67,3 +67,43 @@ def test_dpo_prompts_follow_the_sft_system_message_unless_set():
     assert stage_tables(cfg)["dpo"]["data"]["system_prompt"] is False
     cfg = load_config(PipelineConfig, demo, ["dpo.data.system_prompt=false"])
     assert stage_tables(cfg)["dpo"]["data"]["system_prompt"] is False and stage_tables(cfg)["sft"]["data"]["system_prompt"]
+
+
+# One corpus per run (issue #23, item 2).
+
+MY_FILES = '[{kind="files", domain="prose", paths=["my_texts/"]}]'
+
+
+def test_tokenizer_follows_data_sources():
+    cfg = load_config(PipelineConfig, ROOT / "configs/pipeline/cpu-demo.toml",
+                      [f"data.sources={MY_FILES}", "data.mix.weights={prose=1.0}"])
+    corpus = cfg.tokenizer_config().corpus
+    assert corpus.files == [] and [s.kind for s in corpus.source_configs()] == ["files"]
+    assert corpus.source_configs()[0].paths == ["my_texts/"]
+    assert stage_tables(cfg)["tokenizer"]["corpus"]["sources"][0]["paths"] == ["my_texts/"]
+    # The preset's own corpus (the embedded one) is what it follows when data.sources is not changed.
+    micro = load_config(PipelineConfig, ROOT / "configs/pipeline/micro.toml")
+    kinds = [s.kind for s in micro.tokenizer_config().corpus.source_configs()]
+    assert kinds == [s.kind for s in micro.data_config().sources] == ["embedded", "synthetic"]
+
+
+def test_tokenizer_corpus_of_its_own_is_refused_in_a_pipeline():
+    with pytest.raises(ScratchError, match="trains on the run's corpus, data.sources"):
+        load_config(PipelineConfig, ROOT / "configs/pipeline/micro.toml", ['tokenizer.corpus.files=["x/"]'])
+
+
+def test_a_table_override_replaces_as_in_data_prepare():
+    from scratchllm.data.config import DataConfig
+
+    pipe = load_config(PipelineConfig, ROOT / "configs/pipeline/cpu-demo.toml", ["data.mix.weights={prose=1.0}"])
+    alone = load_config(DataConfig, ROOT / "configs/data/default.toml", ["mix.weights={prose=1.0}"])
+    assert pipe.data_config().mix.weights == alone.mix.weights == {"prose": 1.0}
+    # Sections still merge key by key, and the model table merges with its preset.
+    assert pipe.data_config().mix.max_upsample == alone.mix.max_upsample
+    assert pipe.train_config().model["n_layers"] == 5 and pipe.train_config().model["d_model"] == 128
+
+
+def test_weights_for_a_domain_no_source_gives_fail_before_anything_runs():
+    # Only prose from files, while the preset's weights still ask for code: refused at load time.
+    with pytest.raises(ScratchError, match="no source produces domain 'code'"):
+        load_config(PipelineConfig, ROOT / "configs/pipeline/cpu-demo.toml", [f"data.sources={MY_FILES}"])

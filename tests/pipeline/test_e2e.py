@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -65,7 +67,13 @@ def test_micro_pipeline_every_artefact(tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
     args = ["pipeline", "--config", "configs/pipeline/micro.toml", f"run_dir={run_dir}", "pretrain.train.max_steps=10",
             "sft.train.max_steps=4", "dpo.train.max_steps=2", "pretrain.eval.interval=5"]
-    assert main(args) == 0
+    monkeypatch.setenv("SCRATCHLLM_API_KEY", "sk-for-a-deployment")  # the serve stage's own server ignores it
+    old_umask = os.umask(0o022)  # the usual umask, whatever the test runner's is
+    try:
+        assert main(args) == 0
+    finally:
+        os.umask(old_umask)
+    check_readable_by_others(run_dir)
     check_artefacts(run_dir, pretrain_steps=10)
     check_rerun_and_from(args, capsys)
 
@@ -186,6 +194,20 @@ def check_artefacts(run_dir: Path, pretrain_steps: int) -> None:
     assert "<table>" in (run_dir / "report" / "report.html").read_text()
 
 
+def check_readable_by_others(run_dir: Path) -> None:
+    """Under umask 022 every file is o+r and every folder o+rx, as with plain open() and mkdir: a model
+    directory mounted into a container that runs as another user (or a shared volume) must be readable."""
+    unreadable = []
+    for folder, dirs, files in os.walk(run_dir):
+        for name in dirs + files:
+            p = Path(folder) / name
+            need = stat.S_IROTH | (stat.S_IXOTH if p.is_dir() else 0)
+            if stat.S_IMODE(p.lstat().st_mode) & need != need:
+                unreadable.append(f"{p.relative_to(run_dir)} {stat.filemode(p.lstat().st_mode)}")
+    assert not unreadable, "not readable by other users:\n" + "\n".join(unreadable)
+    assert (run_dir / "quantize" / "quantization.json").is_file()  # the file the container failed to read
+
+
 def check_rerun_and_from(args: list[str], capsys) -> None:
     capsys.readouterr()
     state = Path(args[3].partition("=")[2]) / STATE_DIR
@@ -201,9 +223,10 @@ def check_rerun_and_from(args: list[str], capsys) -> None:
 def test_stage_failure_names_stage_and_resume_command(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     args = ["pipeline", "--config", "configs/pipeline/micro.toml", f"run_dir={tmp_path}",
-            "tokenizer.corpus.files=['/nonexistent/corpus/*.txt']"]
+            "data.sources=[{kind='files', domain='prose', paths=['/nonexistent/corpus/*.txt']}]",
+            "data.mix.weights={prose=1.0}"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "error: stage 'tokenizer' failed: no files match" in err
+    assert "error: stage 'tokenizer' failed: input glob" in err and "matches no files" in err
     assert "resume with: scratchllm pipeline --config configs/pipeline/micro.toml" in err
-    assert "tokenizer.corpus.files=" in err  # the resume command repeats the overrides
+    assert "data.sources=" in err  # the resume command repeats the overrides

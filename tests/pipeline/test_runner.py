@@ -110,6 +110,17 @@ def test_unexpected_exception_is_reported_with_stage_and_traceback_file(tmp_path
     assert "ZeroDivisionError" in (tmp_path / "pipeline.log").read_text()
 
 
+def test_full_disk_in_a_stage_is_the_disk_full_message(tmp_path):
+    import errno
+
+    fake = Fake()
+    fake.fail["b"] = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "b" / "x.bin"))
+    with pytest.raises(ScratchError) as e:
+        run_stages(fake.stages(), ctx_for(tmp_path))
+    assert e.value.message == f"stage 'b' failed: disk full while writing {tmp_path / 'b' / 'x.bin'}"
+    assert "free disk space" in e.value.hint and RESUME in e.value.hint
+
+
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_interrupted_stage_keeps_partial_work_and_resumes(tmp_path, how):
     fake = Fake()

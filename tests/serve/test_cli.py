@@ -109,3 +109,50 @@ def test_serve_command_in_a_subprocess(model_dir):
         proc.terminate()
         out, _ = proc.communicate(timeout=20)
     assert '"event": "request"' in out and '"status": 200' in out  # structured JSON log lines
+    assert f"at http://127.0.0.1:{port}/v1 (port {port}" in out  # the start-up line says where it listens
+
+
+def test_api_key_from_the_environment_or_a_secret_file(tmp_path, model_dir, monkeypatch):
+    """Containers pass the key as $SCRATCHLLM_API_KEY or a secret file, never on the command line."""
+    from scratchllm.errors import ScratchError
+    from scratchllm.serve.cli import api_key_from_env
+
+    secret = tmp_path / "api_key"
+    secret.write_text("sk-from-file\n")
+    assert api_key_from_env({}) == ""
+    assert api_key_from_env({"SCRATCHLLM_API_KEY": "sk-env"}) == "sk-env"
+    assert api_key_from_env({"SCRATCHLLM_API_KEY_FILE": str(secret)}) == "sk-from-file"
+    for env, message in [({"SCRATCHLLM_API_KEY": "a", "SCRATCHLLM_API_KEY_FILE": str(secret)}, "both"),
+                         ({"SCRATCHLLM_API_KEY_FILE": str(tmp_path / "missing")}, "cannot read"),
+                         ({"SCRATCHLLM_API_KEY_FILE": str(tmp_path)}, "cannot read")]:
+        with pytest.raises(ScratchError, match=message):
+            api_key_from_env(env)
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ScratchError, match="is empty"):
+        api_key_from_env({"SCRATCHLLM_API_KEY_FILE": str(tmp_path / "empty")})
+
+    # `scratchllm serve` uses it; an api_key= setting wins.
+    import scratchllm.serve.server as server
+
+    served = []
+    monkeypatch.setattr(server, "serve", served.append)
+    monkeypatch.setenv("SCRATCHLLM_API_KEY_FILE", str(secret))
+    d, _ = model_dir
+    assert main(["serve", f"model={d}"]) == 0
+    assert main(["serve", f"model={d}", "api_key=sk-arg"]) == 0
+    assert [c.api_key for c in served] == ["sk-from-file", "sk-arg"]
+
+
+def test_serve_names_an_unreadable_model_file(model_dir, monkeypatch, capsys):
+    """A model directory with 0600 files mounted into a container whose server runs as another user."""
+    import os
+
+    import scratchllm.serve.server as server
+
+    d, _ = model_dir
+    monkeypatch.setattr(server, "serve", lambda cfg: pytest.fail("the server must not start"))
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: not str(p).endswith("config.json") and real_access(p, mode))
+    assert main(["serve", f"model={d}"]) == 2
+    err = capsys.readouterr().err
+    assert f"permission denied reading {d / 'config.json'}" in err and f"chmod -R a+rX {d}" in err

@@ -46,16 +46,52 @@ def error_of(capsys):
     return err
 
 
-def test_invalid_utf8_corpus(tmp_path, capsys):
+def test_invalid_utf8_file_is_skipped_and_counted_like_data_prepare(tmp_path, capsys):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"fine text \xc3\x28 broken")
     code, out = train(tmp_path, files=[str(bad)])
     assert code == 2
     err = error_of(capsys)
-    assert "bad.txt is not valid UTF-8" in err and "fix:" in err and "corpus.errors=replace" in err
+    assert "training corpus is empty" in err and "invalid utf8" in err and "fix:" in err
     assert not out.exists()  # nothing half-written
-    code, out = train(tmp_path, "corpus.errors=replace", files=[str(bad)])
+    good = write(tmp_path / "good.txt", "the quick brown fox jumps over the lazy dog\n" * 50)
+    code, out = train(tmp_path, files=[str(bad), str(good)])
     assert code == 0
+    assert "2 files read, 1 skipped" in capsys.readouterr().err
+
+
+def test_reads_files_through_data_ingest(tmp_path, capsys):
+    """gzip, JSONL and Latin-1 files: the tokenizer sees the text data prepare sees, never the raw bytes."""
+    import gzip
+    import json
+
+    from scratchllm.tokenizer.bpe import Tokenizer
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    line = "the quick brown fox jumps over the lazy dog\n"
+    (folder / "a.txt.gz").write_bytes(gzip.compress((line * 40).encode()))
+    (folder / "b.jsonl").write_text("\n".join(json.dumps({"text": line * 5, "id": i}) for i in range(8)) + "\n")
+    (folder / "latin1.txt").write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e\n".encode("latin-1") * 20)
+    code, out = train(tmp_path, "tokenizer.vocab_size=320", files=[str(folder)])
+    assert code == 0
+    assert "3 files read, 1 skipped" in capsys.readouterr().err
+    tok = Tokenizer.load(out)
+    vocab = [tok.id_to_bytes(i) for i in range(256, 256 + len(tok.merges))]
+    # No JSON syntax, no gzip bytes, no U+FFFD, no literal backslash-n: only the documents' text.
+    assert not any(b'"' in v or b"\\n" in v or "\ufffd".encode() in v for v in vocab)
+    assert all(v.decode("utf-8", "strict") is not None for v in vocab if v.isascii())
+    assert any(b"quick" in v or b"brown" in v for v in vocab)
+
+
+@pytest.mark.parametrize("tty, flag, bars", [(False, [], False), (True, ["--no-progress"], False), (True, [], True)])
+def test_progress_bars_only_on_a_terminal(tmp_path, capsys, monkeypatch, tty, flag, bars):
+    corpus = write(tmp_path / "c.txt", "the quick brown fox jumps over the lazy dog\n" * 50)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+    code = main(["tokenizer", "train", *flag, f"output={tmp_path / 'tok'}", f'corpus.files=["{corpus}"]',
+                 "tokenizer.vocab_size=300"])
+    assert code == 0
+    assert ("merges" in capsys.readouterr().err) == bars
 
 
 @pytest.mark.parametrize(
@@ -65,7 +101,7 @@ def test_invalid_utf8_corpus(tmp_path, capsys):
         ("ok", ["tokenizer.vocab_size=100"], "vocab_size 100 is too small"),
         ("ok", ["tokenizer.vocab_size=big"], "'tokenizer.vocab_size' must be an integer"),
         ("ok", ["tokenizer.vocab=300"], "unknown config key 'tokenizer.vocab'"),
-        ("missing", [], "file not found"),
+        ("missing", [], "not found"),
     ],
 )
 def test_training_bad_input(tmp_path, capsys, setup, overrides, message):

@@ -56,14 +56,14 @@ def write_preset(make_cfg, tmp_path, name, *common):
 COMMON = ("train.max_steps=4", "train.grad_accum=2", "checkpoint.interval=2", "eval.batches=0", "optim.grad_clip=0.5")
 
 
-def assert_same_training(dir_a, dir_b, rtol=1e-5, atol=1e-6):
+def assert_same_training(dir_a, dir_b, rtol=1e-5, atol=1e-6, steps=4):
     wa, wb = final_weights(dir_a), final_weights(dir_b)
     assert wa.keys() == wb.keys()
     for name in wa:
         torch.testing.assert_close(wb[name], wa[name], rtol=rtol, atol=atol, msg=name)
     la = [r["loss"] for r in read_metrics(dir_a, "train")]
     lb = [r["loss"] for r in read_metrics(dir_b, "train")]
-    assert len(la) == 4
+    assert len(la) == steps
     torch.testing.assert_close(torch.tensor(lb), torch.tensor(la), rtol=1e-5, atol=1e-6)
 
 
@@ -77,6 +77,15 @@ def test_ddp_two_processes_equal_one_process_with_the_global_batch(make_cfg, tmp
     # only rank 0 wrote: one metrics file, checkpoints in the single-process format
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "ddp" / "checkpoints")] == [2, 4]
     assert ckpt.load_checkpoint(tmp_path / "ddp" / "checkpoints" / "step_000004").state["world_size"] == 2
+
+
+def test_fsdp2_two_processes_equal_one_process(make_cfg, tmp_path):
+    """The fast FSDP2 check of the default run (the slow test below adds checkpoints and resume)."""
+    common = ("train.max_steps=2", "train.grad_accum=2", "checkpoint.interval=0", "eval.batches=0",
+              "optim.grad_clip=0.5")
+    preset = write_preset(make_cfg, tmp_path, "fsdp", *common, "train.parallel=fsdp")
+    assert "on 2 x cpu (fsdp)" in torchrun(preset).stderr
+    assert_same_training(reference(make_cfg, tmp_path, *common), tmp_path / "fsdp", steps=2)
 
 
 @pytest.mark.slow
@@ -95,3 +104,35 @@ def test_fsdp2_trains_checkpoints_and_resumes(make_cfg, tmp_path):
     assert [(r["step"], r["loss"]) for r in read_metrics(resumed, "train")] == full[2:]
     a, b = final_weights(tmp_path / "fsdp"), final_weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+DYING_RANK = """
+import os, signal, sys
+from scratchllm.cli import main
+from scratchllm.train.loop import Trainer
+step = Trainer.accumulate_gradients
+def dying(self, batches):
+    if self.dist.rank == 1 and self.step + 1 == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return step(self, batches)
+Trainer.accumulate_gradients = dying
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_dead_rank_is_named_with_the_torchrun_resume_command(make_cfg, tmp_path):
+    preset = write_preset(make_cfg, tmp_path, "ddp", *COMMON, "train.max_steps=50", "checkpoint.interval=2",
+                          "train.parallel=ddp")
+    script = tmp_path / "dying.py"
+    script.write_text(DYING_RANK)
+    port = free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+           "--master_addr=127.0.0.1", f"--master_port={port}", str(script), "train", "--config", str(preset)]
+    result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=300)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "rank 0 lost its peers during step 3" in out and "rank 1 (pid" in out, out
+    assert "internal error" not in out
+    assert f"--master_port={port} {script} train --config {preset} --resume" in out, out

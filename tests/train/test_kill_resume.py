@@ -6,14 +6,28 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from scratchllm.config import to_toml
 from scratchllm.train import checkpoint as ckpt
 from scratchllm.train.tracking import read_metrics
 
 STEPS = 40
-KILL_AFTER = 10  # kill once this checkpoint exists
+KILL_IN = 13  # the victim SIGKILLs itself in the middle of this step (after checkpoint 10, before 15)
+
+# The victim: the real CLI in a process that kills itself inside step KILL_IN's forward/backward -
+# an exact point, where polling from outside could miss its window on a loaded machine.
+VICTIM = """
+import os, signal, sys
+from scratchllm.cli import main
+from scratchllm.train.loop import Trainer
+step = Trainer.accumulate_gradients
+def dying(self, batches):
+    if self.step + 1 == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return step(self, batches)
+Trainer.accumulate_gradients = dying
+sys.exit(main(sys.argv[2:]))
+"""
 
 
 def train_cmd(preset, *extra):
@@ -33,19 +47,13 @@ def test_sigkill_then_resume_is_bit_identical(make_cfg, tmp_path):
         presets[name].write_text(to_toml(make_cfg(*common, out=tmp_path / name)))
     # Both start together (two cores); one is killed, the other runs to the end.
     full = subprocess.Popen(train_cmd(presets["full"]), env=env(), stderr=subprocess.PIPE, text=True)
-    victim = subprocess.Popen(train_cmd(presets["killed"]), env=env(), stderr=subprocess.PIPE, text=True)
+    victim_cmd = [sys.executable, "-c", VICTIM, str(KILL_IN), "train", "--config", str(presets["killed"])]
+    victim = subprocess.Popen(victim_cmd, env=env(), stderr=subprocess.PIPE, text=True)
     root = tmp_path / "killed" / "checkpoints"
-    deadline = time.monotonic() + 120
-    while victim.poll() is None and time.monotonic() < deadline:
-        latest = ckpt.latest_checkpoint(root)
-        if latest is not None and int(latest.name.split("_")[1]) >= KILL_AFTER:
-            victim.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    assert victim.wait(60) == -signal.SIGKILL, victim.stderr.read()  # killed mid-run, not finished
-    assert full.wait(120) == 0, full.stderr.read()
+    assert victim.wait(300) == -signal.SIGKILL, victim.stderr.read()  # killed mid-run, not finished
+    assert full.wait(300) == 0, full.stderr.read()
     killed_at = ckpt.latest_checkpoint(root)
-    assert int(killed_at.name.split("_")[1]) < STEPS
+    assert killed_at.name == "step_000010"
 
     resumed = subprocess.run(train_cmd(presets["killed"], "--resume"), env=env(), capture_output=True, text=True,
                              timeout=120)

@@ -153,8 +153,26 @@ def test_missing_shard_is_reported(make_cfg, shard_dir, tmp_path):
 
 
 def test_vocab_mismatch_is_reported(make_cfg):
-    with pytest.raises(ScratchError, match="vocabulary of 257 tokens but the model's vocab_size is 200"):
-        build_trainer(make_cfg("model.vocab_size=200"), Dist())
+    """Refused before training, both ways: a larger model would sample ids the tokenizer cannot decode."""
+    for vocab in (200, 4096):
+        with pytest.raises(ScratchError, match=f"model config has vocab_size={vocab} but the tokenizer of the data "
+                                               ".* has 257 tokens") as e:
+            build_trainer(make_cfg(f"model.vocab_size={vocab}"), Dist())
+        assert "model.vocab_size=257" in e.value.hint
+
+
+def test_final_checkpoint_is_saved_before_the_final_samples(make_cfg):
+    """A failure in the end-of-run sample must not cost the final checkpoint."""
+    trainer = build_trainer(make_cfg("train.max_steps=3", "eval.sample_tokens=4"), Dist())
+    trainer.tokenizer = ByteTokenizer()
+
+    def failing_sample():
+        raise RuntimeError("sampling failed")
+
+    trainer.sample = failing_sample
+    with pytest.raises(RuntimeError, match="sampling failed"):
+        trainer.fit()
+    assert ckpt.latest_checkpoint(trainer.ckpt_root).name == "step_000003"
 
 
 def test_cli_trains_and_reports_errors(make_cfg, tmp_path, capsys):
@@ -167,7 +185,28 @@ def test_cli_trains_and_reports_errors(make_cfg, tmp_path, capsys):
     assert [s for s, _ in losses(cfg.out_dir)] == [1, 2, 3]
     assert main(["train", "--config", str(preset)]) == 2
     assert "already holds a run" in capsys.readouterr().err
-    assert main(["train", "--config", str(preset), "--resume", "train.max_steps=5"]) == 0
+    # A longer run changes the learning-rate schedule: refused unless asked for.
+    assert main(["train", "--config", str(preset), "--resume", "train.max_steps=5"]) == 2
+    err = capsys.readouterr().err
+    assert "train.max_steps: 3 -> 5" in err and "train.allow_schedule_change=true" in err
+    assert main(["train", "--config", str(preset), "--resume", "train.max_steps=5",
+                 "train.allow_schedule_change=true"]) == 0
+    assert "resuming on a changed schedule" in capsys.readouterr().err
     assert [s for s, _ in losses(cfg.out_dir)] == [1, 2, 3, 4, 5]
     assert main(["train", "--config", str(preset), "train.activation_checkpointing=some"]) == 2
     assert "every-N" in capsys.readouterr().err
+
+
+def test_auto_threads_uses_idle_cores(monkeypatch):
+    import os
+
+    from scratchllm.train.loop import auto_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.4, 0.0, 0.0))
+    assert auto_threads() == 6
+    monkeypatch.setattr(os, "getloadavg", lambda: (12.0, 0.0, 0.0))  # oversubscribed: one thread
+    assert auto_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert auto_threads() == 0  # the launcher's (torchrun's) choice stands

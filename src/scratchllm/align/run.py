@@ -59,7 +59,9 @@ def load_model(path: Path, what: str, tokenizer: Any) -> nn.Module:
     if (Path(path) / "reward.json").is_file():
         raise ScratchError(f"{what} {path} is a reward model, not a language model",
                            "point models.policy/models.reference at an SFT model directory")
-    model = Transformer.from_pretrained(path)
+    from scratchllm.model.paths import resolve_model_dir
+
+    model = Transformer.from_pretrained(resolve_model_dir(path))
     if tokenizer.vocab_size > model.cfg.vocab_size:
         raise ScratchError(f"the tokenizer has {tokenizer.vocab_size} tokens but the {what} model's vocab_size is "
                            f"{model.cfg.vocab_size}", "use the tokenizer the model was trained with")

@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="<command>", required=True)
 
     p = sub.add_parser("prepare", help="run the data pipeline and write token shards + manifest")
-    add_config_arguments(p, DEFAULT_CONFIG)
+    add_config_arguments(p, DEFAULT_CONFIG, "out_dir=runs/data2")
     p.add_argument("--force", action="store_true", help="rebuild everything, even if up to date")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_prepare)

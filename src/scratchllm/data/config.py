@@ -277,6 +277,15 @@ class DataConfig:
     def validate(self) -> None:
         if not self.sources:
             raise ScratchError("no data sources configured", "add a [[sources]] table to the config")
+        # A weighted domain no source produces would fail only after ingest: say so before anything runs.
+        produced = {d for s in self.sources for d in (s.domains if s.kind == "embedded" else [s.domain])}
+        missing = sorted(d for d, w in self.mix.weights.items() if w > 0 and d not in produced)
+        if missing:
+            raise ScratchError(
+                f"mix.weights: no source produces domain {missing[0]!r} "
+                f"(the sources give: {', '.join(sorted(produced))})",
+                "add a source with that domain, or set mix.weights to your domains only, e.g. mix.weights={prose=1.0}",
+            )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ScratchError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.shard_tokens < 1024 or self.batch_docs < 1:

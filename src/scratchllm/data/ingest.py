@@ -97,6 +97,7 @@ def read_files(
     for path in paths:
         stats.files += 1
         kind = detect_format(path) if fmt == "auto" else fmt
+        skipped_before = stats.skipped
         try:
             with _open(path) as f:
                 if kind == "jsonl":
@@ -116,7 +117,9 @@ def read_files(
                     stats.documents += 1
                     stats.bytes += len(text.encode("utf-8"))
                     yield Document(text, domain, f"{path}#{i}" if kind == "jsonl" or i else str(path))
-                if n == 0 and kind != "jsonl":
+                # A JSONL file whose lines were each skipped is counted per line; one with none at all
+                # (0 bytes, blank lines) is an empty file, like an empty text file.
+                if n == 0 and (kind != "jsonl" or stats.skipped == skipped_before):
                     stats.skip("empty", path)
         except _Binary:
             stats.skip("binary", path, "contains NUL bytes")

@@ -203,9 +203,12 @@ def stage_documents(cfg: DataConfig, tok, files: dict[int, list[Path]], staging:
     if docs_in == 0:
         raise ScratchError("no documents were read from any source", _why_empty(ingest))
     if not writers:
+        removed = [f"{cleaner.stats.emptied} emptied by cleaning"]
+        removed += [f"{c.removed} by the {name} filter" for name, c in filters.stats.items() if c.removed]
+        removed.append(f"{dedup.stats.exact_removed + dedup.stats.near_removed} as duplicates")
         raise ScratchError(
-            f"all {docs_in} documents were removed by cleaning, filtering or deduplication",
-            "relax the filters (see the counts above, or set debug_dump = true to see why)",
+            f"all {docs_in} documents were removed: {', '.join(removed)}",
+            "relax the filters that removed them (set debug_dump = true to see each document and why)",
         )
     seconds = time.perf_counter() - t0
     return {

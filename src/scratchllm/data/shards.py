@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import io
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     import torch
 
 MANIFEST = "manifest.json"
+_REPAIR_HINT = "rebuild it with scratchllm data prepare (or restore the files from a good copy)"
 FORMAT = "scratchllm-shards"
 VERSION = 1
 
@@ -229,12 +231,17 @@ class ShardDataset:
         self.dtype = np.dtype(self.manifest["dtype"])
         info = _split(self.manifest, split)
         self.shards = []
+        self.shard_files: list[Path] = []  # parallel to self.shards, for error messages
+        self._entries = info["shards"]
         for s in info["shards"]:
             p = self.root / s["file"]
             if not p.exists() or p.stat().st_size != s["tokens"] * self.dtype.itemsize:
-                raise ScratchError(f"shard {p} is missing or has the wrong size", "rerun scratchllm data prepare")
+                raise ScratchError(f"shard {p} is missing or has the wrong size", _REPAIR_HINT)
             if s["tokens"]:
                 self.shards.append(np.memmap(p, dtype=self.dtype, mode="r"))
+                self.shard_files.append(p)
+        self._check_thread: threading.Thread | None = None
+        self._problems: list[str] = []
         self.num_tokens = sum(len(s) for s in self.shards)
         self.vocab_size = int(self.manifest["vocab_size"])
         self.eos_id = self.manifest.get("eos_id")
@@ -271,23 +278,83 @@ class ShardDataset:
         shard = np.searchsorted(cum, picks, side="right")
         offset = picks - np.concatenate([[0], cum[:-1]])[shard]
         rows = np.stack([self.shards[s][o : o + seq_len + 1] for s, o in zip(shard, offset, strict=True)])
+        self._check_ids(rows, shard, offset)
+        self.check_verified(wait=False)
         if generator is None:
             self.batches += 1
         return _inputs_targets(rows)
+
+    # --- integrity: token-id bounds on every read, checksums once per run ------------------------------
+
+    def _check_ids(self, rows: np.ndarray, shard: np.ndarray, offset: np.ndarray) -> None:
+        """Refuse a window holding an id outside the vocabulary (only corruption produces one), naming
+        the shard and offset, before the model turns it into an unexplained IndexError."""
+        if rows.size == 0 or int(rows.max()) < self.vocab_size:
+            return
+        r, col = map(int, np.argwhere(rows >= self.vocab_size)[0])
+        where = int(offset[r]) + col
+        path = self.shard_files[int(shard[r])]
+        raise ScratchError(
+            f"shard {path} is corrupt: token id {int(rows[r, col])} at token offset {where:,} (byte "
+            f"{where * self.dtype.itemsize:,}) is outside the vocabulary of {self.vocab_size}",
+            f"check the data with `scratchllm data verify {self.root}`, then {_REPAIR_HINT}",
+        )
+
+    def start_verification(self) -> None:
+        """Hash this split's shards against the manifest in a background thread (once per run: the data
+        is read anyway, and hashing releases the GIL); ``check_verified`` reports what it found."""
+        if self._check_thread is not None:
+            return
+
+        def work() -> None:
+            for s in self._entries:
+                for name, digest in ((s["file"], s["sha256"]), (s["index"], s["index_sha256"])):
+                    try:
+                        ok = sha256_file(self.root / name) == digest
+                    except OSError as e:
+                        self._problems.append(f"cannot read {self.root / name} ({e})")
+                        return
+                    if not ok:
+                        self._problems.append(f"{self.root / name} checksum mismatch (manifest.json says otherwise)")
+                        return
+
+        self._check_thread = threading.Thread(target=work, name="shard-verify", daemon=True)
+        self._check_thread.start()
+
+    def check_verified(self, wait: bool = True) -> None:
+        """Raise if the background checksum pass found a problem; ``wait``: until it has finished."""
+        if self._check_thread is None:
+            return
+        if wait:
+            self._check_thread.join()
+        if self._problems:
+            raise ScratchError(
+                f"the {self.split} data is corrupt: {self._problems[0]}",
+                f"check it with `scratchllm data verify {self.root}`, then {_REPAIR_HINT}",
+            )
 
     def iter_batches(self, batch_size: int, seq_len: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Every non-overlapping window of every shard, in order (for evaluation); last batch may be short."""
         import torch
 
         rows: list[np.ndarray] = []
-        for s in self.shards:
+        where: list[tuple[int, int]] = []
+
+        def batch() -> tuple[torch.Tensor, torch.Tensor]:
+            stacked = np.stack(rows)
+            self._check_ids(stacked, np.array([w[0] for w in where]), np.array([w[1] for w in where]))
+            rows.clear()
+            where.clear()
+            return _inputs_targets(stacked)
+
+        for i, s in enumerate(self.shards):
             for o in range(0, len(s) - seq_len, seq_len):
                 rows.append(s[o : o + seq_len + 1])
+                where.append((i, o))
                 if len(rows) == batch_size:
-                    yield _inputs_targets(np.stack(rows))
-                    rows = []
+                    yield batch()
         if rows:
-            yield _inputs_targets(np.stack(rows))
+            yield batch()
 
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "batches": self.batches, "rng_state": self.generator.get_state()}

@@ -7,10 +7,12 @@ import datetime as _dt
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from scratchllm.errors import ScratchError
 
 BASELINE_BYTES_PER_DOMAIN = 1_000_000
+BASELINE_TRAIN_TOKENS = 2_000_000  # of a prepared data folder's train split (as the pipeline's eval stage)
 ENDPOINT_TYPES = ("generate", "safety", "judge")  # task types a chat endpoint can run
 
 
@@ -38,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--baselines", default="unigram,bigram,kneser_ney",
                    help="n-gram baselines next to perplexity ('none' to skip)")
     p.add_argument("--baseline-text", action="append", default=[], metavar="FILE",
-                   help="text the baselines are fit on (default: the embedded corpus)")
+                   help="text the baselines are fit on: a file, or a `data prepare` output folder (its train "
+                        "split: your corpus). Repeatable. Default: the embedded corpus")
     p.add_argument("--max-tokens", type=int, help="generated tokens per answer at most (default: each task's)")
     p.add_argument("--samples", type=int, help="code tasks: completions per problem (pass@k needs k <= samples)")
     p.add_argument("--temperature", type=float, help="code tasks: sampling temperature")
@@ -132,7 +135,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     baselines = [] if args.baselines.strip() == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
     settings = EvalSettings(
         limit=args.limit, batch_size=args.batch_size, stride=args.stride, baselines=baselines,
-        baseline_documents=_baseline_loader(args.baseline_text),
+        baseline_documents=_baseline_loader(args.baseline_text, lm),
         max_tokens=args.max_tokens, samples=args.samples, temperature=args.temperature,
         k=_int_list(args.k, "--k") if args.k else None,
         judge=judge, chat=args.chat, judge_safety=args.judge_safety, compare=compare,
@@ -161,14 +164,41 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _baseline_loader(files: list[str]):
+def _baseline_loader(files: list[str], lm: Any = None):
     def load() -> list[str]:
         if files:
             from scratchllm.io import read_text
 
-            return [read_text(f) for f in files]
+            texts: list[str] = []
+            for f in files:
+                if (Path(f) / "manifest.json").is_file():  # prepared data: its train split, your corpus
+                    texts += _train_split_texts(Path(f), lm)
+                else:
+                    texts.append(read_text(f))
+            return texts
         from scratchllm.data.corpus import embedded_text
 
         return embedded_text(max_bytes_per_domain=BASELINE_BYTES_PER_DOMAIN).split("\n\n")
 
     return load
+
+
+def _train_split_texts(data_dir: Path, lm: Any, budget: int = BASELINE_TRAIN_TOKENS) -> list[str]:
+    """The documents of a prepared data directory's train split (up to ``budget`` tokens), as text."""
+    from scratchllm.data.shards import iter_documents, load_manifest
+
+    # Decoded with the tokenizer the shards were made with (the model's may differ); the baselines then
+    # re-encode the text with the model's tokenizer.
+    decode = lm.decode
+    tok_path = Path(str(load_manifest(data_dir)[1].get("tokenizer", "")))
+    if str(tok_path) and tok_path.exists():
+        from scratchllm.tokenizer import Tokenizer
+
+        decode = Tokenizer.load(tok_path).decode
+    texts, n = [], 0
+    for _, ids in iter_documents(data_dir, "train"):
+        texts.append(decode([int(i) for i in ids]))
+        n += len(ids)
+        if n >= budget:
+            break
+    return texts

@@ -536,7 +536,10 @@ def load_model(
     ``backend``: ``auto`` (ours for our directories, transformers for HF ones), ``scratchllm``
     (also imports a HF Llama directory into our Transformer, no transformers needed) or ``hf``.
     """
-    directory = Path(directory)
+    from scratchllm.model.paths import require_tokenizer, resolve_model_dir
+
+    given = Path(directory)
+    directory = resolve_model_dir(given) if given.is_dir() else given  # a run directory -> its model
     kind = model_kind(directory)
     if backend not in ("auto", "scratchllm", "hf"):
         raise ScratchError(f"unknown backend {backend!r}", "use auto, scratchllm or hf")
@@ -553,18 +556,12 @@ def load_model(
     from scratchllm.tokenizer import Tokenizer
 
     model = import_hf(directory) if kind == "hf" else Transformer.from_pretrained(directory)
-    tok_path = Path(tokenizer) if tokenizer is not None else _find_tokenizer(directory)
-    return ScratchLM(model, Tokenizer.load(tok_path), name=directory.name, device=device)
+    from scratchllm.model.checkpoint import check_vocab
 
-
-def _find_tokenizer(directory: Path) -> Path:
-    for candidate in (directory, directory / "tokenizer", directory.parent / "tokenizer"):
-        if (candidate / "scratchllm_tokenizer.json").is_file() or (candidate / "tokenizer.json").is_file():
-            return candidate
-    raise ScratchError(
-        f"no tokenizer found for {directory} (looked in it, in {directory / 'tokenizer'} and {directory.parent / 'tokenizer'})",
-        "pass --tokenizer DIR (the tokenizer the model was trained with)",
-    )
+    tok_path = Path(tokenizer) if tokenizer is not None else require_tokenizer(given, directory)
+    tok = Tokenizer.load(tok_path)
+    check_vocab(model.cfg.vocab_size, tok.vocab_size, f"the model in {directory}", f"the tokenizer in {tok_path}")
+    return ScratchLM(model, tok, name=directory.name, device=device)
 
 
 def perplexity(logprob: float, count: int) -> float:

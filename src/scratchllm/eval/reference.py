@@ -32,7 +32,7 @@ test_split: test
 
 LM_EVAL_TASKS: dict[str, str] = {
     "mmlu": """output_type: multiple_choice
-doc_to_text: "{{question}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\nC. {{choices[2]}}\\nD. {{choices[3]}}\\nAnswer:"
+doc_to_text: "The following are multiple choice questions (with answers) about {{subject.replace('_', ' ')}}.\\n\\n{{question.strip()}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\nC. {{choices[2]}}\\nD. {{choices[3]}}\\nAnswer:"
 doc_to_choice: ["A", "B", "C", "D"]
 doc_to_target: "{{answer}}"
 metric_list:

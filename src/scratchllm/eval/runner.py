@@ -210,7 +210,8 @@ def run_generate(lm: LanguageModel, spec: TaskSpec, records: list[Record], setti
     requests = [GenerateRequest(prefix + render(spec.template, rec), max_tokens, spec.stop, chat=settings.chat)
                 for rec in records]
     outputs = _generate_all(lm, requests, settings, spec.name)
-    for rec, (output, *_) in zip(records, outputs, strict=True):
+    for rec, req, (output, *_) in zip(records, requests, outputs, strict=True):
+        prompt = req.prompt
         reference = str(get_path(rec, spec.answer))
         gold = M.extract_strict(reference, spec.answer_pattern) or M.normalize_number(reference)
         pred_strict = M.extract_strict(output, spec.answer_pattern)
@@ -218,7 +219,7 @@ def run_generate(lm: LanguageModel, spec: TaskSpec, records: list[Record], setti
         strict.append(float(pred_strict == gold))
         flexible.append(float(pred_flex == gold))
         if settings.log_samples:
-            samples.append({"source": rec.source, "output": output, "gold": gold,
+            samples.append({"source": rec.source, "prompt": prompt, "output": output, "gold": gold,
                             "strict": pred_strict, "flexible": pred_flex})
     out = {"n": len(records), "metrics": {**_acc(strict, "exact_match"), **_acc(flexible, "exact_match_flexible")}}
     if samples:

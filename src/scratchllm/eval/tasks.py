@@ -9,8 +9,10 @@ Spec keys (all types)::
 
     name = "arc"                       # shown in reports
     type = "multiple_choice"           # multiple_choice | perplexity | generate | code | safety | judge
-    data = "data.jsonl"                # relative to the spec; .jsonl, .jsonl.gz, .json, .csv, .txt
+    data = "data.jsonl"                # relative to the spec; .jsonl(.gz), .json, .csv, .parquet, .txt
     template = "Question: {question}\\nAnswer:"   # prompt; {field}, {field[0]}, {field[key]}
+    preprocess = "hellaswag"           # optional: lm-evaluation-harness's record preprocessing (below)
+    csv_columns = ["question", "A"]    # optional: a CSV without a header row has these columns
 
 Fields are referred to by dotted paths (``choices.text``); a path through a list of objects collects
 the field from each (``question.choices.text`` in the original ARC files).
@@ -22,6 +24,7 @@ import csv
 import gzip
 import io
 import json
+import re
 import string
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +54,12 @@ class TaskSpec:
     data: str
     description: str = ""
     template: str = "{question}"
+    # lm-evaluation-harness's per-record preprocessing for benchmarks whose prompt needs code:
+    # "hellaswag" adds `query` and `choices` (markers removed, ctx_b capitalised); "mmlu" adds
+    # `subject_name` (from `subject`, or the file name of an original per-subject CSV), strips
+    # `question` and builds `choices` from columns A-D.
+    preprocess: Literal["", "hellaswag", "mmlu"] = ""
+    csv_columns: list[str] = field(default_factory=list)  # a headerless CSV's columns (original MMLU)
     # multiple_choice
     choices: str | list[str] = "choices"  # path to the list of choice texts, or one path per choice
     continuations: list[str] = field(default_factory=list)  # scored strings (e.g. A-D); default: the choices
@@ -173,11 +182,15 @@ def get_path(record: Record, path: str) -> Any:
 # --- data files ---------------------------------------------------------------------------------------
 
 
-def read_records(path: Path, limit: int | None = None) -> list[Record]:
-    """Records from JSONL (.jsonl, .jsonl.gz), a JSON list, CSV with a header row, or plain text."""
+def read_records(path: Path, limit: int | None = None, csv_columns: Sequence[str] = ()) -> list[Record]:
+    """Records from JSONL (.jsonl, .jsonl.gz), a JSON list, CSV (with a header row, or ``csv_columns``),
+    Parquet (the Hugging Face copies of benchmarks), or plain text."""
     if not path.is_file():
         raise ScratchError(f"task data file not found: {path}", "check the path in the spec or in --data")
     name = path.name.lower()
+    if name.endswith(".parquet"):
+        records = _parquet_records(path)
+        return records[:limit] if limit else records
     try:
         raw = path.read_bytes()
         if name.endswith(".gz"):
@@ -192,7 +205,7 @@ def read_records(path: Path, limit: int | None = None) -> list[Record]:
     if name.endswith(".txt"):
         records = [Record({"text": text}, f"{path}:1")]
     elif name.endswith(".csv"):
-        records = list(_csv_records(text, path))
+        records = list(_csv_records(text, path, csv_columns))
     elif name.endswith(".json"):
         records = _json_records(text, path)
     else:
@@ -217,18 +230,67 @@ def _json_records(text: str, path: Path) -> list[Record]:
     return [Record(v, f"{path}[{i}]") for i, v in enumerate(value)]
 
 
-def _csv_records(text: str, path: Path) -> Iterator[Record]:
+def _csv_records(text: str, path: Path, columns: Sequence[str] = ()) -> Iterator[Record]:
     reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if not header:
+    first = next(reader, None)
+    if not first:
         return
-    for number, row in enumerate(reader, 2):
+    header, start = (list(columns), 1) if columns and first != list(columns) else (first, 2)
+    rows = [first, *reader] if start == 1 else reader
+    for number, row in enumerate(rows, start):
         if not row:
             continue
         if len(row) != len(header):
             raise ScratchError(f"{path}:{number}: {len(row)} columns, the header has {len(header)}",
                                "quote fields that contain commas")
         yield Record(dict(zip(header, row, strict=True)), f"{path}:{number}")
+
+
+def _parquet_records(path: Path) -> list[Record]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ScratchError(f"reading {path} needs pyarrow", "pip install pyarrow") from None
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (OSError, ValueError) as e:  # pyarrow's errors derive from these
+        raise ScratchError(f"cannot read {path} as Parquet: {e}", "the file is not Parquet, or is truncated") from None
+    return [Record(row, f"{path}[{i}]") for i, row in enumerate(rows)]
+
+
+# --- lm-evaluation-harness's record preprocessing -------------------------------------------------------
+
+
+def _hellaswag_text(text: str) -> str:
+    """lm-eval's hellaswag ``preprocess``: WikiHow's [title]/[header]/[step] markers out."""
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    return text.replace("  ", " ")
+
+
+def _preprocess_hellaswag(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    # The original files carry ctx_a and ctx_b (ctx is their join); lm-eval capitalises ctx_b.
+    if "ctx_a" in data and "ctx_b" in data:
+        ctx = f"{data['ctx_a']} {str(data['ctx_b']).capitalize()}"
+    else:
+        ctx = str(data.get("ctx", ""))
+    query = _hellaswag_text(f"{data.get('activity_label', '')}: {ctx}")
+    return {**data, "query": query, "choices": [_hellaswag_text(str(e)) for e in data.get("endings", [])]}
+
+
+def _preprocess_mmlu(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    out = dict(data)
+    # The original release has one headerless CSV per subject: <subject>_test.csv (or _dev, _val).
+    subject = str(data.get("subject") or re.sub(r"_(test|dev|val)$", "", path.stem))
+    out["subject_name"] = subject.replace("_", " ")
+    if isinstance(data.get("question"), str):
+        out["question"] = data["question"].strip()
+    if "choices" not in data and all(k in data for k in "ABCD"):
+        out["choices"] = [data[k] for k in "ABCD"]
+    return out
+
+
+PREPROCESS = {"hellaswag": _preprocess_hellaswag, "mmlu": _preprocess_mmlu}
 
 
 # --- specs and the registry ----------------------------------------------------------------------------
@@ -304,7 +366,11 @@ def data_label(spec: TaskSpec) -> str:
 
 
 def task_records(spec: TaskSpec, limit: int | None = None) -> list[Record]:
-    return read_records(spec.resolve(spec.data), limit)
+    path = spec.resolve(spec.data)
+    records = read_records(path, limit, spec.csv_columns)
+    if spec.preprocess:
+        records = [Record(PREPROCESS[spec.preprocess](r.data, path), r.source) for r in records]
+    return records
 
 
 # --- multiple choice ----------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "assistant tokens only. Writes out_dir/model (merged), out_dir/adapter and out_dir/peft_adapter, "
         "and out_dir/report.json (held-out loss/accuracy before and after).",
     )
-    add_config_arguments(p, DEFAULT_CONFIG)
+    add_config_arguments(p, DEFAULT_CONFIG, "optim.lr=1e-4")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
     p.set_defaults(func=cmd_finetune)
 

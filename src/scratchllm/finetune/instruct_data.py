@@ -28,6 +28,7 @@ from typing import Any
 
 from scratchllm.errors import ScratchError
 from scratchllm.finetune.chat import check_messages
+from scratchllm.io import iter_json_array, read_text
 
 KINDS = ("add", "sub", "mul", "reverse", "upper", "count", "length", "corpus_qa")
 SPLITS = ("train", "heldout")
@@ -188,39 +189,57 @@ def record_to_messages(record: Any, where: str = "record") -> list[dict[str, str
     return messages
 
 
+def _starts_with_array(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4096).lstrip().startswith(b"[")
+
+
+def _json_line(raw: bytes, where: str) -> Any:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ScratchError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})",
+                           "re-encode the file as UTF-8, or set data.skip_bad=true") from None
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ScratchError(f"{where}: malformed JSON ({e.msg} at column {e.colno})",
+                           "fix the line, or set data.skip_bad=true to skip bad lines") from None
+
+
 def load_chat_jsonl(
     path: str | Path, skip_bad: bool = False, report: Callable[[str], None] | None = None
 ) -> list[list[dict[str, str]]]:
-    """Read a JSONL chat file. Bad lines raise ScratchError naming the line, or with ``skip_bad``
-    are reported (``report``, default stderr) and skipped."""
+    """Read a chat file: JSONL, or one JSON array of conversations (a ``.json`` file). Bad lines (items)
+    raise ScratchError naming the line, or with ``skip_bad`` are reported (``report``, default stderr) and
+    skipped."""
     path = Path(path)
     if not path.is_file():
         raise ScratchError(f"instruction file not found: {path}", "check the path in finetune.data.path")
     report = report or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     out: list[list[dict[str, str]]] = []
     skipped = 0
-    with path.open("rb") as f:  # bytes, decoded line by line: a bad byte is reported at its own line
-        for lineno, raw in enumerate(f, start=1):
-            where = f"{path}:{lineno}"
-            try:
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise ScratchError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})",
-                                       "re-encode the file as UTF-8, or set data.skip_bad=true") from None
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ScratchError(f"{where}: malformed JSON ({e.msg} at column {e.colno})",
-                                       "fix the line, or set data.skip_bad=true to skip bad lines") from None
-                out.append(record_to_messages(record, where))
-            except ScratchError as e:
-                if not skip_bad:
-                    raise
-                skipped += 1
-                report(f"skipping {e.message}")
+
+    def keep(where: str, messages: Callable[[], list[dict[str, str]]]) -> None:
+        nonlocal skipped
+        try:
+            out.append(messages())
+        except ScratchError as e:
+            if not skip_bad:
+                raise
+            skipped += 1
+            report(f"skipping {e.message}")
+
+    if _starts_with_array(path):
+        # One JSON array of conversations (ShareGPT as usually distributed, in a .json file).
+        for where, record in iter_json_array(read_text(path), path, "each item is one conversation object"):
+            keep(where, lambda r=record, w=where: record_to_messages(r, w))
+    else:
+        with path.open("rb") as f:  # bytes, decoded line by line: a bad byte is reported at its own line
+            for lineno, raw in enumerate(f, start=1):
+                if raw.strip():
+                    where = f"{path}:{lineno}"
+                    keep(where, lambda r=raw, w=where: record_to_messages(_json_line(r, w), w))
     if skipped:
         report(f"{path}: skipped {skipped} bad line(s), kept {len(out)}")
     if not out:

@@ -44,15 +44,13 @@ from scratchllm.train.parallel import Dist
 
 def resolve_base(path: str) -> Path:
     """A model directory, a fine-tuning run's merged ``model/``, or the latest checkpoint of a run."""
-    p = Path(path)
-    for candidate in (p, p / "model", p / "checkpoints"):
-        if (candidate / "config.json").is_file():
-            return candidate
-        latest = ckpt.latest_checkpoint(candidate)
-        if latest is not None:
-            return latest
-    raise ScratchError(f"base model not found: {path} has no config.json + model.safetensors and no checkpoints",
-                       "point base.checkpoint at a model directory or a `scratchllm train` run directory")
+    from scratchllm.model.paths import resolve_model_dir
+
+    try:
+        return resolve_model_dir(path)
+    except ScratchError as e:
+        raise ScratchError(f"base model not found: {e.message}",
+                           "point base.checkpoint at a model directory or a `scratchllm train` run directory") from None
 
 
 def load_base(cfg: FinetuneConfig, tokenizer: Any) -> Transformer:

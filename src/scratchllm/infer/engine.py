@@ -138,7 +138,7 @@ class Engine:
             req.cancelled = cancelled
         req.seq = list(prompt)
         req.arrival = time.monotonic()
-        if params.seed is not None and params.temperature > 0:
+        if params.seed is not None and not params.greedy:
             req.generator = torch.Generator(device=self.device).manual_seed(params.seed)
         V = self.model.cfg.vocab_size
         if params.repetition_penalty != 1.0:

@@ -17,12 +17,18 @@ import torch
 from scratchllm.errors import ScratchError
 
 
+GREEDY_BELOW = 1e-5  # temperatures below this sample greedily (as vLLM): logits / 1e-45 overflow float32
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # signed 64-bit; torch's generators take seed + row up to 2**64 - 1
+REPETITION_PENALTY_RANGE = (0.01, 100.0)  # logits are divided or multiplied by it: keep them finite in float32
+PENALTY_RANGE = (-100.0, 100.0)  # frequency/presence: finite logits (the server keeps OpenAI's [-2, 2])
+
+
 @dataclass
 class SamplingParams:
     """How to pick each next token and when to stop. Defaults: plain sampling at temperature 1."""
 
     max_new_tokens: int = 64
-    temperature: float = 1.0  # 0: greedy (argmax)
+    temperature: float = 1.0  # 0 (anything below GREEDY_BELOW): greedy (argmax)
     top_k: int = 0  # 0: off; else keep the k most likely tokens
     top_p: float = 1.0  # nucleus: keep the smallest set of tokens whose probability reaches top_p
     min_p: float = 0.0  # keep tokens with probability >= min_p * (probability of the most likely token)
@@ -36,14 +42,28 @@ class SamplingParams:
     seed: int | None = None  # None: torch's global random state
     logprobs: int = 0  # also report the top-n alternatives' log-probabilities at each step (0: only the chosen)
 
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW
+
     def validate(self) -> None:
+        """Every value within the range the sampling maths can take (NaN fails every comparison)."""
+        lo, hi = REPETITION_PENALTY_RANGE
+        plo, phi = PENALTY_RANGE
         checks = [
             (self.max_new_tokens >= 1, f"max_new_tokens must be at least 1, got {self.max_new_tokens}"),
-            (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
+            (0 <= self.temperature < float("inf"), f"temperature must be finite and >= 0, got {self.temperature}"),
             (self.top_k >= 0, f"top_k must be >= 0 (0 turns it off), got {self.top_k}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}"),
-            (self.repetition_penalty > 0, f"repetition_penalty must be positive, got {self.repetition_penalty}"),
+            (lo <= self.repetition_penalty <= hi,
+             f"repetition_penalty must be in [{lo}, {hi}], got {self.repetition_penalty}"),
+            (plo <= self.frequency_penalty <= phi,
+             f"frequency_penalty must be in [{plo}, {phi}], got {self.frequency_penalty}"),
+            (plo <= self.presence_penalty <= phi,
+             f"presence_penalty must be in [{plo}, {phi}], got {self.presence_penalty}"),
+            (self.seed is None or SEED_MIN <= self.seed <= SEED_MAX,
+             f"seed must be a signed 64-bit integer ({SEED_MIN}..{SEED_MAX}), got {self.seed}"),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
             (self.logprobs >= 0, f"logprobs must be >= 0, got {self.logprobs}"),
         ]
@@ -111,9 +131,9 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
 def sample(logits: torch.Tensor, params: SamplingParams, generators: list[torch.Generator | None] | None = None
            ) -> torch.Tensor:
-    """Next token per row of processed logits (B, V) float: argmax at temperature 0, else a draw
+    """Next token per row of processed logits (B, V) float: argmax at temperature ~0, else a draw
     (row i from generators[i] when given and not None, else torch's global random state)."""
-    if params.temperature == 0:
+    if params.greedy:
         return logits.argmax(-1)
     probs = filter_logits(logits, params).softmax(-1)
     if generators is None or all(g is None for g in generators):
@@ -122,7 +142,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, generators: list[torch.
 
 
 def _processing_key(p: SamplingParams) -> tuple:
-    return (p.temperature, p.top_k, p.top_p, p.min_p) if p.temperature else (0,)
+    return (0,) if p.greedy else (p.temperature, p.top_k, p.top_p, p.min_p)
 
 
 def sample_rows(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]

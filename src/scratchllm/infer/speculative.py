@@ -32,7 +32,7 @@ from scratchllm.infer.sampling import Completion, Delta, SamplingParams, StopChe
 def _probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Sampling distribution(s) from logits (..., V): one-hot argmax at temperature 0."""
     logits = logits.float()
-    if params.temperature == 0:
+    if params.greedy:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.size(-1)).float()
     return filter_logits(logits, params).softmax(-1)
 

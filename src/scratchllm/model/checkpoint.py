@@ -2,10 +2,16 @@
 
 safetensors instead of pickle: loading cannot execute code, and the header lists every tensor's
 name, dtype and shape, so a mismatch is reported by name before anything is copied.
+
+A directory may also hold ``checksums.json`` (training checkpoints do: {file name: sha256}). Every
+file read here is then checked against it, so a flipped or truncated file is refused by whatever
+loads it - generate, chat, serve, eval, export, fine-tuning, alignment, the pipeline - not only
+by ``train --resume``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +28,7 @@ from scratchllm.model.model import ModelConfig, Transformer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+CHECKSUMS_FILE = "checksums.json"
 
 
 def save_pretrained(model: Transformer, directory: str | Path) -> None:
@@ -43,6 +50,23 @@ def load_pretrained(directory: str | Path, map_location: str | torch.device = "c
     model = Transformer(cfg)
     load_checked(model, state, weights_path)
     return model.to(map_location)
+
+
+def check_vocab(model_vocab: int, tokenizer_vocab: int, model_where: str = "the model",
+                tokenizer_where: str = "the tokenizer") -> None:
+    """Refuse a model and tokenizer whose vocabularies differ: the one check, at load time, for every stage.
+
+    A larger tokenizer encodes ids the model has no embedding for; a larger model can sample ids the
+    tokenizer cannot decode (the extra rows are untrained, so this happens). Both fail only later,
+    mid-generation, so they are refused up front. Ints, not objects: the model layer imports no tokenizer.
+    """
+    if int(model_vocab) == int(tokenizer_vocab):
+        return
+    raise ScratchError(
+        f"vocabulary mismatch: {model_where} has vocab_size={model_vocab} but {tokenizer_where} has "
+        f"{tokenizer_vocab} tokens",
+        f"use the tokenizer the model was trained with, or train the model with model.vocab_size={tokenizer_vocab}",
+    )
 
 
 def load_checked(model: Transformer, state: Mapping[str, torch.Tensor], path: Path) -> None:
@@ -92,11 +116,38 @@ def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata:
     atomic_write_bytes(path, data)
 
 
+def check_listed(path: Path, data: bytes) -> None:
+    """If ``path``'s directory has checksums.json naming ``path``, ``data`` (its bytes) must match."""
+    path = Path(path)
+    sums_path = path.parent / CHECKSUMS_FILE
+    if not sums_path.exists():
+        return
+    try:
+        sums = json.loads(sums_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise _corrupt(path.parent, f"{CHECKSUMS_FILE} is unreadable or corrupt") from None
+    want = sums.get(path.name) if isinstance(sums, dict) else None
+    if want is not None and hashlib.sha256(data).hexdigest() != want:
+        raise _corrupt(path.parent, f"{path.name} is truncated or corrupt (sha256 differs from {CHECKSUMS_FILE})")
+
+
+def _corrupt(directory: Path, what: str) -> ScratchError:
+    parent = directory.parent
+    others = sorted(p.name for p in parent.iterdir() if p.is_dir() and p != directory
+                    and (p / CHECKSUMS_FILE).exists()) if parent.is_dir() else []
+    return ScratchError(
+        f"{directory} is unusable: {what}",
+        (f"use another checkpoint from {directory.parent} ({', '.join(others)})" if others
+         else "restore the directory from a good copy or re-create it"),
+    )
+
+
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise ScratchError(f"weights file not found: {path}", "the directory must contain model.safetensors") from None
+    check_listed(path, data)
     try:
         return st_load(data)
     except (SafetensorError, ValueError, RuntimeError) as e:
@@ -108,11 +159,12 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def read_json(path: Path) -> dict:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise ScratchError(f"config file not found: {path}", "a model directory needs config.json") from None
+    check_listed(path, raw)
     try:
-        data = json.loads(text)
+        data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ScratchError(f"{path} is not valid JSON: {e}", "fix or re-create the file") from None
     if not isinstance(data, dict):

@@ -24,13 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     i = sub.add_parser("info", help="print parameter count, memory estimate and FLOPs per token",
                        description="Print parameter count, memory estimate and FLOPs per token of a model config "
                                    "(a TOML preset, or --checkpoint DIR).")
-    add_config_arguments(i, DEFAULT_CONFIG)
-    i.add_argument("--checkpoint", help="a model directory (config.json + model.safetensors) instead of --config")
+    add_config_arguments(i, DEFAULT_CONFIG, "n_layers=12")
+    i.add_argument("--checkpoint", help="a model, fine-tuning run or training run directory instead of --config")
     i.add_argument("--seq-len", type=int, help="sequence length for FLOPs and activations (default: context_length)")
     i.set_defaults(func=cmd_info)
 
     n = sub.add_parser("init", help="save a randomly initialised model (config.json + model.safetensors)")
-    add_config_arguments(n, DEFAULT_CONFIG)
+    add_config_arguments(n, DEFAULT_CONFIG, "n_layers=12")
     n.add_argument("--out", required=True, help="output directory")
     n.add_argument("--seed", type=int, default=0)
     n.set_defaults(func=cmd_init)
@@ -44,7 +44,9 @@ def _load_cfg(args: argparse.Namespace) -> ModelConfig:
     if getattr(args, "checkpoint", None):
         if args.overrides:
             raise ScratchError("overrides cannot be combined with --checkpoint", "drop the key=value arguments")
-        return read_config(Path(args.checkpoint) / CONFIG_FILE)
+        from scratchllm.model.paths import resolve_model_dir
+
+        return read_config(resolve_model_dir(args.checkpoint) / CONFIG_FILE)
     return load_config(ModelConfig, args.config, args.overrides)
 
 

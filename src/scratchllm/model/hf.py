@@ -112,10 +112,13 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer: Any | None = N
     out_dir.mkdir(parents=True, exist_ok=True)
     write_safetensors(out_dir / "model.safetensors", {to_hf_name(k): v for k, v in state.items()}, {"format": "pt"})
     atomic_write_text(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
-    atomic_write_text(
-        out_dir / "generation_config.json",
-        json.dumps({k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}, indent=2) + "\n",
-    )
+    generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    end_turn = tokenizer.special_tokens.get("<|end|>") if tokenizer is not None else None
+    if end_turn is not None and eos is not None:
+        # A chat reply ends with <|end|>, not <|eos|>: list both, as Llama 3 and Qwen exports do, so
+        # transformers' generate (and a PeftModel on top) stops at the end of the turn.
+        generation["eos_token_id"] = [eos, end_turn]
+    atomic_write_text(out_dir / "generation_config.json", json.dumps(generation, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir, model_max_length=cfg.context_length)
     return out_dir

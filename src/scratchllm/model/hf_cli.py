@@ -10,11 +10,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Export a model directory to another format.")
     sub = p.add_subparsers(dest="format", metavar="<format>", required=True)
     e = sub.add_parser("hf", help="write a directory transformers.AutoModelForCausalLM can load offline",
-                       description="Write config.json + model.safetensors (+ tokenizer files with --tokenizer) "
+                       description="Write config.json + model.safetensors + the tokenizer (found with the model, "
+                                   "or --tokenizer) "
                                    "in Hugging Face Llama format.")
-    e.add_argument("model", help="our model directory (config.json + model.safetensors)")
+    e.add_argument("model", help="model directory, fine-tuning run or training run directory (its latest checkpoint)")
     e.add_argument("--out", required=True, help="output directory")
-    e.add_argument("--tokenizer", help="tokenizer file or directory to include (tokenizer.json for AutoTokenizer)")
+    e.add_argument("--tokenizer", help="tokenizer to include (default: the one found with the model, as generate does)")
     e.set_defaults(func=cmd_export_hf)
 
     p = subparsers.add_parser("import", help="import a model from another format (hf: Hugging Face Llama)",
@@ -31,16 +32,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_export_hf(args: argparse.Namespace) -> int:
     from scratchllm.model.hf import export_hf
     from scratchllm.model.model import Transformer
+    from scratchllm.model.paths import find_tokenizer, resolve_model_dir
 
-    model = Transformer.from_pretrained(args.model)
+    model_dir = resolve_model_dir(args.model)
+    model = Transformer.from_pretrained(model_dir)
+    # The tokenizer found where generate, chat and serve find it (a fine-tuned model/ holds its own):
+    # without it AutoTokenizer cannot load the export.
+    tok_dir = args.tokenizer or find_tokenizer(args.model, model_dir)
     tokenizer = None
-    if args.tokenizer:
+    if tok_dir:
         from scratchllm.tokenizer import Tokenizer
 
-        tokenizer = Tokenizer.load(args.tokenizer)
+        tokenizer = Tokenizer.load(tok_dir)
     export_hf(model, args.out, tokenizer)
-    print(f"exported {args.model} to {args.out} (Hugging Face LlamaForCausalLM"
-          f"{', with tokenizer' if tokenizer else ', no tokenizer: pass --tokenizer to include one'})")
+    print(f"exported {model_dir} to {args.out} (Hugging Face LlamaForCausalLM"
+          f"{f', with the tokenizer from {tok_dir}' if tokenizer else ', no tokenizer found: pass --tokenizer'})")
     return 0
 
 

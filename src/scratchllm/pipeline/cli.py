@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run the stages in order: " + " -> ".join(STAGE_NAMES) + ". A rerun skips completed "
                     "stages and resumes an interrupted one (training continues from its last checkpoint).",
     )
-    add_config_arguments(p, DEFAULT_CONFIG)
+    add_config_arguments(p, DEFAULT_CONFIG, "pretrain.train.max_steps=100")
     p.add_argument("--from", dest="from_stage", metavar="STAGE", choices=STAGE_NAMES,
                    help="run this stage and every later one again (their old outputs are deleted)")
     p.set_defaults(func=cmd_pipeline)

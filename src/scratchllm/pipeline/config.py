@@ -17,6 +17,8 @@ and overwritten. Unknown keys and wrong types fail before anything runs, naming 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,7 +140,7 @@ class PipelineConfig:
 
     def _training(self, name: str, cls: type, table: dict[str, Any], paths: dict[str, Any]) -> Any:
         """A training stage's config: its table with the run's paths, seed, device and thread count."""
-        table = merged(table, {k: v if isinstance(v, int | str) else str(v) for k, v in paths.items()})
+        table = merged(table, {k: v if isinstance(v, int | str) else str(v) for k, v in paths.items()}, cls)
         table.setdefault("seed", self.seed)
         if name == "pretrain" and "vocab_size" not in (model := table.setdefault("model", {})):
             # The model's vocabulary follows the tokenizer's.
@@ -153,16 +155,23 @@ class PipelineConfig:
         return _section(name, cls, table)
 
     def tokenizer_config(self):  # -> TokenizerTrainConfig
+        from scratchllm.config import to_dict
         from scratchllm.tokenizer.cli import TokenizerTrainConfig
 
-        return _section("tokenizer", TokenizerTrainConfig,
-                        merged(self.tokenizer, {"output": str(self.run_dir / "tokenizer")}))
+        own = self.tokenizer.get("corpus", {})
+        if isinstance(own, dict) and ({"files", "sources", "domains"} & set(own)):
+            raise ScratchError("[tokenizer] the pipeline's tokenizer trains on the run's corpus, data.sources",
+                               "set data.sources instead of tokenizer.corpus.files/sources/domains")
+        # One corpus per run: the tokenizer reads the data stage's sources (its byte cap still applies).
+        sources = [to_dict(s) for s in self.data_config().sources]
+        forced = {"output": str(self.run_dir / "tokenizer"), "corpus.sources": sources, "corpus.files": []}
+        return _section("tokenizer", TokenizerTrainConfig, merged(self.tokenizer, forced, TokenizerTrainConfig))
 
     def data_config(self):  # -> DataConfig
         from scratchllm.data.config import DataConfig
 
         forced = {"out_dir": str(self.run_dir / "data"), "tokenizer": str(self.run_dir / "tokenizer")}
-        return _section("data", DataConfig, merged(self.data, forced))
+        return _section("data", DataConfig, merged(self.data, forced, DataConfig))
 
     def train_config(self):  # -> TrainConfig
         from scratchllm.train.config import TrainConfig
@@ -195,14 +204,17 @@ class PipelineConfig:
         r = self.run_dir
         paths: dict[str, Any] = {
             "out_dir": r / "dpo", "models.policy": r / "sft" / "model", "models.tokenizer": r / "tokenizer"}
-        if "system_prompt" not in merged(self.dpo).get("data", {}):
+        if "system_prompt" not in merged(self.dpo, None, AlignConfig).get("data", {}):
             # Prompts the way the SFT stage taught the chat format: with its system message or without.
             paths["data.system_prompt"] = self.sft_config().data.system_prompt
         return self._training("dpo", AlignConfig, self.dpo, paths)
 
 
-def merged(table: dict[str, Any], forced: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A stage table with its ``preset`` file underneath and ``forced`` (dotted keys) on top."""
+def merged(table: dict[str, Any], forced: dict[str, Any] | None = None, cls: type | None = None) -> dict[str, Any]:
+    """A stage table with its ``preset`` file underneath and ``forced`` (dotted keys) on top.
+
+    Sections merge key by key; a value that is itself a table (``mix.weights``, typed ``dict[str, X]``
+    in ``cls``) replaces the preset's whole, as an override does in the stage's own command."""
     table = copy.deepcopy(table)
     preset = table.pop("preset", None)
     base: dict[str, Any] = {}
@@ -210,7 +222,7 @@ def merged(table: dict[str, Any], forced: dict[str, Any] | None = None) -> dict[
         if not isinstance(preset, str):
             raise ScratchError(f"'preset' must be a path string, got {preset!r}")
         base = read_toml(preset)
-    out = _deep_merge(base, table)
+    out = _deep_merge(base, table, cls)
     for key, value in (forced or {}).items():
         node = out
         *parents, last = key.split(".")
@@ -220,10 +232,18 @@ def merged(table: dict[str, Any], forced: dict[str, Any] | None = None) -> dict[
     return out
 
 
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def _deep_merge(base: dict[str, Any], top: dict[str, Any], cls: type | None = None) -> dict[str, Any]:
     out = copy.deepcopy(base)
+    hints = typing.get_type_hints(cls) if cls is not None and dataclasses.is_dataclass(cls) else {}
     for k, v in top.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        tp = hints.get(k)
+        # Merge into sections (dataclasses) and open tables (dict[str, Any], e.g. a model preset plus
+        # overrides); replace value maps such as mix.weights.
+        section = tp is None or dataclasses.is_dataclass(tp) or tp == dict[str, Any]
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and section:
+            out[k] = _deep_merge(out[k], v, tp if dataclasses.is_dataclass(tp) else None)
+        else:
+            out[k] = copy.deepcopy(v)
     return out
 
 

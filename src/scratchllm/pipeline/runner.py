@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scratchllm.errors import ScratchError
+from scratchllm.errors import ScratchError, is_disk_full
 from scratchllm.io import atomic_write_text
 
 STATE_DIR = ".pipeline"
@@ -244,6 +244,9 @@ def _run_one(stage: Stage, ctx: Context, fp: str) -> None:
             f"{e.hint + '; then ' if e.hint else 'fix the cause, then '}resume with: {ctx.resume_command}",
         ) from e
     except Exception as e:  # noqa: BLE001 - any failure must name the stage and the resume command
+        if is_disk_full(e):  # a write path of the stage's that does not say it itself
+            raise ScratchError(f"stage {stage.name!r} failed: disk full while writing {e.filename or 'a file'}",
+                               f"free disk space (df -h), then resume with: {ctx.resume_command}") from e
         log = ctx.run_dir / LOG_FILE
         with open(log, "a", encoding="utf-8") as f:
             f.write(f"--- {_timestamp()} stage {stage.name} failed\n{traceback.format_exc()}\n")

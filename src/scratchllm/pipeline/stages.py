@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,10 +81,10 @@ def run_tokenizer(ctx: Context) -> dict[str, Any]:
     from scratchllm.config import to_toml
     from scratchllm.io import atomic_write_text
     from scratchllm.tokenizer.bpe import DEFAULT_SPECIAL_TOKENS, train_bpe
-    from scratchllm.tokenizer.cli import _training_texts
+    from scratchllm.tokenizer.cli import training_texts
 
     cfg = ctx.cfg.tokenizer_config()
-    texts = _training_texts(cfg.corpus)
+    texts, _ = training_texts(cfg.corpus)
     t = cfg.tokenizer
     tok = train_bpe(texts, t.vocab_size, t.pattern, t.special_tokens or list(DEFAULT_SPECIAL_TOKENS),
                     t.min_frequency, progress=sys.stderr.isatty())
@@ -513,8 +514,10 @@ def run_serve(ctx: Context) -> dict[str, Any]:
     log_path = ctx.dir("serve") / "server.log"
     ctx.log(f"serve: {shlex.join(cmd)}  (log: {log_path})")
     with open(log_path, "w", encoding="utf-8") as server_log:
+        # The check server is ours, on loopback: a deployment's key in the environment is not for it.
+        env = {k: v for k, v in os.environ.items() if k not in ("SCRATCHLLM_API_KEY", "SCRATCHLLM_API_KEY_FILE")}
         proc = subprocess.Popen([sys.executable, "-m", "scratchllm", *cmd[1:]], stdout=server_log,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, env=env)
     try:
         client = OpenAI(base_url=f"http://{s.host}:{port}/v1", api_key="unused", max_retries=0, timeout=60)
         deadline = time.monotonic() + s.startup_timeout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -46,12 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions)",
                               description="Serve a model over HTTP with an OpenAI-compatible API. Settings: "
                                           "ServeConfig in scratchllm.serve.server, e.g. model=runs/x port=8000.")
-    add_config_arguments(s, DEFAULT_SERVE_CONFIG)
+    add_config_arguments(s, DEFAULT_SERVE_CONFIG, "port=8001")
     s.set_defaults(func=cmd_serve)
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory (or a training run directory)")
+    p.add_argument("--model", required=True, help="model directory, fine-tuning run or training run directory")
     p.add_argument("--tokenizer", help="tokenizer directory or file (default: the one inside the model directory)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--compile", action="store_true",
@@ -109,7 +110,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if args.compile:
             raise ScratchError("--compile does not apply to speculative decoding (--draft)", "drop one of them")
         from scratchllm.infer.quantize import load_model
-        from scratchllm.infer.load import resolve_model_dir
+        from scratchllm.model.paths import resolve_model_dir
         from scratchllm.infer.speculative import speculative_stream
 
         draft = load_model(resolve_model_dir(args.draft), args.device).eval()
@@ -156,7 +157,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from scratchllm.infer.load import resolve_model_dir
+    from scratchllm.model.paths import resolve_model_dir
     from scratchllm.infer.quantize import load_model, quantize, save_quantized, weight_bytes
 
     src = resolve_model_dir(args.model)
@@ -167,22 +168,61 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     quantize(model, args.mode, args.group_size)
     out = Path(args.out)
     save_quantized(model, out)
-    for f in [*src.glob("tokenizer*.json"), *Path(args.model).glob("tokenizer*.json")]:
+    from scratchllm.model.paths import find_tokenizer
+
+    tok_dir = find_tokenizer(args.model, src)
+    for f in [*tok_dir.glob("tokenizer*.json"), *tok_dir.glob("scratchllm_tokenizer.json")] if tok_dir else []:
         shutil.copy2(f, out / f.name)  # keep the model directory self-contained
     print(f"wrote {out} ({args.mode}): weights {before / 2**20:.2f} MiB -> {weight_bytes(model) / 2**20:.2f} MiB")
     return 0
+
+
+def api_key_from_env(environ: dict[str, str] | None = None) -> str:
+    """The API key from $SCRATCHLLM_API_KEY_FILE (a secret file) or $SCRATCHLLM_API_KEY; "" if neither.
+    For containers: a key passed as api_key=... would be visible in the process list and image config."""
+    env = os.environ if environ is None else environ
+    path, value = env.get("SCRATCHLLM_API_KEY_FILE", ""), env.get("SCRATCHLLM_API_KEY", "")
+    if path and value:
+        raise ScratchError("both SCRATCHLLM_API_KEY and SCRATCHLLM_API_KEY_FILE are set", "set only one of them")
+    if not path:
+        return value
+    try:
+        key = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScratchError(f"cannot read the API key file {path} (SCRATCHLLM_API_KEY_FILE): {e}",
+                           "check the path and that the server's user may read it") from None
+    if not key:
+        raise ScratchError(f"the API key file {path} (SCRATCHLLM_API_KEY_FILE) is empty",
+                           "write the key into it, or unset SCRATCHLLM_API_KEY_FILE to serve without a key")
+    return key
+
+
+def check_readable(paths: list[Path]) -> None:
+    """Every file in these directories (or these files) readable by this process, else a clear error: a model
+    directory mounted into a container whose server runs as another user, written with mode 0600 files (as
+    scratchllm did before its atomic writes kept the umask's modes), fails here rather than in a traceback."""
+    for path in paths:
+        try:
+            files = sorted(path.iterdir()) if path.is_dir() else [path]
+        except PermissionError:
+            files = [path]
+        for f in files:
+            if (f.is_file() or f.is_dir()) and not os.access(f, os.R_OK | (os.X_OK if f.is_dir() else 0)):
+                raise ScratchError(f"permission denied reading {f} (this server runs as uid {os.getuid()})",
+                                   f"make the files readable, where they were written: chmod -R a+rX {path}")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from scratchllm.config import load_config
     from scratchllm.serve.server import ServeConfig, serve
 
-    config = args.config if args.config and Path(args.config).exists() else None
-    cfg = load_config(ServeConfig, config, args.overrides)
+    cfg = load_config(ServeConfig, args.config, args.overrides)  # a path or a preset's name, found from anywhere
+    cfg.api_key = cfg.api_key or api_key_from_env()
     if not cfg.model:
         raise ScratchError("no model to serve", "pass model=DIR (a model directory or a training run directory)")
-    from scratchllm.infer.load import resolve_model_dir
+    from scratchllm.model.paths import resolve_model_dir
 
-    resolve_model_dir(cfg.model)  # fail fast with a clear message, before the server starts
-    serve(cfg)
+    model_dir = resolve_model_dir(cfg.model)  # fail fast with a clear message, before the server starts
+    check_readable([model_dir, *([Path(cfg.tokenizer)] if cfg.tokenizer else [])])
+    serve(cfg)  # checks every setting and loads the model before it binds the port (errors: exit 2)
     return 0

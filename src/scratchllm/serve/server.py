@@ -7,12 +7,17 @@
     GET  /v1/models             the one model served
     POST /v1/completions        text completion; stream=true sends server-sent events
     POST /v1/chat/completions   chat (the fine-tuning chat template); stream=true as well
+    GET  /openapi.json          the OpenAPI document (the /docs page is off: it needs a CDN)
 
 Every error is a 4xx/5xx with OpenAI's body ``{"error": {"message", "type", "param", "code"}}``: bad
 JSON, wrong fields, prompts that do not fit the context -> 400, wrong API key -> 401, unknown model ->
-404, queue full -> 429, timeout -> 504. Generation runs on the continuous-batching engine
-(scratchllm.infer.engine) on a thread of its own (scratchllm.infer.background); a client that goes
-away, streaming or not, frees its slot at the engine's next step.
+404, body not sent in time -> 408, body too large -> 413, queue full -> 429, a bug -> 500, timeout -> 504.
+The guard (an ASGI middleware around the app) enforces the body limit while reading, before routing and
+auth, logs every response (500s included) and turns unexpected errors into that body; a uvicorn
+protocol subclass closes connections that do not send their request headers in time. Generation runs
+on the continuous-batching engine (scratchllm.infer.engine) on a thread of its own
+(scratchllm.infer.background), tokenization in a thread: the event loop only routes. A client that
+goes away, streaming or not, frees its slot at the engine's next step. docs/serve.md lists the guarantees.
 """
 
 from __future__ import annotations
@@ -20,21 +25,29 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import socket
+import sys
 import time
 import uuid
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scratchllm.errors import ScratchError
 from scratchllm.infer.background import BackgroundEngine, QueueFull, deltas
 from scratchllm.infer.engine import Engine, RequestCancelled, RequestTimeout
-from scratchllm.infer.sampling import SamplingParams
+from scratchllm.infer.sampling import (
+    REPETITION_PENALTY_RANGE,
+    SEED_MAX,
+    SEED_MIN,
+    SamplingParams,
+)
 
 log = logging.getLogger("scratchllm.serve")
 
@@ -55,39 +68,93 @@ class ServeConfig:
     timeout_s: float = 120.0  # per request, from arrival (queue wait included)
     device: str = "cpu"
     threads: int = 0  # torch CPU threads for generation; 0 = torch's default (one per core)
-    compile: bool = False  # torch.compile the decode step (compiled at startup, before /ready turns 200)
+    compile: bool = False  # torch.compile the decode step (compiled at startup, before the port opens)
+    max_body_bytes: int = 1 << 20  # larger request bodies get 413, checked while reading, before auth
+    header_timeout_s: float = 10.0  # a connection that has not sent a request's headers by then is closed
+    body_timeout_s: float = 30.0  # a request body not complete by then (from its headers) gets 408
 
 
-# --- request bodies (pydantic validates types and ranges; extra fields are ignored, as OpenAI does) ------
+def check_config(cfg: ServeConfig) -> None:
+    """Every setting in range, with error/fix, before anything is loaded or bound."""
+    def finite_positive(x: float) -> bool:
+        return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+    checks = [
+        (bool(cfg.model), "no model to serve", "pass model=DIR (a model directory or a training run directory)"),
+        (0 <= cfg.port <= 65535, f"port={cfg.port} is not a TCP port", "use 1..65535 (0 picks a free port)"),
+        (bool(cfg.host), "host is empty", "use host=127.0.0.1 (this machine) or host=0.0.0.0 (every interface)"),
+        (bool(cfg.model_name), "model_name is empty", "set model_name=NAME, the id clients send as \"model\""),
+        (cfg.threads >= 0, f"threads={cfg.threads} is negative", "use threads=0 (torch's default) or a count"),
+        (cfg.max_pending >= 1, f"max_pending={cfg.max_pending} must be at least 1", "e.g. max_pending=64"),
+        (cfg.max_batch >= 1, f"max_batch={cfg.max_batch} must be at least 1", "e.g. max_batch=32"),
+        (cfg.prefill_chunk >= 1, f"prefill_chunk={cfg.prefill_chunk} must be at least 1", "e.g. prefill_chunk=256"),
+        (finite_positive(cfg.timeout_s), f"timeout_s={cfg.timeout_s} must be a positive number of seconds",
+         "e.g. timeout_s=120"),
+        (cfg.max_body_bytes >= 1024, f"max_body_bytes={cfg.max_body_bytes} is below 1024",
+         "e.g. max_body_bytes=1048576 (1 MiB)"),
+        (finite_positive(cfg.header_timeout_s), f"header_timeout_s={cfg.header_timeout_s} must be positive",
+         "e.g. header_timeout_s=10"),
+        (finite_positive(cfg.body_timeout_s), f"body_timeout_s={cfg.body_timeout_s} must be positive",
+         "e.g. body_timeout_s=30"),
+    ]
+    for ok, message, fix in checks:
+        if not ok:
+            raise ScratchError(f"serve: {message}", fix)
+    from scratchllm.infer.load import check_device
+
+    check_device(cfg.device)
+
+
+# --- request bodies ---------------------------------------------------------------------------------
+# pydantic validates types strictly (no "yes" for true, no true for 1) and every value to the range the
+# sampling maths can take; extra fields are ignored, as OpenAI does.
+
+_STRICT = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+
+class StreamOptions(BaseModel):
+    model_config = _STRICT
+
+    include_usage: bool = False  # a last chunk with "usage" (and empty choices) before [DONE], as OpenAI
 
 
 class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _STRICT
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: Any) -> Any:
+        """As OpenAI: "temperature": null means the default (some clients send every field, unset ones as null)."""
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0, le=2)
+    temperature: float = Field(default=1.0, ge=0, le=2, description="below 1e-5: greedy")
     top_p: float = Field(default=1.0, gt=0, le=1)
     top_k: int = Field(default=0, ge=0)
     min_p: float = Field(default=0.0, ge=0, le=1)
-    repetition_penalty: float = Field(default=1.0, gt=0)
-    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    repetition_penalty: float = Field(default=1.0, ge=REPETITION_PENALTY_RANGE[0], le=REPETITION_PENALTY_RANGE[1])
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)  # OpenAI's range
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: Annotated[str, Field(min_length=1)] | list[Annotated[str, Field(min_length=1)]] | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
+    ignore_eos: bool = False  # vLLM's extension: do not stop at end-of-text (or <|end|>): exactly max_tokens
     skip_special_tokens: bool = True  # vLLM's extension: False returns control tokens as text
-    ignore_eos: bool = False  # vLLM's extension: do not stop at <|eos|> (benchmarks: every request runs max_tokens)
     n: int = Field(default=1, ge=1, le=16)
     stream: bool = False
+    stream_options: StreamOptions | None = None
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int]
+    # One prompt per request: a string, a one-element list of strings, or token ids.
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] | list[Annotated[int, Field(ge=0)]]
     logprobs: int | None = Field(default=None, ge=0, le=20)  # the legacy API: top-n alternatives per token
 
 
 class Message(BaseModel):
+    model_config = _STRICT
+
     role: Literal["system", "user", "assistant"]
     content: str
 
@@ -96,6 +163,17 @@ class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
 
 
 # --- errors -------------------------------------------------------------------------------------------
@@ -116,7 +194,9 @@ class APIError(Exception):
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = exc.errors()[0] if exc.errors() else {}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    # pydantic names the union branch it tried ("str", "list[str]", ...): not a field, so left out
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and (isinstance(p, int) or p.isidentifier())
+           and p not in ("str", "int", "float", "bool")]
     if first.get("type") == "json_invalid":
         return "the request body is not valid JSON", None
     where = ".".join(loc) or "body"
@@ -165,21 +245,150 @@ class DisconnectWatch:
                 watcher.cancel()
 
 
+# --- the guard: body limit, body timeout, auth, one log line per response, 500s as OpenAI errors -----------
+
+
+class _Guard:
+    """Raw ASGI middleware around the whole app (outside routing, so a 413 never waits for routing or
+    auth, and inside nothing that could swallow a 500 unlogged)."""
+
+    def __init__(self, app: Any, cfg: ServeConfig) -> None:
+        self.app, self.cfg = app, cfg
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, rid = time.perf_counter(), uuid.uuid4().hex[:12]
+        method, path = scope["method"], scope["path"]
+        status: list[int] = [0]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+        async def send_logged(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        async def reply(err: APIError, close: bool = False) -> None:
+            body = json.dumps(err.body()).encode()
+            hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            if close:  # the body was not read: the connection cannot carry another request
+                hdrs.append((b"connection", b"close"))
+            await send_logged({"type": "http.response.start", "status": err.status, "headers": hdrs})
+            await send_logged({"type": "http.response.body", "body": body})
+
+        try:
+            has_body = method in ("POST", "PUT", "PATCH") or "content-length" in headers \
+                or "transfer-encoding" in headers
+            try:
+                declared = int(headers.get("content-length", "0"))
+            except ValueError:
+                declared = 0  # h11 already rejects malformed lengths; be safe
+            if declared > self.cfg.max_body_bytes:
+                return await reply(_too_large(self.cfg), close=True)
+            if path.startswith("/v1") and self.cfg.api_key:
+                if headers.get("authorization", "") != f"Bearer {self.cfg.api_key}":
+                    return await reply(APIError(401, "invalid or missing API key", "authentication_error",
+                                                code="invalid_api_key"), close=has_body)
+            if method == "POST":
+                body = await self._read_body(receive)
+                if isinstance(body, APIError):
+                    return await reply(body, close=True)
+                if body is None:  # the client went away mid-body: nobody to answer
+                    status[0] = 499
+                    return
+                try:
+                    body.decode("utf-8")
+                except UnicodeDecodeError:
+                    return await reply(APIError(400, "the request body is not valid UTF-8"))
+                receive = _replay(body, receive)
+            await self.app(scope, receive, send_logged)
+        except Exception as e:  # noqa: BLE001 - a bug: log it once, answer in OpenAI's shape if still possible
+            log.error(json.dumps({"event": "error", "id": rid, "path": path, "error": f"{type(e).__name__}: {e}"}),
+                      exc_info=True)
+            if not status[0]:
+                await reply(_internal(e))
+            elif status[0] < 500:
+                status[0] = 500  # the response was cut short
+        finally:
+            log.info(json.dumps({"event": "request", "id": rid, "method": method, "path": path,
+                                 "status": status[0] or 499, "ms": round(1000 * (time.perf_counter() - start), 1)}))
+
+    async def _read_body(self, receive: Any) -> bytes | APIError | None:
+        """The whole body, within max_body_bytes and body_timeout_s; None if the client disconnected."""
+        chunks, size = [], 0
+        deadline = time.monotonic() + self.cfg.body_timeout_s
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                return APIError(408, f"the request body was not received within {self.cfg.body_timeout_s:g} s",
+                                code="request_timeout")
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.cfg.max_body_bytes:
+                return _too_large(self.cfg)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _internal(e: Exception) -> APIError:
+    return APIError(500, f"internal error ({type(e).__name__}); the server log has the details", "server_error",
+                    code="internal_error")
+
+
+def _too_large(cfg: ServeConfig) -> APIError:
+    return APIError(413, f"the request body is larger than max_body_bytes={cfg.max_body_bytes}",
+                    code="request_too_large")
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """A receive() that hands the app the body already read, then waits on the client (disconnects)."""
+    sent = [False]
+
+    async def replay() -> dict:
+        if not sent[0]:
+            sent[0] = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 # --- the app ------------------------------------------------------------------------------------------
 
+_ERRORS = {
+    400: "invalid request: malformed JSON or UTF-8, a wrong field, a prompt that does not fit the context",
+    401: "missing or wrong API key (when the server has one)",
+    404: "unknown model",
+    408: "the request body was not received within body_timeout_s",
+    413: "the request body is larger than max_body_bytes",
+    429: "the queue is full (max_pending requests); retry later",
+    500: "an internal error (a bug); the server log has the traceback",
+    503: "the model is still loading",
+    504: "the request did not finish within timeout_s",
+}
 
-def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> FastAPI:
-    """The FastAPI app. With model/tokenizer None they are loaded from cfg at startup (then /ready turns 200)."""
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"model": ErrorResponse, "description": _ERRORS[c]} for c in (*codes, 500)}
+
+
+def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None, compiled: bool = False) -> Any:
+    """The ASGI app (FastAPI inside the guard). With model/tokenizer None they are loaded from cfg at
+    startup (then /ready turns 200); serve() loads them before binding the port instead. compiled: the
+    cfg.compile warm-up was already done (serve() does it before binding, so its errors are exit 2 too)."""
     state: dict[str, Any] = {"engine": None}
 
     async def lifespan(app: FastAPI):  # noqa: ANN202
-
         m, t = model, tokenizer
         if m is None:
             from scratchllm.infer.load import load_for_inference
 
             m, t = await asyncio.to_thread(load_for_inference, cfg.model, cfg.tokenizer or None, cfg.device)
-        if cfg.compile:
+        if cfg.compile and not compiled:
             from scratchllm.infer.compile import warm_up
 
             seconds = await asyncio.to_thread(warm_up, m)
@@ -190,7 +399,9 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
         yield
         state["engine"].close()
 
-    app = FastAPI(title="scratchllm", lifespan=lifespan)
+    # No /docs or /redoc: Swagger UI and ReDoc load their scripts from a CDN (blank offline) and no
+    # installed package ships the assets; the OpenAPI document itself is at /openapi.json.
+    app = FastAPI(title="scratchllm", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     from scratchllm.serve.chat_page import add_chat_page
 
     add_chat_page(app, cfg.model_name, cfg.api_key, lambda: state["engine"])  # the web page at /
@@ -209,29 +420,10 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
         type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return APIError(exc.status_code, str(exc.detail), type_).response()
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Any:
-        """Auth for /v1, undecodable bodies -> 400, one structured log line per request."""
-        start = time.perf_counter()
-        rid = uuid.uuid4().hex[:12]
-        if request.url.path.startswith("/v1") and cfg.api_key:
-            if request.headers.get("authorization", "") != f"Bearer {cfg.api_key}":
-                response = APIError(401, "invalid or missing API key", "authentication_error",
-                                    code="invalid_api_key").response()
-                _log(rid, request, response.status_code, start)
-                return response
-        if request.method == "POST":
-            body = await request.body()
-            try:
-                body.decode("utf-8")
-            except UnicodeDecodeError:
-                response = APIError(400, "the request body is not valid UTF-8").response()
-                _log(rid, request, response.status_code, start)
-                return response
-        request.state.rid = rid
-        response = await call_next(request)
-        _log(rid, request, response.status_code, start)
-        return response
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's outermost middleware answers with this, then re-raises: the guard logs the traceback.
+        return _internal(exc).response()
 
     app.add_middleware(DisconnectWatch)  # after the http middleware: outermost, it sees the server's receive
 
@@ -240,22 +432,22 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
             raise APIError(503, "the model is still loading", "server_error", code="not_ready")
         return state["engine"]
 
-    @app.get("/health")
+    @app.get("/health", responses=_responses())
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready")
+    @app.get("/ready", responses={503: {"description": "the model is still loading"}, **_responses()})
     async def ready() -> JSONResponse:
         if state["engine"] is None:
             return JSONResponse({"status": "loading"}, status_code=503)
         return JSONResponse({"status": "ready", "pending": state["engine"].pending})
 
-    @app.get("/metrics")
+    @app.get("/metrics", responses=_responses())
     async def metrics() -> PlainTextResponse:
         text = engine().engine.metrics.render()
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=_responses(401))
     async def models() -> dict[str, Any]:
         card = {"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "scratchllm"}
         return {"object": "list", "data": [card]}
@@ -263,8 +455,11 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
     def prepare(req: _Sampling, prompt: list[int], default_max: int | None, extra_stop: list[int]
                 ) -> SamplingParams:
         if req.model != cfg.model_name:
-            raise APIError(404, f"the model {req.model!r} does not exist; this server serves {cfg.model_name!r}",
+            shown = req.model if len(req.model) <= 64 else req.model[:64] + "..."  # never echo a huge name
+            raise APIError(404, f"the model {shown!r} does not exist; this server serves {cfg.model_name!r}",
                            "not_found_error", "model", "model_not_found")
+        if req.stream_options is not None and not req.stream:
+            raise APIError(400, "stream_options is only allowed with stream=true", param="stream_options")
         ctx = engine().engine.model.cfg.context_length
         if len(prompt) >= ctx:
             raise APIError(400, f"the prompt has {len(prompt)} tokens; the model's context window is {ctx}",
@@ -277,13 +472,17 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
             raise APIError(400, f"max_tokens={max_tokens} + {len(prompt)} prompt tokens exceed the model's context "
                                 f"window of {ctx} tokens", param="max_tokens", code="context_length_exceeded")
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if any(not s for s in stop):
-            raise APIError(400, "stop strings must not be empty", param="stop")
-        return SamplingParams(
+        params = SamplingParams(
             max_new_tokens=max_tokens, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
             min_p=req.min_p, repetition_penalty=req.repetition_penalty, frequency_penalty=req.frequency_penalty,
-            presence_penalty=req.presence_penalty, stop=stop, stop_token_ids=extra_stop, seed=req.seed,
-            skip_special_tokens=req.skip_special_tokens, ignore_eos=req.ignore_eos, logprobs=_top_logprobs(req))
+            presence_penalty=req.presence_penalty, stop=stop, stop_token_ids=[] if req.ignore_eos else extra_stop,
+            ignore_eos=req.ignore_eos, seed=req.seed, skip_special_tokens=req.skip_special_tokens,
+            logprobs=_top_logprobs(req))
+        try:
+            params.validate()  # the schema's ranges already hold; this keeps the two from drifting apart
+        except ScratchError as e:
+            raise APIError(400, e.message) from None
+        return params
 
     def submit(prompt: list[int], params: SamplingParams, n: int) -> list[Any]:
         """n jobs (choice i seeded with seed + i), all or none: 429 if the engine cannot take them all."""
@@ -308,8 +507,9 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
             return APIError(499, str(e), code="client_closed_request")
         if isinstance(e, ScratchError):
             return APIError(400, e.message)
-        log.error(json.dumps({"event": "generation_error", "error": repr(e)}))
-        return APIError(500, "generation failed", "server_error")
+        log.error(json.dumps({"event": "error", "error": f"{type(e).__name__}: {e}"}),
+                  exc_info=(type(e), e, e.__traceback__))
+        return _internal(e)
 
     async def respond(request: Request, req: _Sampling, prompt: list[int], params: SamplingParams,
                       chat: bool) -> Any:
@@ -318,8 +518,13 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
         jobs = submit(prompt, params, req.n)
         tok = engine().engine.tokenizer
         want_logprobs = (req.logprobs is True) if chat else (req.logprobs is not None)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
         head = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
                 "model": cfg.model_name}
+
+        def usage(completion_tokens: int) -> dict[str, int]:
+            return {"prompt_tokens": len(prompt), "completion_tokens": completion_tokens,
+                    "total_tokens": len(prompt) + completion_tokens}
 
         def choice_chunk(i: int, text: str | None, finish: str | None, lp: Any, first: bool = False) -> str:
             if chat:
@@ -329,7 +534,10 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
                 choice = {"index": i, "delta": delta, "finish_reason": finish, "logprobs": lp}
             else:
                 choice = {"index": i, "text": text or "", "finish_reason": finish, "logprobs": lp}
-            return _sse({**head, "choices": [choice]})
+            out = {**head, "choices": [choice]}
+            if include_usage:
+                out["usage"] = None  # as OpenAI: null on every chunk but the last
+            return _sse(out)
 
         if req.stream:
             async def events() -> Any:
@@ -354,7 +562,7 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
                     if chat:
                         for i in range(len(jobs)):
                             yield choice_chunk(i, None, None, None, first=True)
-                    live = len(jobs)
+                    live, n_tokens = len(jobs), 0
                     while live:
                         items = [await queue.get()]
                         while not queue.empty():  # behind the engine: merge what has piled up into one chunk
@@ -369,6 +577,7 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
                             else:
                                 if d.token_id is not None:
                                     held[i].append(d)
+                                    n_tokens += 1
                                 if d.text:
                                     texts.setdefault(i, []).append(d.text)
                                 if d.finish_reason or (d.text and want_logprobs):
@@ -379,6 +588,8 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
                             out += flush(i, parts)
                         if out:
                             yield "".join(out)
+                    if include_usage:
+                        yield _sse({**head, "choices": [], "usage": usage(n_tokens)})
                 finally:  # also when the client disconnects (this generator is closed): stop generating
                     for j in jobs:
                         j.cancel()
@@ -415,8 +626,6 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
             watcher.cancel()
             for j in jobs:
                 j.cancel()
-        n_tokens = sum(len(t) for _, _, t in results)
-        usage = {"prompt_tokens": len(prompt), "completion_tokens": n_tokens, "total_tokens": len(prompt) + n_tokens}
         choices = []
         for i, (text, finish, toks) in enumerate(results):
             lp = _logprobs(tok, toks, chat) if want_logprobs else None
@@ -427,18 +636,18 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
                 choices.append({"index": i, "text": text, "finish_reason": finish, "logprobs": lp})
         obj = "chat.completion" if chat else "text_completion"
         return {"id": rid, "object": obj, "created": created, "model": cfg.model_name, "choices": choices,
-                "usage": usage}
+                "usage": usage(sum(len(t) for _, _, t in results))}
 
-    @app.post("/v1/completions")
+    generation_errors = _responses(400, 401, 404, 408, 413, 429, 503, 504)
+
+    @app.post("/v1/completions", responses=generation_errors)
     async def completions(req: CompletionRequest, request: Request) -> Any:
         tok = engine().engine.tokenizer
         p = req.prompt
         if isinstance(p, list) and p and isinstance(p[0], str):
-            if len(p) != 1:
-                raise APIError(400, "only one prompt per request is supported", param="prompt")
-            p = p[0]
+            p = p[0]  # the schema allows exactly one
         if isinstance(p, str):
-            prompt = _encode(lambda: tok.encode(p), "prompt")
+            prompt = await asyncio.to_thread(_encode, lambda: tok.encode(p), "prompt")  # long prompts: off the loop
         else:
             vocab = engine().engine.model.cfg.vocab_size
             if any(not 0 <= i < vocab for i in p):
@@ -450,19 +659,38 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None) -> Fa
             raise APIError(400, "the prompt is empty", param="prompt")
         return await respond(request, req, prompt, prepare(req, prompt, 16, []), chat=False)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=generation_errors)
     async def chat_completions(req: ChatRequest, request: Request) -> Any:
         from scratchllm.finetune.chat import END, encode_chat
 
         tok = engine().engine.tokenizer
+        messages = [m.model_dump() for m in req.messages]
         try:
-            prompt, _ = _encode(lambda: encode_chat(tok, [m.model_dump() for m in req.messages], True), "messages")
+            prompt, _ = await asyncio.to_thread(_encode, lambda: encode_chat(tok, messages, True), "messages")
             end = tok.token_id(END)
         except ScratchError as e:
             raise APIError(400, e.message, param="messages") from None
         return await respond(request, req, prompt, prepare(req, prompt, None, [end]), chat=True)
 
-    return app
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, less the 422 it adds to every body route: this server answers 400 instead."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            doc = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                              description="OpenAI-compatible API; status codes and limits: docs/serve.md")
+            for ops in doc.get("paths", {}).values():
+                for op in ops.values():
+                    op.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                doc.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi
+    guarded = _Guard(app, cfg)
+    guarded.fastapi = app  # type: ignore[attr-defined]  # for callers that need the FastAPI object
+    return guarded
 
 
 def _encode(fn: Any, param: str) -> Any:
@@ -507,18 +735,106 @@ def _sse(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def _log(rid: str, request: Request, status: int, start: float) -> None:
-    log.info(json.dumps({"event": "request", "id": rid, "method": request.method, "path": request.url.path,
-                         "status": status, "ms": round(1000 * (time.perf_counter() - start), 1)}))
+# --- running it ---------------------------------------------------------------------------------------
+
+
+def _protocol(header_timeout_s: float) -> type:
+    """uvicorn's h11 protocol, closing connections that do not complete a request's headers in time.
+
+    uvicorn only times out idle keep-alive connections; one sending its headers byte by byte (or
+    nothing at all) is otherwise held forever. The timer starts when the connection opens and again
+    when each response completes; it is harmless once a request's headers are in (the body has
+    body_timeout_s, generation timeout_s).
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _header_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self._header_timer = self.loop.call_later(header_timeout_s, self._expire)
+
+        def _expire(self) -> None:
+            self._header_timer = None
+            waiting = self.cycle is None or self.cycle.response_complete
+            if waiting and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
+
+
+def build_server(cfg: ServeConfig, app: Any) -> Any:
+    """A uvicorn.Server for app with this config's timeouts; announces its URL once it listens."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started and self.servers:
+                host, port = self.servers[0].sockets[0].getsockname()[:2]
+                self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+                log.info(json.dumps({"event": "listening", "url": self.url}))
+                print(f"scratchllm serve: {cfg.model_name} at {self.url}/v1 (port {port}; health {self.url}/health, "
+                      f"API document {self.url}/openapi.json); Ctrl-C stops", file=sys.stderr, flush=True)
+
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=5,
+                            http=_protocol(cfg.header_timeout_s), lifespan="on")
+    return Server(config)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening-ready socket on host:port, or a ScratchError (port taken, no permission, bad host)."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as e:
+        raise ScratchError(f"serve: cannot resolve host {host!r}: {e}", "use host=127.0.0.1 or host=0.0.0.0") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise ScratchError(f"serve: cannot listen on {host}:{port}: {e.strerror or e}",
+                           "choose another port=... (0 picks a free one), or stop what holds this one") from None
+    return sock
 
 
 def serve(cfg: ServeConfig) -> None:
-    """Run the server until interrupted (uvicorn; logs are JSON lines on stderr)."""
-    import uvicorn
+    """Check the config, load the model, bind the port, then serve until interrupted (JSON logs on stderr).
 
+    Every user error (a bad setting, a damaged model, a missing tokenizer, mismatched vocabularies, a
+    device that is not there, a port in use) is a ScratchError before the port opens.
+    """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    check_config(cfg)
     if cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)  # small models decode faster on fewer threads (per-op overhead)
-    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=5)
+    from scratchllm.infer.load import load_for_inference
+
+    model, tokenizer = load_for_inference(cfg.model, cfg.tokenizer or None, cfg.device)
+    if cfg.compile:
+        from scratchllm.infer.compile import warm_up
+
+        log.info(json.dumps({"event": "compiled", "seconds": round(warm_up(model), 2)}))
+    sock = bind(cfg.host, cfg.port)
+    try:
+        build_server(cfg, create_app(cfg, model, tokenizer, compiled=True)).run(sockets=[sock])
+    finally:
+        sock.close()

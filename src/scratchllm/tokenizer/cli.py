@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any
+
+from tqdm import tqdm
 
 from scratchllm.config import load_config, to_toml
 from scratchllm.errors import ScratchError
@@ -18,12 +19,42 @@ DEFAULT_CONFIG = "configs/tokenizer/default.toml"
 
 @dataclass
 class CorpusConfig:
-    """What to train on: the embedded corpus, or the user's own UTF-8 files (paths or globs)."""
+    """What to train on: the embedded corpus, your own files, or data-stage sources.
 
-    files: list[str] = field(default_factory=list)
-    domains: list[str] = field(default_factory=lambda: ["prose", "code"])
-    max_bytes_per_domain: int = 2_000_000
-    errors: Literal["strict", "replace"] = "strict"
+    Files are read by the data stage's ingest, exactly as ``data prepare`` reads them: every format it
+    knows (gzip, JSONL's text field, Markdown, HTML, ...), its cleaning, and unreadable or undecodable
+    files skipped and counted rather than trained on as bytes.
+    """
+
+    files: list[str] = field(default_factory=list)  # files, folders or globs (a data 'files' source)
+    format: str = "auto"  # as a data source's format: auto (by extension), text, jsonl, markdown, html
+    text_field: str = "text"  # JSONL: the field holding the text
+    domains: list[str] = field(default_factory=lambda: ["prose", "code"])  # embedded corpus, when no files
+    # Data-stage [[sources]] tables (embedded, files, synthetic); the pipeline puts data.sources here.
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    max_bytes_per_domain: int = 2_000_000  # at most this much text of each domain (0: no cap)
+
+    def validate(self) -> None:
+        if self.files and self.sources:
+            raise ScratchError("corpus.files and corpus.sources are both set", "use one of them")
+        if self.max_bytes_per_domain < 0:
+            raise ScratchError("corpus.max_bytes_per_domain must be >= 0 (0: no cap)")
+        for src in self.source_configs():
+            if src.kind == "model":
+                raise ScratchError("corpus.sources: a 'model' source cannot train a tokenizer",
+                                   "leave it out of the tokenizer's sources")
+
+    def source_configs(self) -> list:  # -> list[SourceConfig]
+        """The corpus as data-stage sources (one mechanism for files, folders and the embedded corpus)."""
+        from scratchllm.config import from_dict
+        from scratchllm.data.config import SourceConfig
+
+        if self.sources:
+            return [from_dict(SourceConfig, s, f"corpus.sources[{i}]") for i, s in enumerate(self.sources)]
+        if self.files:
+            return [from_dict(SourceConfig, {"kind": "files", "paths": self.files, "format": self.format,
+                                             "text_field": self.text_field, "domain": "files"}, "corpus")]
+        return [from_dict(SourceConfig, {"kind": "embedded", "domains": self.domains}, "corpus")]
 
 
 @dataclass
@@ -54,7 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser("train", help="train a tokenizer (embedded corpus by default)",
                        description="Train a BPE tokenizer and save it (ours + Hugging Face tokenizer.json).")
-    add_config_arguments(t, DEFAULT_CONFIG)
+    add_config_arguments(t, DEFAULT_CONFIG, "tokenizer.vocab_size=8192")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (they are shown only when standard error is a terminal)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("encode", help="print the token ids of a text")
@@ -76,20 +109,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     i.set_defaults(func=cmd_info)
 
 
-def _training_texts(cfg: CorpusConfig) -> list[str]:
+def training_texts(cfg: CorpusConfig, progress: bool = False) -> tuple[list[str], str]:
+    """The cleaned documents to train on, and a one-line ingest summary (what was read and skipped)."""
+    from scratchllm.data.clean import Cleaner
+    from scratchllm.data.config import CleanConfig
     from scratchllm.data.corpus import embedded_documents
-    from scratchllm.io import read_text
+    from scratchllm.data.ingest import IngestStats, read_files, resolve_paths
+    from scratchllm.data.synthetic import synthetic_documents
 
-    if not cfg.files:
-        return [d.text for d in embedded_documents(cfg.domains, cfg.max_bytes_per_domain)]
-    paths: list[Path] = []
-    for pattern in cfg.files:
-        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
-        if not matches:
-            raise ScratchError(f"no files match {pattern!r}", "check the path or glob in corpus.files")
-        for m in map(Path, matches):
-            paths.extend(sorted(x for x in m.rglob("*") if x.is_file()) if m.is_dir() else [m])
-    return [read_text(p, errors=cfg.errors, lossy_option="corpus.errors=replace") for p in paths]
+    stats, cleaner = IngestStats(), Cleaner(CleanConfig())
+    cap = cfg.max_bytes_per_domain or None
+    used: dict[str, int] = {}
+    texts: list[str] = []
+    bar = tqdm(desc="read corpus", unit="doc", disable=not progress)
+    for src in cfg.source_configs():
+        if src.kind == "embedded":
+            limits = [x for x in (cap, src.max_bytes_per_domain) if x]
+            docs = embedded_documents(src.domains, min(limits) if limits else None)  # capped per domain
+        elif src.kind == "files":
+            docs = read_files(resolve_paths(src.paths), src.domain, stats, src.format, src.text_field,
+                              src.max_document_bytes)
+        else:  # synthetic
+            docs = synthetic_documents(src.generators, src.count, src.seed, src.domain)
+        for doc in docs:
+            if cap is not None and used.get(doc.domain, 0) >= cap:
+                if src.kind == "embedded":
+                    continue  # its next domain may still have room
+                break  # a files or synthetic source is one domain: the rest would be dropped too
+            text = cleaner(doc.text, doc.domain)
+            if text:
+                used[doc.domain] = used.get(doc.domain, 0) + len(text.encode("utf-8"))
+                texts.append(text)
+                bar.update()
+    bar.close()
+    summary = f"{stats.files} files read" if stats.files else "embedded/synthetic text"
+    if stats.skipped:
+        summary += f", {stats.skipped} skipped ({'; '.join(stats.problems[:3])})"
+    if stats.files and not texts:
+        raise ScratchError("the training corpus is empty: no text survived ingest and cleaning",
+                           "every input was skipped: " + "; ".join(stats.problems[:3]) if stats.skipped
+                           else "check corpus.files")
+    return texts, summary
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -97,14 +157,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from scratchllm.tokenizer.bpe import DEFAULT_SPECIAL_TOKENS, train_bpe
 
     cfg = load_config(TokenizerTrainConfig, args.config, args.overrides)
-    texts = _training_texts(cfg.corpus)
+    # Progress bars only on a terminal: in a log file they are hundreds of lines of noise.
+    progress = sys.stderr.isatty() and not args.no_progress
+    texts, summary = training_texts(cfg.corpus, progress)
     size = sum(len(t.encode("utf-8")) for t in texts)
     print(f"training BPE: vocab {cfg.tokenizer.vocab_size}, pattern {cfg.tokenizer.pattern}, "
-          f"{len(texts)} documents, {size / 1e6:.2f} MB", file=sys.stderr)
+          f"{len(texts)} documents, {size / 1e6:.2f} MB ({summary})", file=sys.stderr)
     start = time.perf_counter()
     tok = train_bpe(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.pattern,
                     cfg.tokenizer.special_tokens or list(DEFAULT_SPECIAL_TOKENS),
-                    cfg.tokenizer.min_frequency, progress=True)
+                    cfg.tokenizer.min_frequency, progress=progress)
     elapsed = time.perf_counter() - start
     out = tok.save_pretrained(cfg.output)
     atomic_write_text(out / "train_config.toml", to_toml(cfg))

@@ -87,7 +87,13 @@ class TrainSection:
     activation_checkpointing: str = "none"
     parallel: Literal["ddp", "fsdp", "none"] = "ddp"  # used when launched by torchrun on >1 processes
     deterministic: bool = False  # torch.use_deterministic_algorithms + fixed seeds: bit-exact CPU reruns
-    num_threads: int = 0  # torch CPU threads per process; 0 = torch's default
+    # torch CPU threads per process. 0 = auto: one per idle core (cores minus the 1-minute load average,
+    # at least 1), or OMP_NUM_THREADS when set (torchrun sets 1). On a busy 2-core machine torch's
+    # default (2) ran 0.15x as fast as 1 thread (docs/benchmarks.md).
+    num_threads: int = 0
+    # --resume with a different max_steps, lr or [schedule] changes the learning-rate schedule mid-run;
+    # refused unless this is true (then the run continues on the new schedule from the saved step).
+    allow_schedule_change: bool = False
 
     def validate(self) -> None:
         for key in ("batch_size", "grad_accum", "max_steps"):

@@ -43,8 +43,14 @@ class ShardBatchSource:
     def __init__(self, path: str | Path, split: str, batch_size: int, seq_len: int, seed: int,
                  rank: int = 0, world_size: int = 1) -> None:
         self.dataset = ShardDataset(path, split, seed)
+        self.dataset.start_verification()  # sizes were checked on open; the full hash runs beside training
         self.batch_size, self.seq_len = batch_size, seq_len
         self.rank, self.world_size = rank, world_size
+
+    def check_verified(self) -> None:
+        """Wait for the shard checksums and raise if one differs (the Trainer calls it before a save,
+        so no checkpoint ever records training on corrupt data)."""
+        self.dataset.check_verified(wait=True)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         return _rank_rows(self.dataset, self.batch_size, self.seq_len, self.rank, self.world_size)

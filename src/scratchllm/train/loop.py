@@ -34,8 +34,9 @@ from torch import nn
 
 from scratchllm.config import to_dict
 from scratchllm.data.synthetic import sample as sample_tokens
-from scratchllm.errors import ScratchError
+from scratchllm.errors import Interrupted, ScratchError
 from scratchllm.train import checkpoint as ckpt
+from scratchllm.train import runlock
 from scratchllm.train.config import TrainConfig
 from scratchllm.train.optim import build_optimizer
 from scratchllm.train.parallel import Dist, all_reduce_sum, apply_ac, apply_compile, apply_ddp, apply_fsdp
@@ -115,13 +116,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def auto_threads() -> int:
+    """train.num_threads=0: one thread per idle core, or 0 (torch's own choice) when OMP_NUM_THREADS is set.
+
+    Oversubscribed cores make torch's worker threads wait on each other: on a 2-core machine with a load
+    of 12, 2 threads trained 0.15x as fast as 1 (docs/benchmarks.md)."""
+    import os
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        return 0  # the launcher decided (torchrun: 1 per process)
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return 0
+    return max(1, min(cores, cores - round(busy)))
+
+
 def configure_torch(cfg: TrainConfig) -> None:
     """Threads, determinism and matmul precision; call before building the model."""
     import os
 
     t = cfg.train
-    if t.num_threads:
-        torch.set_num_threads(t.num_threads)
+    threads = t.num_threads or auto_threads()
+    if threads:
+        torch.set_num_threads(threads)
     if t.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required for deterministic cuBLAS
         torch.use_deterministic_algorithms(True)
@@ -161,6 +180,11 @@ class Trainer:
         self.last_val: float | None = None
         self._stop: str | None = None
         self.resumed_from: Path | None = None
+        # Shown when a run must be restarted (a dead peer); pre-training sets the exact command.
+        self.resume_command = "the same command with --resume"
+        self._collective = "start-up"  # what the processes were doing together, for a dead-peer message
+        self._lock_out_dir()
+        self.peers = self._gather_peers()
 
         t = cfg.train
         self.parallel = t.parallel if self.dist.enabled else "none"
@@ -185,6 +209,68 @@ class Trainer:
         )
         # Each process gets its own stream for dropout and sampling.
         seed_everything(cfg.seed + 1000 * self.dist.rank)
+
+    # --- one run per directory; naming a dead peer --------------------------------------------------
+
+    def _lock_out_dir(self) -> None:
+        """Rank 0 locks out_dir (one run per directory); every rank learns whether it could."""
+        error = None
+        if self.dist.is_main:
+            try:
+                runlock.acquire(self.out_dir)
+            except ScratchError as e:
+                error = e
+        if self.dist.enabled:
+            failed = all_reduce_sum(torch.tensor([1.0 if error else 0.0], device=self.device), self.dist)
+            if failed.item() and error is None:
+                error = ScratchError(f"{self.out_dir} is in use by another run", "see rank 0's message")
+        if error is not None:
+            raise error
+
+    def _gather_peers(self) -> list[tuple[int, str]]:
+        """(pid, host) of every rank, so that a dead one can be named later."""
+        import os
+        import socket
+
+        me = (os.getpid(), socket.gethostname())
+        if not self.dist.enabled:
+            return [me]
+        peers: list[Any] = [None] * self.dist.world_size
+        dist.all_gather_object(peers, me)
+        return peers
+
+    def _dead_peer(self, e: BaseException, last_ckpt: Path | None) -> ScratchError | None:
+        """A ScratchError naming the lost rank and the collective, if ``e`` is a peer's failure."""
+        text = str(e)
+        markers = ("closed by peer", "reset by peer", "Broken pipe", "Connection refused", "NCCL", "gloo",
+                   "timed out", "Timed out")
+        if not self.dist.enabled or not (isinstance(e, dist.DistError) or any(m in text for m in markers)):
+            return None
+        import threading
+
+        others = [r for r in range(len(self.peers)) if r != self.dist.rank]
+        # The peer's sockets close while it is still exiting: give it a moment to be gone. torchrun
+        # SIGTERMs the survivors meanwhile; this process is stopping anyway, so let it say why first.
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN) if main_thread else None
+        try:
+            for _ in range(50):
+                dead = [r for r in others if not _alive(*self.peers[r])]
+                if dead:
+                    break
+                time.sleep(0.1)
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
+        who = (", ".join(f"rank {r} (pid {self.peers[r][0]})" for r in dead) + (" has" if len(dead) == 1 else " have")
+               + " exited" if dead else "another rank stopped answering (on another host, or stuck)")
+        where = f"the last checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+        return ScratchError(
+            f"rank {self.dist.rank} lost its peers during {self._collective}: {who}; {where} "
+            f"({type(e).__name__}: {text.splitlines()[0][:200] if text else ''})",
+            "see the dead rank's own output for why it stopped (killed, out of memory, crashed), fix that, "
+            f"then restart every process with: {self.resume_command}",
+        )
 
     # --- one optimizer step -------------------------------------------------------------------------
 
@@ -233,7 +319,11 @@ class Trainer:
         lr = self.cfg.optim.lr * lr_factor(self.step, self.cfg.schedule, self.cfg.train.max_steps)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
+        step = self.step + 1
+        comm = "FSDP all-gather/reduce-scatter" if self.parallel == "fsdp" else "DDP gradient all-reduce"
+        self._collective = f"step {step}'s forward/backward ({comm})"
         loss, extra = self.accumulate_gradients(batches)
+        self._collective = f"step {step}'s gradient-norm and loss all-reduce"
         norm = self._grad_norm()
         stop = torch.tensor(1.0 if self._stop else 0.0, device=self.device)
         # One collective per step: mean loss, grad norm (equal on all ranks) and "a rank was signalled".
@@ -256,6 +346,7 @@ class Trainer:
         """Mean loss over the validation batches, averaged over all processes."""
         if not self.val_batches:
             return None
+        self._collective = f"validation at step {self.step}"
         self.model.eval()
         total = torch.zeros(2, device=self.device)
         for batch in self.val_batches:
@@ -299,6 +390,10 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0 writes; every rank takes part in gathering)."""
+        check_data = getattr(self.train_source, "check_verified", None)
+        if check_data is not None:
+            check_data()  # never save a checkpoint that trained on data failing its checksums
+        self._collective = f"the checkpoint gather at step {self.step}"
         model_state, optim_state = self._gather_states()
         rngs = [ckpt.rng_state()]
         if self.dist.enabled:
@@ -344,6 +439,7 @@ class Trainer:
             return None
         c = ckpt.load_checkpoint(path)
         ckpt.check_model_config(c.state["model_config"], self.model_config, path)
+        self._check_schedule(c.state.get("config"), path)
         expected = {k: v for k, v in self.model.state_dict().items() if k not in self.aliases}
         check_state(expected, {k: v for k, v in c.model_state.items() if k not in self.aliases}, path / "model.safetensors")
         opts = StateDictOptions(full_state_dict=True)
@@ -367,6 +463,31 @@ class Trainer:
         self.resumed_from = path
         return path
 
+    def _check_schedule(self, saved: dict[str, Any] | None, path: Path) -> None:
+        """Refuse to resume on a different learning-rate schedule unless train.allow_schedule_change."""
+        if not isinstance(saved, dict):
+            return
+        now = to_dict(self.cfg)
+        keys = [("train", "max_steps"), ("optim", "lr"), ("schedule", None)]
+        changed = []
+        for section, key in keys:
+            old, new = saved.get(section, {}), now.get(section, {})
+            old, new = (old.get(key), new.get(key)) if key else (old, new)
+            if old != new:
+                changed.append(f"{section}.{key}: {old} -> {new}" if key else f"[{section}]: {old} -> {new}")
+        if not changed:
+            return
+        if not getattr(self.cfg.train, "allow_schedule_change", False):
+            raise ScratchError(
+                f"checkpoint {path} was trained on a different learning-rate schedule ({'; '.join(changed)}); "
+                "resuming would change the schedule mid-run",
+                "resume with the original values, or add train.allow_schedule_change=true to continue on the new "
+                "schedule from this step",
+            )
+        if self.dist.is_main:
+            print(f"note: resuming on a changed schedule ({'; '.join(changed)}): from the checkpoint's step on, "
+                  "the learning rate follows the new one", file=sys.stderr)
+
     # --- the loop -----------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -379,9 +500,9 @@ class Trainer:
 
         def handler(signum: int, frame: Any) -> None:
             name = signal.Signals(signum).name
-            if self._stop:  # a second signal: stop now, without a checkpoint
+            if self._stop:  # a second signal: stop now, without a checkpoint (exit 128 + signum)
                 signal.signal(signum, signal.SIG_DFL)
-                raise KeyboardInterrupt
+                raise Interrupted(signum)
             self._stop = name
             if self.dist.is_main:
                 print(f"\n{name} received: saving a checkpoint after this step, then stopping "
@@ -431,6 +552,7 @@ class Trainer:
         def due(interval: int) -> bool:
             return bool(interval) and self.step % interval == 0
 
+        ok = False
         try:
             with self._signals():
                 while self.step < max_steps:
@@ -464,19 +586,34 @@ class Trainer:
                             if main:
                                 bar.write(f"step {self.step}: train loss {result['loss']:.4f}, "
                                           f"val loss {self.last_val:.4f}, lr {result['lr']:.2e}")
+                    if due(cfg.checkpoint.interval) or final or self._stop:
+                        last_ckpt = self.save()
+                    # Samples after the save: a failure while sampling must never cost the checkpoint.
                     if due(cfg.eval.sample_interval) or final:
                         for prompt, text in zip(cfg.eval.sample_prompts, self.sample(), strict=False):
                             tracker.log(self.step, "sample", {"prompt": prompt, "text": text})
                             if main:
                                 bar.write(f"sample @ step {self.step}: {text!r}")
-                    if due(cfg.checkpoint.interval) or final or self._stop:
-                        last_ckpt = self.save()
                     if self._stop:
+                        ok = True
                         return Stopped(self._stop, self.step, last_ckpt)
+            ok = True
             return Stopped("done", self.step, last_ckpt)
+        except RuntimeError as e:
+            error = self._dead_peer(e, last_ckpt)
+            if error is None:
+                raise
+            raise error from e
         finally:
             bar.close()
-            tracker.close()
+            tracker.close(quiet=not ok)  # after another error, a write error in closing is not news
+            if main:
+                runlock.release(self.out_dir)
+
+    def close(self) -> None:
+        """Release out_dir without running ``fit`` (``fit`` releases it itself)."""
+        if self.dist.is_main:
+            runlock.release(self.out_dir)
 
     def _non_finite(self, result: dict[str, Any], last_ckpt: Path | None) -> NonFiniteLoss:
         step = self.step + 1
@@ -489,3 +626,22 @@ class Trainer:
             "rerun with --resume to continue from the last checkpoint",
         )
 
+
+def _alive(pid: int, host: str) -> bool:
+    """Whether process ``pid`` still runs (True when it is on another host: we cannot tell)."""
+    import os
+    import socket
+
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped by its launcher) is dead too
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

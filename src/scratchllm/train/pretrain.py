@@ -38,13 +38,12 @@ def build_trainer(cfg: TrainConfig, d: Dist, resume: bool = False, resume_from: 
     device = select_device(cfg.train.device, d)
     model_cfg = cfg.model_config()
     _, manifest = load_manifest(cfg.data.path)
-    if int(manifest["vocab_size"]) > model_cfg.vocab_size:
-        raise ScratchError(
-            f"the data in {cfg.data.path} uses a vocabulary of {manifest['vocab_size']} tokens but the model's "
-            f"vocab_size is {model_cfg.vocab_size}",
-            f"set model.vocab_size={manifest['vocab_size']} (the tokenizer's size) or prepare the data with "
-            "a matching tokenizer",
-        )
+    from scratchllm.model.checkpoint import check_vocab
+
+    # The data's vocabulary is its tokenizer's: a model of another size would fail in its sample
+    # generations and be refused by generate/serve/eval, so it is refused before training.
+    check_vocab(model_cfg.vocab_size, int(manifest["vocab_size"]), "the model config",
+                f"the tokenizer of the data in {cfg.data.path}")
     t = cfg.train
     if t.max_tokens:
         per_step = t.batch_size * cfg.data.seq_len * t.grad_accum * d.world_size
@@ -88,6 +87,7 @@ def run(cfg: TrainConfig, resume: bool = False, resume_from: Path | None = None,
     try:
         check_world(cfg.train.parallel, d)
         trainer = build_trainer(cfg, d, resume, resume_from)
+        trainer.resume_command = resume_command
         if d.is_main:
             n = sum(p.numel() for p in trainer.model.parameters())
             per_step = cfg.train.batch_size * cfg.data.seq_len * cfg.train.grad_accum * d.world_size

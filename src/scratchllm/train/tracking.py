@@ -3,20 +3,29 @@ and enabled), plus the run's record: resolved config, git commit, versions. Rank
 
 ``metrics.jsonl`` holds one JSON object per line: ``{"step": 10, "kind": "train", "loss": ...}``,
 ``kind`` being "train", "val" or "sample". On resume, rows after the checkpoint's step (logged by
-the interrupted run after its last checkpoint) are dropped, so the file is one clean curve.
+the interrupted run after its last checkpoint) are dropped, so the file is one clean curve; so is a
+line cut short by a crash (readers skip it too).
+
+A full disk on any of these writes (metrics, TensorBoard's event files, the run record) raises the
+same "disk full" ScratchError as a checkpoint save, and a metrics line that did not fit is cut
+back off the file, so the file never ends mid-line by our doing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from scratchllm.errors import ScratchError
+from scratchllm.errors import ScratchError, disk_full, is_disk_full
 from scratchllm.io import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
@@ -35,18 +44,39 @@ def git_commit(cwd: Path | None = None) -> str | None:
         return None
 
 
+DISK_FULL_HINT = "free disk space (df -h; lower checkpoint.keep_last) and run again with --resume"
+
+
 def read_metrics(path: Path, kind: str | None = None) -> list[dict[str, Any]]:
-    """Rows of a metrics.jsonl file (optionally of one kind)."""
+    """Rows of a metrics.jsonl file (optionally of one kind). A last line cut short (a crash or a full
+    disk mid-write) is skipped; an unreadable line elsewhere is an error naming it."""
     path = Path(path)
     if path.is_dir():
         path = path / METRICS_FILE
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
+    lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
             row = json.loads(line)
-            if kind is None or row.get("kind") == kind:
-                rows.append(row)
+        except json.JSONDecodeError:
+            if lineno == len(lines):
+                break  # cut short by the writer's death: the rows before it are whole
+            raise ScratchError(f"{path}:{lineno}: not a JSON line", "delete that line (or the file)") from None
+        if kind is None or row.get("kind") == kind:
+            rows.append(row)
     return rows
+
+
+@contextlib.contextmanager
+def _disk_full_as_error(what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        if is_disk_full(e):
+            raise disk_full(what, DISK_FULL_HINT) from e
+        raise
 
 
 class Tracker:
@@ -58,19 +88,22 @@ class Tracker:
         self.enabled = enabled
         self.out_dir = Path(out_dir)
         self._tb = self._wandb = None
-        self._file = None
+        self._fd: int | None = None
+        self._hook: Any = None
         if not enabled:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / METRICS_FILE
+        path = self.metrics_path = self.out_dir / METRICS_FILE
         if path.exists():
-            # Keep rows up to the step we resume from (none when starting over), drop the rest.
+            # Keep rows up to the step we resume from (none when starting over), drop the rest,
+            # including a line cut short by a crash or a full disk.
             keep = [] if resume_step is None else [
-                line for line in path.read_text(encoding="utf-8").splitlines()
+                line for line in path.read_bytes().decode("utf-8", errors="replace").splitlines()
                 if line.strip() and _row_step(line) <= resume_step
             ]
             atomic_write_text(path, "".join(line + "\n" for line in keep))
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        # A raw descriptor: one write() per row, and a row that did not fit can be cut back off.
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         info = {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "resumed_from_step": resume_step,
@@ -100,7 +133,17 @@ class Tracker:
                     fix="pip install tensorboard   (or set log.tensorboard=false; metrics.jsonl is always written)",
                 ) from exc
 
-            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=resume_step)
+            # TensorBoard writes from its own thread, which prints a traceback before we see the error
+            # (re-raised on our next call); a full disk gets our message instead of that traceback.
+            self._hook = threading.excepthook
+
+            def hook(args: Any, previous: Any = self._hook) -> None:
+                if not (is_disk_full(args.exc_value) and type(args.thread).__name__ == "_AsyncWriterThread"):
+                    previous(args)
+
+            threading.excepthook = hook
+            with _disk_full_as_error(f"TensorBoard logs in {self.out_dir / 'tensorboard'}"):
+                self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=resume_step)
         if wandb:
             try:
                 import wandb as wandb_module
@@ -114,27 +157,49 @@ class Tracker:
         if not self.enabled:
             return
         row = {"step": step, "kind": kind, **metrics}
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
-        for key, value in metrics.items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                if self._tb is not None:
-                    self._tb.add_scalar(f"{kind}/{key}", value, step)
-            elif isinstance(value, str) and self._tb is not None:
-                self._tb.add_text(f"{kind}/{key}", value, step)
+        data = (json.dumps(row) + "\n").encode("utf-8")
+        size = os.fstat(self._fd).st_size
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size)  # no half row left behind
+            if is_disk_full(e):
+                raise disk_full(f"{self.metrics_path} (step {step})", DISK_FULL_HINT) from e
+            raise
+        if self._tb is not None:
+            with _disk_full_as_error(f"TensorBoard logs in {self.out_dir / 'tensorboard'} (step {step})"):
+                for key, value in metrics.items():
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        self._tb.add_scalar(f"{kind}/{key}", value, step)
+                    elif isinstance(value, str):
+                        self._tb.add_text(f"{kind}/{key}", value, step)
+                self._tb.flush()  # surfaces a write error now, from the writer thread, not steps later
         if self._wandb is not None:
             self._wandb.log({f"{kind}/{k}": v for k, v in metrics.items()}, step=step)
 
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+    def close(self, quiet: bool = False) -> None:
+        """Flush and close everything; ``quiet``: ignore write errors (closing after another error)."""
+        error: BaseException | None = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+            tb, self._tb = self._tb, None
+            try:
+                with _disk_full_as_error(f"TensorBoard logs in {self.out_dir / 'tensorboard'}"):
+                    tb.close()
+            except (ScratchError, OSError) as e:
+                error = e
+        if self._hook is not None:
+            threading.excepthook, self._hook = self._hook, None
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
+        if error is not None and not quiet:
+            raise error
 
 
 def _row_step(line: str) -> int:
