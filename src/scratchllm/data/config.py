@@ -28,7 +28,8 @@ class SourceConfig:
     """One input. ``kind`` picks which of the other keys matter:
 
     * ``embedded``  - the corpus shipped with Python: ``domains``, ``max_bytes_per_domain``.
-    * ``files``     - ``paths`` (files, folders, globs), ``format``, ``text_field``, ``domain``.
+    * ``files``     - ``paths`` (files, folders, globs, ``datasets.save_to_disk`` folders), ``format``,
+      ``text_field`` (JSONL field or Parquet/Arrow column), ``where`` (conditions on other fields), ``domain``.
     * ``synthetic`` - template/grammar generators: ``generators``, ``count``, ``seed``, ``domain``.
     * ``model``     - continuations sampled from a trained checkpoint: ``checkpoint``, ``prompts``,
       ``count``, ``max_new_tokens``, ``temperature``, ``top_k``, ``seed``, ``domain``.
@@ -41,8 +42,10 @@ class SourceConfig:
     max_bytes_per_domain: int | None = None
     # files
     paths: list[str] = field(default_factory=list)
-    format: Literal["auto", "text", "jsonl", "markdown", "html"] = "auto"
+    format: Literal["auto", "text", "jsonl", "markdown", "html", "parquet", "arrow"] = "auto"
     text_field: str = "text"
+    # Conditions on a record's other fields/columns, all of which must hold: "language == 'en'", "score >= 3".
+    where: list[str] = field(default_factory=list)
     max_document_bytes: int = 1_000_000
     # synthetic / model
     generators: list[str] = field(default_factory=lambda: list(SYNTHETIC_GENERATORS))
@@ -61,6 +64,10 @@ class SourceConfig:
             raise ScratchError(f"sources: a {self.kind!r} source needs a 'domain'", 'add e.g. domain = "prose"')
         if self.kind == "files" and not self.paths:
             raise ScratchError("sources: a 'files' source needs 'paths'", 'add e.g. paths = ["my_texts/"]')
+        if self.where:
+            from scratchllm.data.ingest import parse_where
+
+            parse_where(self.where)
         if self.kind == "model" and not self.checkpoint:
             raise ScratchError("sources: a 'model' source needs 'checkpoint'", 'add e.g. checkpoint = "runs/model"')
         if self.kind == "synthetic":

@@ -39,7 +39,7 @@ from scratchllm.data.config import DataConfig, SourceConfig
 from scratchllm.data.corpus import Document, embedded_documents
 from scratchllm.data.dedup import Deduplicator
 from scratchllm.data.filters import PiiScrubber, QualityFilters
-from scratchllm.data.ingest import IngestStats, read_files, resolve_paths
+from scratchllm.data.ingest import SKIP_KINDS, IngestStats, read_files, resolve_paths
 from scratchllm.data.mix import plan_mixture, select_documents
 from scratchllm.data.shards import (
     MANIFEST, ShardWriter, load_manifest, sha256_file, split_summary, token_dtype, write_manifest,
@@ -106,7 +106,8 @@ def _source_documents(src: SourceConfig, files: list[Path] | None, stats: Ingest
     if src.kind == "embedded":
         yield from embedded_documents(src.domains, src.max_bytes_per_domain)
     elif src.kind == "files":
-        yield from read_files(files or [], src.domain, stats, src.format, src.text_field, src.max_document_bytes)
+        yield from read_files(files or [], src.domain, stats, src.format, src.text_field, src.max_document_bytes,
+                              src.where)
     elif src.kind == "synthetic":
         yield from synthetic_documents(src.generators, src.count, src.seed, src.domain)
     else:
@@ -391,7 +392,7 @@ def format_summary(manifest: dict[str, Any]) -> str:
     s = manifest["summary"]
     lines: list[str] = []
     ing = s["ingest"]
-    skipped = {k: ing[k] for k in ("invalid_utf8", "unreadable", "binary", "bad_json", "empty") if ing[k]}
+    skipped = {k: ing.get(k, 0) for k in SKIP_KINDS if ing.get(k, 0)}
     docs_in = sum(v["documents"] for v in s["input"].values())
     n = docs_in - s["clean"]["emptied"]
     rows: list[list[Any]] = [["ingest", "", "", "", docs_in], ["clean (empty after)", docs_in, docs_in, s["clean"]["emptied"], n]]
@@ -407,6 +408,8 @@ def format_summary(manifest: dict[str, Any]) -> str:
     if skipped:
         lines.append("  skipped inputs: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items()))
         lines += [f"    {p}" for p in ing["problems"][:5]]
+    if ing.get("metadata_removed"):
+        lines.append(f"  {ing['metadata_removed']} records dropped by the sources' `where` conditions")
     notes = [f"{s['clean']['changed']} documents changed by cleaning",
              f"{s['clean']['boilerplate_lines']} boilerplate lines dropped"]
     if s["pii"]["documents"]:
