@@ -246,6 +246,23 @@ class DedupConfig:
 
 
 @dataclass
+class DecontamConfig:
+    """Drop (or flag) training documents sharing a 13-gram of normalised words with an evaluation set."""
+
+    enabled: bool = True
+    action: Literal["drop", "flag"] = "drop"  # flag: keep the document, count it (and mark it in kept.jsonl)
+    # "builtin" = every built-in eval task; also task names, task .toml specs, data files (PATH or NAME=PATH)
+    tasks: list[str] = field(default_factory=lambda: ["builtin"])
+    ngram: int = 13
+    min_words: int = 8  # shorter evaluation texts are too generic to match on
+    domains: list[str] = field(default_factory=list)  # empty = all
+
+    def validate(self) -> None:
+        if self.ngram < 1 or not 1 <= self.min_words <= self.ngram:
+            raise ScratchError("decontam.ngram must be >= 1 and 1 <= decontam.min_words <= decontam.ngram")
+
+
+@dataclass
 class MixConfig:
     # {domain: weight}; weights are normalised. Empty = keep every domain at its natural size.
     weights: dict[str, float] = field(default_factory=dict)
@@ -271,7 +288,11 @@ class DataConfig:
     val_fraction: float = 0.01  # of each domain's documents, taken before any up-sampling
     shard_tokens: int = 16 * 1024 * 1024
     batch_docs: int = 256  # documents per tokenizer call
-    num_workers: int | None = 1  # tokenizer processes per batch (None = all cores; each batch starts a pool)
+    # Worker processes for the per-document steps (clean, filter, PII, decontamination, MinHash,
+    # tokenize); 0 or None = every core. The output is identical for any number.
+    num_workers: int | None = 0
+    executor: Literal["local", "ray"] = "local"  # ray: the per-document steps run as Ray tasks (pip install ray)
+    ray_address: str = ""  # "" = start a local Ray instance (or join RAY_ADDRESS); "auto" = the running cluster
     keep_staging: bool = True  # keep per-domain staged tokens so a rerun with a new mix skips stage 1
     debug_dump: bool = False  # also write kept.jsonl and removed.jsonl (with reasons) to out_dir
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
@@ -279,6 +300,7 @@ class DataConfig:
     filters: FiltersConfig = field(default_factory=FiltersConfig)
     pii: PiiConfig = field(default_factory=PiiConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    decontam: DecontamConfig = field(default_factory=DecontamConfig)
     mix: MixConfig = field(default_factory=MixConfig)
 
     def validate(self) -> None:
@@ -297,3 +319,5 @@ class DataConfig:
             raise ScratchError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.shard_tokens < 1024 or self.batch_docs < 1:
             raise ScratchError("shard_tokens must be >= 1024 and batch_docs >= 1")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ScratchError(f"num_workers must be >= 0 (0 = every core), got {self.num_workers}")

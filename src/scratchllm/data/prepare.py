@@ -34,23 +34,25 @@ import numpy as np
 from tqdm import tqdm
 
 from scratchllm.config import to_dict
-from scratchllm.data.clean import Cleaner
+from scratchllm.data.clean import CleanStats
 from scratchllm.data.config import DataConfig, SourceConfig
 from scratchllm.data.corpus import Document, embedded_documents
 from scratchllm.data.dedup import Deduplicator
-from scratchllm.data.filters import PiiScrubber, QualityFilters
+from scratchllm.data.decontam import Decontaminator, DecontamStats
+from scratchllm.data.filters import FilterCount, PiiStats, QualityFilters
 from scratchllm.data.ingest import SKIP_KINDS, IngestStats, read_files, resolve_paths
 from scratchllm.data.mix import plan_mixture, select_documents
 from scratchllm.data.shards import (
     MANIFEST, ShardWriter, load_manifest, sha256_file, split_summary, token_dtype, write_manifest,
 )
 from scratchllm.data.synthetic import model_documents, synthetic_documents
+from scratchllm.data.workers import DocumentProcessor, add_stats, process_batches
 from scratchllm.errors import ScratchError
 from scratchllm.io import atomic_write, atomic_write_text
 
 STAGING = ".staging"
 STAGING_INFO = "staging.json"
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: decontamination
 
 
 def load_tokenizer(path: Path):
@@ -126,17 +128,45 @@ def _inputs_fingerprint(cfg: DataConfig, files: dict[int, list[Path]]) -> list[A
     return out
 
 
-def stage_documents(cfg: DataConfig, tok, files: dict[int, list[Path]], staging: Path, progress: Progress) -> dict[str, Any]:
-    """Pass 1: stream every source through clean/filter/PII/dedup/tokenize into per-domain staged tokens."""
+def _batches(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
+    batch: list[Document] = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def stage_documents(cfg: DataConfig, tok, files: dict[int, list[Path]], staging: Path, progress: Progress,
+                    log=print, decontam: Decontaminator | None = None) -> dict[str, Any]:
+    """Pass 1: stream every source through clean/filter/PII/decontam/dedup/tokenize into per-domain staged tokens.
+
+    The per-document steps run in worker processes (or on Ray), the dedup decisions here, in order.
+    """
     ingest = IngestStats()
-    cleaner, filters, pii, dedup = Cleaner(cfg.clean), QualityFilters(cfg.filters), PiiScrubber(cfg.pii), Deduplicator(cfg.dedup)
+    if decontam is None and cfg.decontam.enabled:
+        decontam = Decontaminator(cfg.decontam)
+    processor = DocumentProcessor(cfg, tok, decontam)
+    dedup = Deduplicator(cfg.dedup)
+    clean_stats, filter_stats, pii_stats = CleanStats(), {}, PiiStats()
+    decontam_stats = DecontamStats(per_set={n: 0 for n in (decontam.names if decontam else [])})
     dtype = token_dtype(tok.vocab_size)
     per_domain_in: dict[str, list[int]] = {}  # domain -> [docs, bytes]
-    tokens_out: dict[str, int] = {}
     bars = {k: progress.bar(k) for k in ("ingest", "filter", "dedup")}
     bars["tokenize"] = progress.bar("tokenize", unit="tok")
     t0 = time.perf_counter()
-    timing = {"dedup": 0.0, "tokenize": 0.0}
+    timing = {"dedup": 0.0}
+
+    def documents() -> Iterator[Document]:
+        for i, src in enumerate(cfg.sources):
+            for doc in _source_documents(src, files.get(i), ingest, tok):
+                bars["ingest"].update()
+                counts = per_domain_in.setdefault(doc.domain, [0, 0])
+                counts[0] += 1
+                counts[1] += len(doc.text.encode("utf-8"))
+                yield doc
 
     with contextlib.ExitStack() as stack:
         writers: dict[str, ShardWriter] = {}
@@ -145,60 +175,37 @@ def stage_documents(cfg: DataConfig, tok, files: dict[int, list[Path]], staging:
             kept_f = stack.enter_context(atomic_write(cfg.out_dir / "kept.jsonl"))
             removed_f = stack.enter_context(atomic_write(cfg.out_dir / "removed.jsonl"))
 
-        def dump(f, doc: Document, **extra: str) -> None:
+        def dump(f, doc: Document, text: str | None = None, **extra: Any) -> None:
             if f is not None:
-                f.write(json.dumps({"domain": doc.domain, "source": doc.source, **extra, "text": doc.text}) + "\n")
+                f.write(json.dumps({"domain": doc.domain, "source": doc.source, **extra,
+                                    "text": doc.text if text is None else text}) + "\n")
 
-        def flush(batch: list[Document]) -> None:
+        for batch, res in process_batches(processor, _batches(documents(), cfg.dedup.batch_docs), cfg, log):
+            add_stats(clean_stats, res.clean)
+            add_stats(filter_stats, res.filters)
+            add_stats(pii_stats, res.pii)
+            decontam_stats.add(res.decontam)
+            for k, v in res.seconds.items():
+                timing[k] = timing.get(k, 0.0) + v
+            for i, reason in res.removed:
+                dump(removed_f, batch[i], reason=reason)
+            bars["filter"].update(len(res.passing))
             t = time.perf_counter()
-            dups = dedup([d.text for d in batch])
+            dups = dedup.decide(res.fingerprints)
             timing["dedup"] += time.perf_counter() - t
-            kept = [d for d, dup in zip(batch, dups, strict=True) if not dup]
-            bars["dedup"].update(len(kept))
-            for d, dup in zip(batch, dups, strict=True):
-                if dup:
-                    dump(removed_f, d, reason="dedup: duplicate")
-                else:
-                    dump(kept_f, d)
-            for i in range(0, len(kept), cfg.batch_docs):
-                chunk = kept[i : i + cfg.batch_docs]
-                t = time.perf_counter()
-                ids = tok.encode_batch([d.text for d in chunk], num_workers=cfg.num_workers)
-                timing["tokenize"] += time.perf_counter() - t
-                for d, doc_ids in zip(chunk, ids, strict=True):
-                    if d.domain not in writers:
-                        writers[d.domain] = stack.enter_context(
-                            ShardWriter(staging, d.domain, dtype, 1 << 62, [d.domain])
-                        )
-                    arr = np.empty(len(doc_ids) + 1, dtype)
-                    arr[:-1] = doc_ids
-                    arr[-1] = tok.eos_id
-                    writers[d.domain].add(arr, d.domain)
-                    tokens_out[d.domain] = tokens_out.get(d.domain, 0) + len(arr)
-                    bars["tokenize"].update(len(arr))
-
-        batch: list[Document] = []
-        for i, src in enumerate(cfg.sources):
-            for doc in _source_documents(src, files.get(i), ingest, tok):
-                bars["ingest"].update()
-                counts = per_domain_in.setdefault(doc.domain, [0, 0])
-                counts[0] += 1
-                counts[1] += len(doc.text.encode("utf-8"))
-                text = cleaner(doc.text, doc.domain)
-                if not text:
-                    dump(removed_f, doc, reason="clean: empty after cleaning")
+            for j, i in enumerate(res.passing):
+                d = batch[i]
+                text = res.texts[j] if res.texts is not None else None
+                if dups[j]:
+                    dump(removed_f, d, text, reason="dedup: duplicate")
                     continue
-                reason = filters.check(text, doc.domain)
-                if reason:
-                    dump(removed_f, doc, reason=reason)
-                    continue
-                bars["filter"].update()
-                batch.append(Document(pii(text, doc.domain), doc.domain, doc.source))
-                if len(batch) >= cfg.dedup.batch_docs:
-                    flush(batch)
-                    batch = []
-        if batch:
-            flush(batch)
+                extra = {"contaminated": res.contaminated[j]} if res.contaminated[j] else {}
+                dump(kept_f, d, text, **extra)
+                if d.domain not in writers:
+                    writers[d.domain] = stack.enter_context(ShardWriter(staging, d.domain, dtype, 1 << 62, [d.domain]))
+                writers[d.domain].add(res.ids[j], d.domain)
+                bars["dedup"].update()
+                bars["tokenize"].update(len(res.ids[j]))
 
     docs_in = sum(c[0] for c in per_domain_in.values())
     if docs_in == 0:
@@ -215,9 +222,13 @@ def stage_documents(cfg: DataConfig, tok, files: dict[int, list[Path]], staging:
     return {
         "input": {d: {"documents": c[0], "bytes": c[1]} for d, c in per_domain_in.items()},
         "ingest": {k: v for k, v in asdict(ingest).items()},
-        "clean": asdict(cleaner.stats),
-        "filters": {name: asdict(c) for name, c in filters.stats.items()},
-        "pii": asdict(pii.stats),
+        "clean": asdict(clean_stats),
+        "filters": {name: asdict(filter_stats.get(name, FilterCount())) for name in QualityFilters(cfg.filters).stats},
+        "pii": asdict(pii_stats),
+        "decontam": {"enabled": cfg.decontam.enabled, "action": cfg.decontam.action, "ngram": cfg.decontam.ngram,
+                     **asdict(decontam_stats),
+                     "eval_ngrams": decontam.ngrams if decontam else 0,
+                     "too_short": decontam.too_short if decontam else {}},
         "dedup": {**asdict(dedup.stats), "bands": dedup.bands, "rows": dedup.rows, "threshold": cfg.dedup.threshold,
                   "num_perm": cfg.dedup.num_perm},
         "staged": {d: {"documents": w.shards[0].documents, "tokens": w.shards[0].tokens, "file": w.shards[0].file,
@@ -303,9 +314,10 @@ def prepare(cfg: DataConfig, force: bool = False, progress: bool | None = None, 
     staging = out / STAGING
     files = {i: resolve_paths(s.paths) for i, s in enumerate(cfg.sources) if s.kind == "files"}
     tok_hash = _hash_path(cfg.tokenizer) if tokenizer is None else getattr(tokenizer, "fingerprint", repr(tokenizer))
-    upstream = {k: v for k, v in to_dict(cfg).items() if k in ("sources", "clean", "filters", "pii", "dedup")}
+    upstream = {k: v for k, v in to_dict(cfg).items() if k in ("sources", "clean", "filters", "pii", "dedup", "decontam")}
+    decontam = Decontaminator(cfg.decontam) if cfg.decontam.enabled else None  # reads the eval sets
     stage_fp = _digest([PIPELINE_VERSION, upstream, tok_hash, _inputs_fingerprint(cfg, files),
-                        cfg.debug_dump and str(out)])
+                        cfg.debug_dump and str(out), decontam.fingerprint if decontam else None])
     final_fp = _digest([stage_fp, to_dict(cfg.mix), cfg.seed, cfg.val_fraction, cfg.shard_tokens])
 
     if not force and (out / MANIFEST).exists():
@@ -338,7 +350,7 @@ def prepare(cfg: DataConfig, force: bool = False, progress: bool | None = None, 
             if staging.exists():
                 shutil.rmtree(staging)
             staging.mkdir(parents=True)
-            stage_info = stage_documents(cfg, tok, files, staging, bars)
+            stage_info = stage_documents(cfg, tok, files, staging, bars, log, decontam)
             stage_info["fingerprint"] = stage_fp
             atomic_write_text(info_path, json.dumps(stage_info, indent=1))
         t = time.perf_counter()
@@ -399,6 +411,11 @@ def format_summary(manifest: dict[str, Any]) -> str:
     for name, c in s["filters"].items():
         rows.append([f"filter: {name}", n, c["seen"], c["removed"], n - c["removed"]])
         n -= c["removed"]
+    dc = s.get("decontam", {})
+    if dc.get("enabled"):
+        removed = dc["contaminated"] if dc["action"] == "drop" else 0
+        rows.append([f"decontam ({dc['ngram']}-gram, {dc['action']})", n, dc["checked"], removed, n - removed])
+        n -= removed
     d = s["dedup"]
     for label, removed in (("dedup: exact", d["exact_removed"]),
                            (f"dedup: near (J>={d['threshold']}, {d['bands']}x{d['rows']})", d["near_removed"])):
@@ -414,6 +431,10 @@ def format_summary(manifest: dict[str, Any]) -> str:
              f"{s['clean']['boilerplate_lines']} boilerplate lines dropped"]
     if s["pii"]["documents"]:
         notes.append(f"PII: {s['pii']['emails']} e-mails, {s['pii']['ips']} IPs replaced in {s['pii']['documents']} documents")
+    if dc.get("enabled"):
+        per = ", ".join(f"{k} {v}" for k, v in sorted(dc["per_set"].items()) if v) or "none"
+        verb = "dropped" if dc["action"] == "drop" else "flagged (kept)"
+        notes.append(f"eval overlap ({dc['eval_ngrams']:,} eval n-grams): {dc['contaminated']} documents {verb}: {per}")
     notes.append(f"LSH candidates checked {d['candidates']}, rejected by full signature {d['rejected_candidates']}")
     lines += ["  " + n_ for n_ in notes]
 
