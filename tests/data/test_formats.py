@@ -146,3 +146,21 @@ def test_parquet_streams_row_group_by_row_group(tmp_path, monkeypatch):
     next(it)
     assert calls == [0]
     assert sum(1 for _ in it) == 399 and calls == list(range(10))
+
+
+def test_hub_source_streams_through_datasets(tmp_path, monkeypatch):
+    """kind = "hub" with a local builder ("parquet" + data_files): the streaming path, no network."""
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    from scratchllm.data.ingest import read_hub
+
+    recs = records(50, seed=6)
+    pq.write_table(pa.Table.from_pylist(recs), tmp_path / "d.parquet", row_group_size=20)
+    stats = IngestStats()
+    docs = list(read_hub("parquet", "prose", stats, data_files=[str(tmp_path / "d.parquet")],
+                         where=["lang == 'en'"], max_documents=10))
+    want = [r["text"] for r in recs if r["lang"] == "en"][:10]
+    assert [d.text for d in docs] == want and stats.documents == 10
+    with pytest.raises(ScratchError, match="cannot open dataset"):
+        list(read_hub("parquet", "prose", IngestStats(), data_files=[str(tmp_path / "missing.parquet")]))

@@ -31,11 +31,15 @@ class SourceConfig:
     * ``files``     - ``paths`` (files, folders, globs, ``datasets.save_to_disk`` folders), ``format``,
       ``text_field`` (JSONL field or Parquet/Arrow column), ``where`` (conditions on other fields), ``domain``.
     * ``synthetic`` - template/grammar generators: ``generators``, ``count``, ``seed``, ``domain``.
+    * ``hub``       - a dataset streamed with the ``datasets`` library (optional, ``pip install datasets``):
+      ``dataset`` (hub name, or a builder such as "parquet" with ``data_files``), ``subset``, ``split``,
+      ``data_files``, ``text_field``, ``where``, ``max_documents``, ``domain``. Never needed: local files
+      of the same data read faster with ``kind = "files"``.
     * ``model``     - continuations sampled from a trained checkpoint: ``checkpoint``, ``prompts``,
       ``count``, ``max_new_tokens``, ``temperature``, ``top_k``, ``seed``, ``domain``.
     """
 
-    kind: Literal["embedded", "files", "synthetic", "model"] = "embedded"
+    kind: Literal["embedded", "files", "synthetic", "model", "hub"] = "embedded"
     domain: str = ""
     # embedded
     domains: list[str] = field(default_factory=lambda: ["prose", "code"])
@@ -46,6 +50,12 @@ class SourceConfig:
     text_field: str = "text"
     # Conditions on a record's other fields/columns, all of which must hold: "language == 'en'", "score >= 3".
     where: list[str] = field(default_factory=list)
+    # hub
+    dataset: str = ""
+    subset: str = ""
+    split: str = "train"
+    data_files: list[str] = field(default_factory=list)
+    max_documents: int = 0  # 0 = all
     max_document_bytes: int = 1_000_000
     # synthetic / model
     generators: list[str] = field(default_factory=lambda: list(SYNTHETIC_GENERATORS))
@@ -60,10 +70,12 @@ class SourceConfig:
     def validate(self) -> None:
         for name in [self.domain] if self.kind != "embedded" else self.domains:
             check_domain_name(name, "sources")
-        if self.kind in ("files", "synthetic", "model") and not self.domain:
+        if self.kind in ("files", "synthetic", "model", "hub") and not self.domain:
             raise ScratchError(f"sources: a {self.kind!r} source needs a 'domain'", 'add e.g. domain = "prose"')
         if self.kind == "files" and not self.paths:
             raise ScratchError("sources: a 'files' source needs 'paths'", 'add e.g. paths = ["my_texts/"]')
+        if self.kind == "hub" and not self.dataset:
+            raise ScratchError("sources: a 'hub' source needs 'dataset'", 'add e.g. dataset = "HuggingFaceFW/fineweb-edu"')
         if self.where:
             from scratchllm.data.ingest import parse_where
 

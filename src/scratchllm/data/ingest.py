@@ -20,7 +20,7 @@ import json
 import os
 import re
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -396,6 +396,48 @@ def _split_documents(pieces: Iterable[str], max_bytes: int) -> Iterator[str]:
         buf.append(pending)
     if buf:
         yield "".join(buf)
+
+
+def read_hub(
+    dataset: str, domain: str, stats: IngestStats, subset: str = "", split: str = "train",
+    data_files: Sequence[str] = (), text_field: str = "text", where: Iterable[str] = (), max_documents: int = 0,
+) -> Iterator[Document]:
+    """Stream a dataset with ``datasets.load_dataset(..., streaming=True)``: nothing is downloaded in full."""
+    conditions = parse_where(where)
+    try:
+        import datasets
+    except ImportError:
+        raise ScratchError("a 'hub' source needs the datasets library",
+                           "pip install 'scratchllm[hub]', or download the files and use kind = \"files\"") from None
+    try:
+        ds = datasets.load_dataset(dataset, subset or None, split=split, streaming=True,
+                                   data_files=list(data_files) or None)
+    except Exception as e:  # noqa: BLE001 - datasets raises many kinds (network, not found, bad config)
+        raise ScratchError(f"cannot open dataset {dataset!r} (split {split!r}): {e}",
+                           "check the name, subset and split, and the network (or use local files)") from None
+    stats.files += 1
+    keys = text_field.split(".")
+    n = 0
+    for i, record in enumerate(ds):
+        where_ = f"{dataset}#{i}"
+        value: Any = record
+        try:
+            for key in keys:
+                value = value[key]
+        except (KeyError, TypeError, IndexError):
+            stats.skip("bad_schema", where_, f"no field {text_field!r}")
+            continue
+        if not isinstance(value, str) or not value.strip():
+            stats.skip("empty", where_)
+        elif conditions and not _keep(record, conditions):
+            stats.metadata_removed += 1
+        else:
+            stats.documents += 1
+            stats.bytes += len(value.encode("utf-8"))
+            yield Document(value, domain, where_)
+            n += 1
+            if max_documents and n >= max_documents:
+                break
 
 
 def _jsonl_documents(

@@ -40,7 +40,7 @@ from scratchllm.data.corpus import Document, embedded_documents
 from scratchllm.data.dedup import Deduplicator
 from scratchllm.data.decontam import Decontaminator, DecontamStats
 from scratchllm.data.filters import FilterCount, PiiStats, QualityFilters
-from scratchllm.data.ingest import SKIP_KINDS, IngestStats, read_files, resolve_paths
+from scratchllm.data.ingest import SKIP_KINDS, IngestStats, read_files, read_hub, resolve_paths
 from scratchllm.data.mix import plan_mixture, select_documents
 from scratchllm.data.shards import (
     MANIFEST, ShardWriter, load_manifest, sha256_file, split_summary, token_dtype, write_manifest,
@@ -110,6 +110,9 @@ def _source_documents(src: SourceConfig, files: list[Path] | None, stats: Ingest
     elif src.kind == "files":
         yield from read_files(files or [], src.domain, stats, src.format, src.text_field, src.max_document_bytes,
                               src.where)
+    elif src.kind == "hub":
+        yield from read_hub(src.dataset, src.domain, stats, src.subset, src.split, src.data_files, src.text_field,
+                            src.where, src.max_documents)
     elif src.kind == "synthetic":
         yield from synthetic_documents(src.generators, src.count, src.seed, src.domain)
     else:
