@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from scratchllm.data.config import DecontamConfig
-from scratchllm.data.dedup import shingle_hashes, words
+from scratchllm.data.dedup import _MAX_BATCH_CHARS, _ngram_hashes, _word_hashes, shingle_hashes, words
 from scratchllm.errors import ScratchError
 
 
@@ -114,6 +114,21 @@ class Decontaminator:
         self._tables = {n: (np.array(sorted(t), np.uint64), t) for n, t in sorted(by_length.items())}
         self.stats = DecontamStats()
 
+    def _match(self, texts: Sequence[str], masks: list[int], base: int) -> None:
+        if not self._tables:
+            return
+        word_hashes = _word_hashes(texts)  # once; then the n-grams of each length used
+        for n, (keys, table) in self._tables.items():
+            hashes, offsets = _ngram_hashes(word_hashes, n, bits=64)
+            if not len(hashes):
+                continue
+            pos = np.minimum(np.searchsorted(keys, hashes), len(keys) - 1)  # keys are few and sorted
+            hit = np.flatnonzero(keys[pos] == hashes)
+            if len(hit):
+                docs = np.searchsorted(offsets, hit, side="right") - 1
+                for d, h in zip(docs.tolist(), hashes[hit].tolist(), strict=True):
+                    masks[base + d] |= table[h]
+
     @property
     def fingerprint(self) -> str:
         """Digest of the n-gram tables: changes when the evaluation sets do."""
@@ -129,15 +144,14 @@ class Decontaminator:
     def __call__(self, texts: Sequence[str]) -> list[list[str]]:
         """For each text, the names of the evaluation sets it overlaps (empty if clean)."""
         masks = [0] * len(texts)
-        if texts:
-            for n, (keys, table) in self._tables.items():
-                hashes, offsets = shingle_hashes(texts, n, bits=64)
-                if n > 0 and len(hashes):
-                    hit = np.flatnonzero(np.isin(hashes, keys))
-                    if len(hit):
-                        docs = np.searchsorted(offsets, hit, side="right") - 1
-                        for d, h in zip(docs.tolist(), hashes[hit].tolist(), strict=True):
-                            masks[d] |= table[h]
+        start = 0
+        while start < len(texts):  # groups of at most _MAX_BATCH_CHARS characters bound the hashing arrays
+            end, size = start + 1, len(texts[start])
+            while end < len(texts) and size + len(texts[end]) <= _MAX_BATCH_CHARS:
+                size += len(texts[end])
+                end += 1
+            self._match(texts[start:end], masks, start)
+            start = end
         out = [[name for bit, name in enumerate(self.names) if m >> bit & 1] for m in masks]
         self.stats.checked += len(texts)
         for hits in out:

@@ -118,6 +118,12 @@ def shingle_hashes(texts: Sequence[str], ngram: int, bits: int = 32) -> tuple[np
         half = len(texts) // 2
         (h1, o1), (h2, o2) = shingle_hashes(texts[:half], ngram, bits), shingle_hashes(texts[half:], ngram, bits)
         return np.concatenate([h1, h2]), np.concatenate([o1, o2[1:] + o1[-1]])
+    words_ = _word_hashes(texts)
+    return _ngram_hashes(words_, ngram, bits)
+
+
+def _word_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(64-bit hash of every word, the document of every word, words per document, number of documents)."""
     parts = [t.lower().encode("utf-8") for t in texts]
     buf = np.frombuffer(b"\n".join(parts), np.uint8)
     doc_start = np.concatenate([[0], np.cumsum([len(p) + 1 for p in parts])[:-1]]).astype(np.int64)
@@ -131,10 +137,15 @@ def shingle_hashes(texts: Sequence[str], ngram: int, bits: int = 32) -> tuple[np
         prefix = np.zeros(len(buf) + 1, np.uint64)
         np.cumsum(buf.astype(np.uint64) * pw[: len(buf)], out=prefix[1:])
         word_hash = fmix64((prefix[ends] - prefix[starts]) * inv[starts])
+    return word_hash, doc_of_word, counts, len(texts)
 
+
+def _ngram_hashes(word_hashes: tuple[np.ndarray, np.ndarray, np.ndarray, int], ngram: int,
+                  bits: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    word_hash, doc_of_word, counts, n_docs = word_hashes
     first = (np.cumsum(counts) - counts)[doc_of_word]
     last = first + counts[doc_of_word] - 1
-    i = np.arange(len(starts))
+    i = np.arange(len(word_hash))
     valid = (i + ngram - 1 <= last) | ((i == first) & (counts[doc_of_word] < ngram))  # short doc: one shingle
     i, last = i[valid], last[valid]
     acc = np.zeros(len(i), np.uint64)
@@ -145,7 +156,7 @@ def shingle_hashes(texts: Sequence[str], ngram: int, bits: int = 32) -> tuple[np
             acc += np.where(inside, word_hash[np.minimum(pos, len(word_hash) - 1)], np.uint64(0)) * _SHINGLE_MIX[j]
         h = fmix64(acc)
     hashes = h if bits == 64 else (h & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    per_doc = np.bincount(doc_of_word[valid], minlength=len(texts))
+    per_doc = np.bincount(doc_of_word[valid], minlength=n_docs)
     return hashes, np.concatenate([[0], np.cumsum(per_doc)])
 
 
