@@ -94,3 +94,31 @@ def test_ray_executor_writes_identical_output(tmp_path, corpus, bpe_dir):
     ray_run, files_ray = run(tmp_path, corpus, bpe_dir, "ray", "executor=ray", "num_workers=2")
     assert local == ray_run and files_local == files_ray
     assert summary_counts(tmp_path, "local") == summary_counts(tmp_path, "ray")
+
+
+def test_interrupted_pass_one_resumes_from_its_checkpoint(tmp_path, corpus, bpe_dir, monkeypatch):
+    """Killed in the middle of pass 1, the rerun continues after the last checkpoint, with the same output."""
+    whole, files_whole = run(tmp_path, corpus, bpe_dir, "whole", "num_workers=1")
+    real = P.Deduplicator.decide
+    calls = {"n": 0}
+
+    def dies_at_batch_9(self, fp):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise KeyboardInterrupt
+        return real(self, fp)
+
+    monkeypatch.setattr(P.Deduplicator, "decide", dies_at_batch_9)
+    args = (tmp_path, corpus, bpe_dir, "cut", "num_workers=2", "checkpoint_seconds=1e-9")  # after every batch
+    with pytest.raises(KeyboardInterrupt):
+        run(*args)
+    staging = tmp_path / "cut" / P.STAGING
+    assert (staging / P.CHECKPOINT).exists() and not (tmp_path / "cut" / "manifest.json").exists()
+    monkeypatch.setattr(P.Deduplicator, "decide", real)
+    logs: list[str] = []
+    monkeypatch.setattr(P, "prepare", lambda cfg, _p=P.prepare, **kw: _p(cfg, **{**kw, "log": logs.append}))
+    cut, files_cut = run(*args)
+    assert any("resuming pass 1 after 128 documents" in line for line in logs), logs  # 8 batches of 16
+    assert cut == whole and files_cut == files_whole
+    assert summary_counts(tmp_path, "cut") == summary_counts(tmp_path, "whole")
+    assert not (staging / P.CHECKPOINT).exists()

@@ -305,6 +305,9 @@ class DataConfig:
     num_workers: int | None = 0
     executor: Literal["local", "ray"] = "local"  # ray: the per-document steps run as Ray tasks (pip install ray)
     ray_address: str = ""  # "" = start a local Ray instance (or join RAY_ADDRESS); "auto" = the running cluster
+    # Pass 1 saves a checkpoint this often (seconds; 0 = never) so that an interrupted run continues
+    # from it instead of starting over. Not with debug_dump (its files are written in one go).
+    checkpoint_seconds: float = 300.0
     keep_staging: bool = True  # keep per-domain staged tokens so a rerun with a new mix skips stage 1
     debug_dump: bool = False  # also write kept.jsonl and removed.jsonl (with reasons) to out_dir
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
@@ -331,5 +334,7 @@ class DataConfig:
             raise ScratchError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.shard_tokens < 1024 or self.batch_docs < 1:
             raise ScratchError("shard_tokens must be >= 1024 and batch_docs >= 1")
+        if self.checkpoint_seconds < 0:
+            raise ScratchError(f"checkpoint_seconds must be >= 0 (0 = no checkpoints), got {self.checkpoint_seconds}")
         if self.num_workers is not None and self.num_workers < 0:
             raise ScratchError(f"num_workers must be >= 0 (0 = every core), got {self.num_workers}")
