@@ -3,7 +3,7 @@
     python benchmarks/data_scale.py [--mb 400] [--workers 1,2] [--work /tmp/data_scale] [--json out.json] [--no-peer]
 
 Corpus: English-like prose sampled from a word bigram model of the plain words of the embedded prose corpus (vectorised
-over many chains at once, so 400 MB takes a minute or two), as JSONL files of about 25 MB, with 5%
+over many chains at once, so 400 MB takes a minute or two), as JSONL files of about --file-mb (25) MB each (datatrove runs one task per file, so give it at least as many files as workers), with 5%
 planted near-duplicates (2% of words replaced) and 200 documents with an evaluation item (GSM8K /
 HellaSwag / ... text from the eval tasks) pasted in. Cached in --work between runs.
 
@@ -44,10 +44,10 @@ FILE_MB = 25
 # ------------------------------------------------------------------------------------------------ corpus
 
 
-def make_corpus(folder: Path, mb: int, seed: int = 0) -> list[Path]:
+def make_corpus(folder: Path, mb: int, seed: int = 0, file_mb: int = FILE_MB) -> list[Path]:
     from scratchllm.data.corpus import embedded_documents
 
-    stamp = folder / f"done-v3-{mb}-{seed}"
+    stamp = folder / f"done-v3-{mb}-{seed}-{file_mb}"
     if stamp.exists():
         return sorted(folder.glob("part-*.jsonl"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -101,7 +101,7 @@ def make_corpus(folder: Path, mb: int, seed: int = 0) -> list[Path]:
                 cut = text.index(" ", len(text) // 2)
                 docs.append(text[:cut] + " " + prng.choice(evals) + " " + text[cut:])
             for d in docs:
-                if out is None or out.tell() > FILE_MB * 1_000_000:
+                if out is None or out.tell() > file_mb * 1_000_000:
                     if out:
                         out.close()
                     out = open(folder / f"part-{part:04d}.jsonl", "w", encoding="utf-8")  # noqa: SIM115
@@ -254,11 +254,12 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--work", default="/tmp/data_scale")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--file-mb", type=int, default=FILE_MB, help="MB per corpus file (datatrove runs one task per file)")
     ap.add_argument("--json")
     args = ap.parse_args()
     work = Path(args.work)
     t = time.perf_counter()
-    files = make_corpus(work / f"corpus-{args.mb}", args.mb)
+    files = make_corpus(work / f"corpus-{args.mb}-{args.file_mb}", args.mb, file_mb=args.file_mb)
     size = sum(p.stat().st_size for p in files)
     print(f"corpus: {len(files)} files, {size / 1e6:.1f} MB ({time.perf_counter() - t:.0f} s to make or find)")
     tok = make_tokenizer(work / "tokenizer")

@@ -189,6 +189,7 @@ def check_artefacts(run_dir: Path, pretrain_steps: int) -> None:
                     "Post-mortem", "Reproduce"):
         assert f"## {heading}" in report
     assert "kneser_ney_3" in report and "git commit" in report
+    assert re.search(r"Decontamination: [\d,]+ training documents checked for 13-gram overlap", report)
     for png in re.findall(r"\]\((\w+\.png)\)", report):
         assert (run_dir / "report" / png).read_bytes()[:4] == b"\x89PNG"
     assert "<table>" in (run_dir / "report" / "report.html").read_text()
