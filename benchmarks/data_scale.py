@@ -2,10 +2,11 @@
 
     python benchmarks/data_scale.py [--mb 400] [--workers 1,2] [--work /tmp/data_scale] [--json out.json] [--no-peer]
 
-Corpus: English-like prose sampled from a word bigram model of the plain words of the embedded prose corpus (vectorised
-over many chains at once, so 400 MB takes a minute or two), as JSONL files of about --file-mb (25) MB each (datatrove runs one task per file, so give it at least as many files as workers), with 5%
-planted near-duplicates (2% of words replaced) and 200 documents with an evaluation item (GSM8K /
-HellaSwag / ... text from the eval tasks) pasted in. Cached in --work between runs.
+Corpus: English-like prose sampled from a word bigram model of the plain words of the embedded prose
+corpus (vectorised over many chains at once, so 400 MB takes a minute or two), as JSONL files of
+about --file-mb (25) MB each (datatrove runs one task per file: give it at least as many files as
+workers), with 5% planted near-duplicates (2% of words replaced) and one document in 500 with an
+evaluation item (GSM8K / HellaSwag / ARC / MMLU / ppl text) pasted in. Cached in --work between runs.
 
 Ours: ``python -m scratchllm data prepare`` (the whole pipeline: ingest, clean, Gopher/C4/FineWeb
 filters, PII, decontamination, exact + MinHash dedup, tokenize, split, shard) with a BPE tokenizer

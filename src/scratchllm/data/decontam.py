@@ -134,7 +134,8 @@ class Decontaminator:
         """Digest of the n-gram tables: changes when the evaluation sets do."""
         h = hashlib.sha256(repr(self.names).encode())
         for n, (keys, table) in self._tables.items():
-            h.update(n.to_bytes(4, "little") + keys.tobytes() + np.array([table[k] for k in keys.tolist()], np.uint64).tobytes())
+            masks = np.array([table[k] for k in keys.tolist()], np.uint64)
+            h.update(n.to_bytes(4, "little") + keys.tobytes() + masks.tobytes())
         return h.hexdigest()
 
     @property

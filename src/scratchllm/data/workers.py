@@ -190,7 +190,8 @@ def _ray_batches(
     try:
         import ray
     except ImportError:
-        raise ScratchError("executor = \"ray\" needs Ray installed", "pip install 'scratchllm[ray]' (or set executor = \"local\")") from None
+        raise ScratchError('executor = "ray" needs Ray installed',
+                           "pip install 'scratchllm[ray]' (or set executor = \"local\")") from None
     started = not ray.is_initialized()
     if started:
         address = cfg.ray_address or None
