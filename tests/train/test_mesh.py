@@ -1,0 +1,105 @@
+"""Tensor and pipeline parallelism (train.tp, train.pp) on gloo: the same training as one process."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from scratchllm.errors import ScratchError
+from scratchllm.train import checkpoint as ckpt
+from scratchllm.train.mesh import check_layout
+from scratchllm.train.parallel import Dist
+from scratchllm.train.pretrain import build_trainer
+from scratchllm.train.tracking import read_metrics
+
+from .test_distributed import B, assert_same_training, torchrun, write_preset
+
+# vocab 258 (the 257 bytes+eos rounded up to a multiple of tp), 4 layers so that pp=2 has 2 each
+MESH_MODEL = ("model.vocab_size=258", "model.n_layers=4")
+COMMON = ("train.max_steps=4", "train.grad_accum=2", "checkpoint.interval=2", "eval.batches=2",
+          "optim.grad_clip=0.5", *MESH_MODEL)
+
+
+def single(make_cfg, tmp_path, batch, *common):
+    cfg = make_cfg(*common, f"train.batch_size={batch}", out=tmp_path / "single")
+    build_trainer(cfg, Dist()).fit()
+    return cfg.out_dir
+
+
+def val_losses(out_dir):
+    return [r["loss"] for r in read_metrics(out_dir, "val")]
+
+
+@pytest.mark.parametrize("layout", [
+    ("train.tp=2",),
+    ("train.pp=2", "train.pp_microbatches=2", "train.pp_schedule=gpipe"),
+    ("train.pp=2", "train.pp_microbatches=4", "train.pp_schedule=1f1b"),
+], ids=["tp2", "pp2-gpipe", "pp2-1f1b"])
+def test_two_processes_train_like_one(make_cfg, tmp_path, layout):
+    """tp/pp peers see the same rows: 2 processes with batch B equal 1 process with batch B (fp32, tight)."""
+    preset = write_preset(make_cfg, tmp_path, "mesh", *COMMON, *layout)
+    result = torchrun(preset)
+    assert "train: starting" in result.stderr
+    ref = single(make_cfg, tmp_path, B, *COMMON)
+    assert_same_training(ref, tmp_path / "mesh", rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(val_losses(tmp_path / "mesh")), torch.tensor(val_losses(ref)),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_tp2_checkpoint_resumes_under_pp2_and_one_process(make_cfg, tmp_path):
+    """A step-2 checkpoint written under tp=2 continues under pp=2 and in one process with the same losses."""
+    preset = write_preset(make_cfg, tmp_path, "tp", *COMMON, "train.tp=2")
+    torchrun(preset)
+    full = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "tp", "train")]
+    start = tmp_path / "tp" / "checkpoints" / "step_000002"
+
+    pp_dir = tmp_path / "pp_resumed"
+    shutil.copytree(start, pp_dir / "checkpoints" / "step_000002")
+    torchrun(preset, f'out_dir="{pp_dir}"', "train.tp=1", "train.pp=2", "train.pp_microbatches=2", "--resume")
+    one_dir = tmp_path / "one_resumed"
+    shutil.copytree(start, one_dir / "checkpoints" / "step_000002")
+    cfg = make_cfg(*COMMON, f"train.batch_size={B}", out=one_dir)
+    trainer = build_trainer(cfg, Dist(), resume=True)
+    assert trainer.step == 2
+    trainer.fit()
+    for out in (pp_dir, one_dir):
+        got = [(r["step"], r["loss"]) for r in read_metrics(out, "train")]
+        assert [s for s, _ in got] == [3, 4]
+        torch.testing.assert_close(torch.tensor([v for _, v in got]), torch.tensor([v for _, v in full[2:]]),
+                                   rtol=1e-5, atol=1e-6)
+
+
+class _Train:
+    def __init__(self, **kw):
+        self.tp, self.pp, self.pp_microbatches, self.pp_schedule = 1, 1, 4, "1f1b"
+        self.pp_stages_per_rank, self.batch_size, self.parallel = 1, 8, "fsdp"
+        self.__dict__.update(kw)
+
+
+def _model(**kw):
+    from scratchllm.model.model import ModelConfig
+
+    return ModelConfig(**{"vocab_size": 256, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "d_model": 32,
+                          "d_ff": 64, **kw})
+
+
+@pytest.mark.parametrize("train, model, world, setting", [
+    (dict(tp=2, pp=2), {}, 6, "train.tp=2 x train.pp=2"),
+    (dict(tp=4), {}, 4, "model.n_kv_heads=2"),
+    (dict(tp=2), {"n_heads": 2, "n_kv_heads": 1, "d_model": 32}, 2, "model.n_kv_heads=1"),
+    (dict(tp=2), {"vocab_size": 257}, 2, "model.vocab_size=257"),
+    (dict(pp=2), {"n_layers": 1}, 2, "model.n_layers=1"),
+    (dict(pp=2, batch_size=6), {}, 2, "train.pp_microbatches=4"),
+    (dict(tp=2, parallel="ddp"), {}, 4, "train.parallel"),
+])
+def test_bad_layouts_fail_naming_the_setting(train, model, world, setting):
+    with pytest.raises(ScratchError) as e:
+        check_layout(_Train(**train), _model(**model), world)
+    assert setting in e.value.message
+
+
+def test_layout_sizes():
+    assert check_layout(_Train(tp=2, pp=2), _model(), 8) == (2, 2, 2)
+    assert check_layout(_Train(), _model(), 1) == (1, 1, 1)
