@@ -185,8 +185,8 @@ class Pipeline:
                     self.schedule.step(x, target=y, losses=losses, return_outputs=False)
                 else:
                     self.schedule.step(target=y, losses=losses, return_outputs=False)
-            for loss in losses:
-                total += to_local(loss.detach()).float() * self.microbatches
+            for loss in losses:  # each is its micro-batch's mean / (microbatches * accum): the batch mean
+                total += to_local(loss.detach()).float() * accum
         self.sync_tied_grads()
         return total / len(batches)
 
