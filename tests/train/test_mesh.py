@@ -103,3 +103,22 @@ def test_bad_layouts_fail_naming_the_setting(train, model, world, setting):
 def test_layout_sizes():
     assert check_layout(_Train(tp=2, pp=2), _model(), 8) == (2, 2, 2)
     assert check_layout(_Train(), _model(), 1) == (1, 1, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", [
+    ("train.tp=2", "train.parallel=fsdp"),
+    ("train.pp=2", "train.pp_microbatches=2", "train.parallel=fsdp"),
+    ("train.tp=2", "train.pp=2", "train.pp_microbatches=2"),
+    ("train.pp=2", "train.pp_microbatches=2", "train.pp_schedule=interleaved-1f1b", "train.pp_stages_per_rank=2",
+     "train.parallel=fsdp"),
+], ids=["tp2xdp2", "pp2xdp2", "tp2xpp2", "interleaved-pp2xdp2"])
+def test_four_processes_train_like_one(make_cfg, tmp_path, layout):
+    """4 processes: data-parallel groups of B rows each equal one process with the dp * B rows."""
+    dp = 1 if "train.tp=2" in layout and "train.pp=2" in layout else 2
+    preset = write_preset(make_cfg, tmp_path, "mesh", *COMMON, *layout)
+    torchrun(preset, nproc=4)
+    ref = single(make_cfg, tmp_path, dp * B, *COMMON)
+    assert_same_training(ref, tmp_path / "mesh", rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(val_losses(tmp_path / "mesh")), torch.tensor(val_losses(ref)),
+                               rtol=1e-5, atol=1e-6)

@@ -381,11 +381,12 @@ class Trainer:
         total = torch.zeros(2, device=self.device)
         counts = self.pipeline is None or self.pipeline.has_last
         for batch in self.val_batches:
-            with self.autocast(), loss_parallel_context(self.layout.tp > 1):
+            with self.autocast():
                 if self.pipeline is not None:
                     loss = self.pipeline.eval_loss(to_device(batch, self.device))
                 else:
-                    loss, _ = self.loss_fn(self.model, to_device(batch, self.device))
+                    with loss_parallel_context(self.layout.tp > 1):
+                        loss, _ = self.loss_fn(self.model, to_device(batch, self.device))
             total += torch.stack([to_local(loss).float(), torch.full((), float(counts), device=self.device)])
         self.model.train()
         total = all_reduce_sum(total, self.dist)

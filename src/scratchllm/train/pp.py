@@ -63,6 +63,7 @@ class StageModule(nn.Module):
         super().__init__()
         self.cfg = model.cfg
         self.first, self.last = index == 0, index == n_stages - 1
+        self.seq_shards = 1  # set to tp by apply_tp
         if self.first or (self.last and model.cfg.tie_embeddings):
             # On the last stage a tied embedding is held (never looked up) so its weight keeps its
             # canonical name and its "embedding" weight-decay exemption.
@@ -78,7 +79,8 @@ class StageModule(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """Token ids (first stage) or hidden states in; hidden states or logits (last stage) out."""
-        T = h.size(1)
+        # Under tp, hidden states between stages are split over the sequence (sequence parallel).
+        T = h.size(1) * (1 if self.first else self.seq_shards)
         pos = torch.arange(T, device=h.device)
         if self.first:
             x = self.tok_emb(h)
@@ -94,7 +96,10 @@ class StageModule(nn.Module):
         for layer in self.layers.values():
             x = layer(x, rope, None, pos)
         if self.last:
-            return self.lm_head(self.norm(x))
+            logits = self.lm_head(self.norm(x))
+            # tp: vocab-sharded logits leave the stage as this rank's plain shard (the schedule's
+            # shape inference and backward seeding handle plain tensors); the loss re-wraps them.
+            return logits.to_local() if hasattr(logits, "to_local") else logits
         return x
 
 
@@ -152,10 +157,17 @@ class Pipeline:
         self.tied_group = self._tied_group(layout) if stages[0].cfg.tie_embeddings else None
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        from scratchllm.train.tp import loss_parallel_context
+        if self.loss_parallel:
+            from torch.distributed.tensor import DTensor, Shard
 
-        with loss_parallel_context(self.loss_parallel):
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+            logits = DTensor.from_local(logits, self.layout.submesh("tp"), [Shard(-1)], run_check=False)
+        # Called inside the loss_parallel context of forward_backward/eval_loss (never nest it here:
+        # leaving an inner one would uninstall the sharded cross-entropy before its backward runs).
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+        if hasattr(loss, "to_local"):
+            # A replicated DTensor loss: the schedule seeds its backward with a plain tensor, so hand
+            # it the (differentiable) local value; the gradient flows back into the DTensor graph.
+            loss = loss.to_local()
         return loss / (self.microbatches * self.accum)
 
     @staticmethod
@@ -214,6 +226,9 @@ class Pipeline:
         w = self.tied_weight()
         if w is None or w.grad is None:
             return
+        if hasattr(w.grad, "placements") and w.grad.placements != w.placements:
+            # tp: the embedding's gradient comes back replicated; take this rank's shard (no communication)
+            w.grad = w.grad.redistribute(w.device_mesh, w.placements)
         g = w.grad._local_tensor if hasattr(w.grad, "_local_tensor") else w.grad
         dist.all_reduce(g, group=self.tied_group)
 

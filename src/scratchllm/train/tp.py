@@ -62,6 +62,8 @@ def apply_tp(model: nn.Module, tp_mesh) -> None:
         # The attention code reshapes by head counts: this rank now holds 1/tp of the heads.
         block.attn.n_heads //= tp
         block.attn.n_kv_heads //= tp
+    if hasattr(model, "seq_shards"):  # a pipeline stage: its input hidden states are sequence shards
+        model.seq_shards = tp
     if tied and getattr(model, "tok_emb", None) is not None and getattr(model, "lm_head", None) is not None:
         # parallelize_module distributed the shared tensor twice: share one Shard(0) DTensor again
         # (row-wise embedding and column-wise head both split the (vocab, d_model) weight on dim 0).
