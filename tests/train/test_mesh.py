@@ -34,7 +34,7 @@ def val_losses(out_dir):
 
 @pytest.mark.parametrize("layout", [
     ("train.tp=2",),
-    ("train.pp=2", "train.pp_microbatches=2", "train.pp_schedule=gpipe"),
+    pytest.param(("train.pp=2", "train.pp_microbatches=2", "train.pp_schedule=gpipe"), marks=pytest.mark.slow),
     ("train.pp=2", "train.pp_microbatches=4", "train.pp_schedule=1f1b"),
 ], ids=["tp2", "pp2-gpipe", "pp2-1f1b"])
 def test_two_processes_train_like_one(make_cfg, tmp_path, layout):
@@ -48,6 +48,7 @@ def test_two_processes_train_like_one(make_cfg, tmp_path, layout):
                                rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_tp2_checkpoint_resumes_under_pp2_and_one_process(make_cfg, tmp_path):
     """A step-2 checkpoint written under tp=2 continues under pp=2 and in one process with the same losses."""
     preset = write_preset(make_cfg, tmp_path, "tp", *COMMON, "train.tp=2")
@@ -107,9 +108,9 @@ def test_layout_sizes():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", [
-    ("train.tp=2", "train.parallel=fsdp"),
+    ("train.tp=2", "train.parallel=fsdp", "train.activation_checkpointing=full"),
     ("train.pp=2", "train.pp_microbatches=2", "train.parallel=fsdp"),
-    ("train.tp=2", "train.pp=2", "train.pp_microbatches=2"),
+    ("train.tp=2", "train.pp=2", "train.pp_microbatches=2", "train.activation_checkpointing=every-2"),
     ("train.pp=2", "train.pp_microbatches=2", "train.pp_schedule=interleaved-1f1b", "train.pp_stages_per_rank=2",
      "train.parallel=fsdp"),
 ], ids=["tp2xdp2", "pp2xdp2", "tp2xpp2", "interleaved-pp2xdp2"])
