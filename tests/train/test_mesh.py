@@ -93,6 +93,7 @@ def _model(**kw):
     (dict(tp=2), {"vocab_size": 257}, 2, "model.vocab_size=257"),
     (dict(pp=2), {"n_layers": 1}, 2, "model.n_layers=1"),
     (dict(pp=2, batch_size=6), {}, 2, "train.pp_microbatches=4"),
+    (dict(pp=2, pp_microbatches=1), {}, 2, "train.pp_microbatches >= the 2 stages"),
     (dict(tp=2, parallel="ddp"), {}, 4, "train.parallel"),
 ])
 def test_bad_layouts_fail_naming_the_setting(train, model, world, setting):

@@ -87,6 +87,11 @@ def check_layout(train: Any, model: Any, world_size: int) -> tuple[int, int, int
                 f"{train.pp_microbatches}",
                 "make batch_size a multiple of pp_microbatches",
             )
+        stages = pp * train.pp_stages_per_rank
+        if train.pp_schedule != "gpipe" and train.pp_microbatches < stages:
+            raise ScratchError(
+                f"train.pp_schedule={train.pp_schedule!r} needs train.pp_microbatches >= the {stages} stages, "
+                f"got {train.pp_microbatches}", "raise pp_microbatches (4 x stages keeps the bubble small), or use gpipe")
         if train.pp_schedule == "interleaved-1f1b" and train.pp_microbatches % pp:
             raise ScratchError(
                 f"train.pp_schedule=\"interleaved-1f1b\" needs train.pp_microbatches ({train.pp_microbatches}) "
