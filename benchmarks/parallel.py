@@ -206,7 +206,8 @@ def report(args, out) -> None:
           f"FSDP2 all-gather x2 + reduce-scatter ~1.5P, TP ~8 x B*T*d activations per layer, "
           f"PP one B*T*d activation (and its gradient) per stage boundary")
     single = out[0][3]
-    print(f"\npipeline bubble, pp=2 GPipe (same bubble as 1F1B), whole-batch single process {single * 1e3:.1f} ms (median):")
+    print(f"\npipeline bubble, pp=2 GPipe (same bubble as 1F1B); one process, whole model and batch: "
+          f"{single * 1e3:.1f} ms (median):")
     print(f"{'m':>3} {'step ms':>9} {'measured bubble':>16} {'(p-1)/(m+p-1)':>14}")
     for m in args.microbatches:
         t = max(out[0][2][m], out[1][2][m])

@@ -49,27 +49,36 @@ def test_two_processes_train_like_one(make_cfg, tmp_path, layout):
 
 
 @pytest.mark.slow
-def test_tp2_checkpoint_resumes_under_pp2_and_one_process(make_cfg, tmp_path):
-    """A step-2 checkpoint written under tp=2 continues under pp=2 and in one process with the same losses."""
-    preset = write_preset(make_cfg, tmp_path, "tp", *COMMON, "train.tp=2")
+def test_checkpoints_move_between_layouts(make_cfg, tmp_path):
+    """tp=2 writes step 2; pp=2 resumes it and writes step 4; one process resumes that: one loss curve.
+
+    Also one process resuming tp=2's step 2 directly. Every leg repeats the tp=2 run's losses."""
+    six = (*COMMON, "train.max_steps=6")
+    preset = write_preset(make_cfg, tmp_path, "tp", *six, "train.tp=2")
     torchrun(preset)
-    full = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "tp", "train")]
-    start = tmp_path / "tp" / "checkpoints" / "step_000002"
+    full = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "tp", "train")}
+    assert sorted(full) == [1, 2, 3, 4, 5, 6]
+
+    def same_losses(out, steps):
+        got = {r["step"]: r["loss"] for r in read_metrics(out, "train")}
+        assert sorted(got) == steps
+        torch.testing.assert_close(torch.tensor([got[s] for s in steps]), torch.tensor([full[s] for s in steps]),
+                                   rtol=1e-5, atol=1e-6)
+
+    def one_process(out, start):
+        shutil.copytree(start, out / "checkpoints" / start.name)
+        trainer = build_trainer(make_cfg(*six, f"train.batch_size={B}", out=out), Dist(), resume=True)
+        assert trainer.step == int(start.name.split("_")[1])
+        trainer.fit()
 
     pp_dir = tmp_path / "pp_resumed"
-    shutil.copytree(start, pp_dir / "checkpoints" / "step_000002")
+    shutil.copytree(tmp_path / "tp" / "checkpoints" / "step_000002", pp_dir / "checkpoints" / "step_000002")
     torchrun(preset, f'out_dir="{pp_dir}"', "train.tp=1", "train.pp=2", "train.pp_microbatches=2", "--resume")
-    one_dir = tmp_path / "one_resumed"
-    shutil.copytree(start, one_dir / "checkpoints" / "step_000002")
-    cfg = make_cfg(*COMMON, f"train.batch_size={B}", out=one_dir)
-    trainer = build_trainer(cfg, Dist(), resume=True)
-    assert trainer.step == 2
-    trainer.fit()
-    for out in (pp_dir, one_dir):
-        got = [(r["step"], r["loss"]) for r in read_metrics(out, "train")]
-        assert [s for s, _ in got] == [3, 4]
-        torch.testing.assert_close(torch.tensor([v for _, v in got]), torch.tensor([v for _, v in full[2:]]),
-                                   rtol=1e-5, atol=1e-6)
+    same_losses(pp_dir, [3, 4, 5, 6])
+    one_process(tmp_path / "one_from_pp", pp_dir / "checkpoints" / "step_000004")
+    same_losses(tmp_path / "one_from_pp", [5, 6])
+    one_process(tmp_path / "one_from_tp", tmp_path / "tp" / "checkpoints" / "step_000002")
+    same_losses(tmp_path / "one_from_tp", [3, 4, 5, 6])
 
 
 class _Train:

@@ -91,7 +91,9 @@ def check_layout(train: Any, model: Any, world_size: int) -> tuple[int, int, int
         if train.pp_schedule != "gpipe" and train.pp_microbatches < stages:
             raise ScratchError(
                 f"train.pp_schedule={train.pp_schedule!r} needs train.pp_microbatches >= the {stages} stages, "
-                f"got {train.pp_microbatches}", "raise pp_microbatches (4 x stages keeps the bubble small), or use gpipe")
+                f"got {train.pp_microbatches}",
+                "raise pp_microbatches (4 x stages keeps the bubble small), or use gpipe",
+            )
         if train.pp_schedule == "interleaved-1f1b" and train.pp_microbatches % pp:
             raise ScratchError(
                 f"train.pp_schedule=\"interleaved-1f1b\" needs train.pp_microbatches ({train.pp_microbatches}) "
