@@ -74,6 +74,14 @@ def check_layout(train: Any, model: Any, world_size: int) -> tuple[int, int, int
                                "sequence parallelism shards the sequence, which absolute position tables do not")
         if model.dropout:
             raise ScratchError("train.tp needs model.dropout=0 (dropout masks are not coordinated across ranks)")
+        if getattr(train, "compile", False):
+            # Seen with torch 2.13: per-block compile fails in DTensor's redistribute backward, whole-model
+            # compile on the vocab-sharded logits' tangent (tests/train/test_mesh.py tried both).
+            raise ScratchError(
+                f"train.compile=true with train.tp={tp}: torch.compile over tensor-parallel DTensors fails in "
+                "backward with this torch version",
+                "set train.compile=false for tp runs (compile works with pp and FSDP2)",
+            )
     if pp > 1:
         if model.n_layers < pp * train.pp_stages_per_rank:
             raise ScratchError(
