@@ -95,10 +95,9 @@ def check_layout(train: Any, model: Any, world_size: int) -> tuple[int, int, int
                 f"{train.pp_microbatches}",
                 "make batch_size a multiple of pp_microbatches",
             )
-        stages = pp * train.pp_stages_per_rank
-        if train.pp_schedule != "gpipe" and train.pp_microbatches < stages:
+        if train.pp_schedule == "1f1b" and train.pp_microbatches < pp:
             raise ScratchError(
-                f"train.pp_schedule={train.pp_schedule!r} needs train.pp_microbatches >= the {stages} stages, "
+                f"train.pp_schedule=\"1f1b\" needs train.pp_microbatches >= the {pp} stages, "
                 f"got {train.pp_microbatches}",
                 "raise pp_microbatches (4 x stages keeps the bubble small), or use gpipe",
             )
