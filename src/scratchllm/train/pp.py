@@ -160,7 +160,11 @@ class Pipeline:
         if self.loss_parallel:
             from torch.distributed.tensor import DTensor, Shard
 
-            logits = DTensor.from_local(logits, self.layout.submesh("tp"), [Shard(-1)], run_check=False)
+            # The vocabulary may not divide by tp (uneven shards): give the global shape explicitly.
+            B, T, _ = logits.shape
+            V = self.stages[-1].cfg.vocab_size
+            logits = DTensor.from_local(logits, self.layout.submesh("tp"), [Shard(-1)], run_check=False,
+                                        shape=torch.Size((B, T, V)), stride=(T * V, V, 1))
         # Called inside the loss_parallel context of forward_backward/eval_loss (never nest it here:
         # leaving an inner one would uninstall the sharded cross-entropy before its backward runs).
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
