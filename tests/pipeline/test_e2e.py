@@ -91,7 +91,7 @@ GPU_PRESET_ON_CPU = [
     "sft.data.system_prompt=false",  # a 64-token context: no room for the system message
     "sft.eval.interval=3", "sft.eval.batches=1", "sft.eval.max_new_tokens=2",
     "dpo.train.max_steps=2", "dpo.data.n_train=8", "dpo.data.n_heldout=4", "dpo.train.batch_size=2",
-    "dpo.ppo.max_new_tokens=2", "dpo.ppo.eval_max_new_tokens=2",
+    "dpo.rollout.max_new_tokens=2", "dpo.rollout.eval_max_new_tokens=2",
     "eval.heldout_documents=4", "eval.baseline_train_tokens=5000", "eval.limit=4", "serve.max_tokens=4",
 ]
 
