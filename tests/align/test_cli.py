@@ -100,3 +100,43 @@ def test_a_reward_model_is_not_a_policy(run_cli, make_model, tmp_path):
     RewardModel.from_policy(make_model()).save_pretrained(tmp_path / "rm")
     code, err = run_cli("dpo", f"out_dir={tmp_path / 'x'}", f"models.policy={tmp_path / 'rm'}")
     assert code == 2 and "is a reward model, not a language model" in err
+
+
+def test_ppo_with_lora_and_a_shared_value_head(run_cli, tmp_path):
+    code, err = run_cli("ppo", f"out_dir={tmp_path / 'lora'}", "train.max_steps=2", "ppo.lora=true", "lora.r=2",
+                        "ppo.value_model=shared", "ppo.minibatch_size=2", "rollout.prompts_per_step=2")
+    assert code == 0, err
+    from scratchllm.model.model import Transformer
+
+    Transformer.from_pretrained(tmp_path / "lora" / "model")  # merged: a plain model directory
+
+
+def test_reward_model_with_another_tokenizer(run_cli, make_model, tmp_path):
+    from scratchllm.align.reward import RewardModel
+    from scratchllm.tokenizer import train_bpe
+
+    RewardModel.from_policy(make_model()).save_pretrained(tmp_path / "rm")
+    train_bpe(["abab abab abab"], vocab_size=263 + 1).save_pretrained(tmp_path / "rm")  # one merge more
+    for method in ("ppo", "grpo", "rloo"):
+        code, err = run_cli(method, f"out_dir={tmp_path / method}", "rollout.reward=model",
+                            f"models.reward_model={tmp_path / 'rm'}")
+        assert code == 2 and "was trained with a different tokenizer" in err and "fix:" in err
+        assert not (tmp_path / method).exists()  # refused before anything was written
+
+
+def test_value_model_that_does_not_match(run_cli, make_model, tokenizer, tmp_path):
+    from scratchllm.align.reward import RewardModel
+
+    RewardModel.from_policy(make_model(context_length=32)).save_pretrained(tmp_path / "short")
+    code, err = run_cli("ppo", f"out_dir={tmp_path / 'x'}", f"models.value_model={tmp_path / 'short'}")
+    assert code == 2 and "the value model does not match the policy" in err and "context_length 32 vs 96" in err
+    code, err = run_cli("ppo", f"out_dir={tmp_path / 'x'}", f"models.value_model={tmp_path / 'short'}",
+                        "ppo.value_model=shared")
+    assert code == 2 and "ppo.value_model = \"shared\"" in err
+
+
+def test_prompts_longer_than_the_context_are_refused_up_front(run_cli, make_model, tokenizer, tmp_path):
+    make_model(context_length=12).save_pretrained(tmp_path / "small")
+    code, err = run_cli("ppo", f"out_dir={tmp_path / 'x'}", f"models.policy={tmp_path / 'small'}")
+    assert code == 2 and "leaving no room for a reply" in err and "fix:" in err
+    assert not (tmp_path / "x").exists()
