@@ -136,6 +136,7 @@ class RolloutSource:
         self._order = self._shuffle()
         self._pending: list[dict[str, torch.Tensor]] = []
         self.rollout_seconds = 0.0  # generating and scoring (the benchmark's rollout share)
+        self.generated_tokens = 0
 
     def _shuffle(self) -> list[int]:
         order = list(range(len(self.examples)))
@@ -164,6 +165,7 @@ class RolloutSource:
         replies = respond(self.model, self.tokenizer, prompts, c.max_new_tokens, c.temperature, c.top_k,
                           seed=self.seed + 7919 * self.draws)
         self.draws += 1
+        self.generated_tokens += sum(len(r) for r in replies)
         texts = [reply_text(self.tokenizer, r) for r in replies]
         rewards = self.reward_fn(picked, texts, prompts, replies).float()
         batch = pad_sequences(prompts, replies, self.tokenizer.pad_id)

@@ -216,6 +216,7 @@ class PPORolloutSource:
         self._pending: list[dict[str, torch.Tensor]] = []
         self._skip = False
         self.rollout_seconds = 0.0  # time spent generating and scoring (for the benchmark's rollout share)
+        self.generated_tokens = 0
 
     def _shuffle(self) -> list[int]:
         import random
@@ -257,6 +258,7 @@ class PPORolloutSource:
         prompts = prompt_ids(self.tokenizer, [e.prompt for e in picked])
         replies = respond(self.model.policy, self.tokenizer, prompts, r.max_new_tokens, r.temperature, r.top_k,
                           seed=self.seed + 7919 * self.draws)
+        self.generated_tokens += sum(len(x) for x in replies)
         texts = [reply_text(self.tokenizer, x) for x in replies]
         scores = self.reward_fn(picked, texts, prompts, replies).float()
         finished = torch.tensor([bool(x) and x[-1] == self.end_id for x in replies])

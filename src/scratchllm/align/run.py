@@ -300,7 +300,8 @@ def run_ppo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = 
 
         return merged_model(policy) if p.lora else policy
 
-    return _train_and_report(cfg, trainer, "ppo", measure, policy, tokenizer, trainable=model, export=export)
+    return _train_and_report(cfg, trainer, "ppo", measure, policy, tokenizer, trainable=model, export=export,
+                             source=source)
 
 
 def run_grpo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> dict[str, Any]:
@@ -323,7 +324,7 @@ def run_grpo(cfg: AlignConfig, resume: bool = False, examples: Examples | None =
     def measure() -> dict[str, float]:
         return evaluate_replies(policy, tokenizer, heldout_ex, cfg.rollout.eval_max_new_tokens, reward_fn)
 
-    return _train_and_report(cfg, trainer, "grpo", measure, policy, tokenizer)
+    return _train_and_report(cfg, trainer, "grpo", measure, policy, tokenizer, source=source)
 
 
 def run_rloo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> dict[str, Any]:
@@ -344,12 +345,12 @@ def run_rloo(cfg: AlignConfig, resume: bool = False, examples: Examples | None =
     def measure() -> dict[str, float]:
         return evaluate_replies(policy, tokenizer, heldout_ex, cfg.rollout.eval_max_new_tokens, reward_fn)
 
-    return _train_and_report(cfg, trainer, "rloo", measure, policy, tokenizer)
+    return _train_and_report(cfg, trainer, "rloo", measure, policy, tokenizer, source=source)
 
 
 def _train_and_report(cfg: AlignConfig, trainer: Trainer, method: str, measure: Callable[[], dict[str, float]],
                       model: nn.Module, tokenizer: Any, trainable: nn.Module | None = None,
-                      export: Callable[[], nn.Module] | None = None) -> dict[str, Any]:
+                      export: Callable[[], nn.Module] | None = None, source: Any = None) -> dict[str, Any]:
     n = sum(p.numel() for p in (trainable or model).parameters() if p.requires_grad)
     log(f"align {method}: {n / 1e6:.2f}M trainable parameters on {trainer.device}, "
         f"{cfg.train.max_steps} steps -> {cfg.out_dir}")
@@ -358,6 +359,8 @@ def _train_and_report(cfg: AlignConfig, trainer: Trainer, method: str, measure: 
     result = trainer.fit()
     report: dict[str, Any] = {"method": method, "steps": result.step, "stopped": result.reason,
                               "exit_code": result.exit_code, "heldout_before": before}
+    if hasattr(source, "generated_tokens"):  # RL methods: reply tokens sampled in this process (since a resume)
+        report.update(generated_tokens=source.generated_tokens, rollout_seconds=round(source.rollout_seconds, 3))
     if result.reason != "done":
         log(f"stopped by {result.reason} after step {result.step}; checkpoint {result.checkpoint}\n"
             "continue with the same command plus --resume")
