@@ -4,8 +4,8 @@
 
 * ``kl``: KL(policy || reference) per reply, estimated on replies the policy samples (temperature 1) to
   the held-out prompts: mean over replies of sum_t (log pi(t) - log pi_ref(t));
-* ``heldout_ppl``: perplexity of the policy on the held-out conversations (prompt and reference reply,
-  every token after the first), the text a pre-alignment model was fitted to: how much fluency it lost.
+* ``heldout_ppl``: perplexity of the policy on the held-out reference replies (the assistant's tokens and
+  its closing ``<|end|>`` given the prompt: what SFT fitted), how much of that fit aligning kept.
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ def drift(policy: nn.Module, reference: nn.Module, tokenizer: Any, examples: Seq
         kls.append(((token_logps(policy, ids) - token_logps(reference, ids)) * mask).sum(-1).cpu())
         for e in chunk:  # the whole conversation: prompt + reference reply
             messages = getattr(e, "messages", None) or [*e.prompt, {"role": "assistant", "content": e.answer}]
-            conv = encode_chat(tokenizer, messages)[0]
+            conv, loss_mask = encode_chat(tokenizer, messages)
             ids = torch.tensor([conv[: policy.cfg.context_length]], device=device)
-            nll -= float(token_logps(policy, ids).sum())
-            n_tokens += ids.shape[1] - 1
+            target = torch.tensor([loss_mask[1 : ids.shape[1]]], device=device, dtype=torch.float)
+            nll -= float((token_logps(policy, ids) * target).sum())
+            n_tokens += int(target.sum())
     policy.train(was)
     return {"kl": float(torch.cat(kls).mean()), "heldout_ppl": math.exp(nll / max(n_tokens, 1))}
