@@ -20,7 +20,8 @@ COMMANDS = {
 def register(subparsers: argparse._SubParsersAction) -> None:
     from scratchllm.cli import add_config_arguments
 
-    p = subparsers.add_parser("align", help="align a fine-tuned model: reward model, DPO, PPO, GRPO, RLOO, constitutional data",
+    p = subparsers.add_parser("align",
+                              help="align a fine-tuned model: reward model, DPO, PPO, GRPO, RLOO, constitutional data",
                               description="Alignment after SFT. Each command reads a TOML preset plus key=value "
                               "overrides and writes out_dir/model and out_dir/report.json (held-out metrics "
                               "before and after).")

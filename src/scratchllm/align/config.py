@@ -109,7 +109,8 @@ class RolloutSection:
 
 @dataclass
 class PPOSection:
-    """PPO with a learned value function (InstructGPT; Huang et al., "The N Implementation Details of RLHF with PPO")."""
+    """PPO with a learned value function (InstructGPT; Huang et al., "The N Implementation Details of RLHF
+    with PPO")."""
 
     value_model: Literal["separate", "shared"] = "separate"  # separate critic, or a value head on the policy
     minibatch_size: int = 4  # replies per optimizer step; a rollout of rollout.prompts_per_step replies
@@ -131,12 +132,14 @@ class PPOSection:
 
     def validate(self) -> None:
         if self.minibatch_size < 1 or self.epochs < 1:
-            raise ScratchError("ppo.minibatch_size and ppo.epochs must be >= 1", "e.g. ppo.minibatch_size=8 ppo.epochs=2")
+            raise ScratchError("ppo.minibatch_size and ppo.epochs must be >= 1",
+                               "e.g. ppo.minibatch_size=8 ppo.epochs=2")
         if self.kl_coef < 0 or self.target_kl < 0 or self.vf_coef < 0 or self.entropy_coef < 0:
             raise ScratchError("ppo.kl_coef, ppo.target_kl, ppo.vf_coef and ppo.entropy_coef must be >= 0",
                                "e.g. ppo.kl_coef=0.05 ppo.vf_coef=0.1 (0 disables a term)")
         if not 0 < self.clip_eps < 1 or self.clip_value <= 0:
-            raise ScratchError("ppo.clip_eps must be in (0, 1) and ppo.clip_value > 0", "the usual value of both is 0.2")
+            raise ScratchError("ppo.clip_eps must be in (0, 1) and ppo.clip_value > 0",
+                               "the usual value of both is 0.2")
         if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
             raise ScratchError(f"ppo.gamma and ppo.lam must be in [0, 1], got {self.gamma}, {self.lam}",
                                "RLHF uses ppo.gamma=1.0 ppo.lam=0.95")
@@ -162,7 +165,8 @@ class GRPOSection:
         if self.epochs_per_rollout < 1:
             raise ScratchError("grpo.epochs_per_rollout must be >= 1", "1 reuses nothing; 2-4 reuse each rollout")
         if self.kl_coef < 0 or not 0 < self.clip_eps < 1:
-            raise ScratchError("grpo.kl_coef must be >= 0 and grpo.clip_eps in (0, 1)", "e.g. grpo.kl_coef=0.05 grpo.clip_eps=0.2")
+            raise ScratchError("grpo.kl_coef must be >= 0 and grpo.clip_eps in (0, 1)",
+                               "e.g. grpo.kl_coef=0.05 grpo.clip_eps=0.2")
 
 
 @dataclass
@@ -182,7 +186,8 @@ class RLOOSection:
         if self.epochs_per_rollout < 1:
             raise ScratchError("rloo.epochs_per_rollout must be >= 1", "1 reuses nothing; 2-4 reuse each rollout")
         if self.kl_coef < 0 or not 0 < self.clip_eps < 1:
-            raise ScratchError("rloo.kl_coef must be >= 0 and rloo.clip_eps in (0, 1)", "e.g. rloo.kl_coef=0.05 rloo.clip_eps=0.2")
+            raise ScratchError("rloo.kl_coef must be >= 0 and rloo.clip_eps in (0, 1)",
+                               "e.g. rloo.kl_coef=0.05 rloo.clip_eps=0.2")
 
 
 @dataclass

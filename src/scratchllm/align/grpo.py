@@ -130,7 +130,8 @@ class RolloutSource:
         if not examples:
             raise ScratchError("no training prompts for policy optimisation", "check the data section")
         self.model, self.tokenizer, self.examples, self.reward_fn = model, tokenizer, list(examples), reward_fn
-        self.rollout, self.seed, self.group_size, self.epochs_per_rollout = rollout, seed, group_size, epochs_per_rollout
+        self.rollout, self.seed = rollout, seed
+        self.group_size, self.epochs_per_rollout = group_size, epochs_per_rollout
         self.advantages = advantages or (lambda b: {**b, "advantages": group_advantages(b["rewards"], group_size)})
         self.epoch, self.pos, self.draws = 0, 0, 0
         self._order = self._shuffle()
