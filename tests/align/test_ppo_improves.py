@@ -46,7 +46,8 @@ def test_ppo_resumes_exactly_mid_rollout(align_cfg, tmp_path):
               "data.n_train=16")
     straight = run_ppo(align_cfg("train.max_steps=6", *common, out=tmp_path / "a"))
     run_ppo(align_cfg("train.max_steps=3", *common, out=tmp_path / "b"))
-    resumed = run_ppo(align_cfg("train.max_steps=6", *common, out=tmp_path / "b"), resume=True)
+    resumed = run_ppo(align_cfg("train.max_steps=6", "train.allow_schedule_change=true", *common, out=tmp_path / "b"),
+                      resume=True)  # constant lr: a longer run keeps the same schedule
     assert resumed["steps"] == straight["steps"] == 6
     a = read_safetensors(tmp_path / "a" / "model" / "model.safetensors")
     b = read_safetensors(tmp_path / "b" / "model" / "model.safetensors")
