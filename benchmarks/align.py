@@ -14,6 +14,20 @@ allocated the optimizer state): CUDA: torch.cuda.max_memory_allocated; CPU: live
 PyTorch's MemTracker.
 
     python benchmarks/align.py [--model configs/model/1m.toml] [--pairs 8] [--steps 20] [--repeats 2]
+
+``--mode rl-step``: one RL iteration (rollout through the generation engine + optimisation of that batch)
+of PPO, GRPO and RLOO on the same model and the same number of replies, alternating methods; median
+iteration time, the rollout share (sampling + scoring), and peak memory of one iteration.
+
+    python benchmarks/align.py --mode rl-step [--replies 32] [--group 4] [--iterations 5] [--repeats 2]
+
+``--mode compare``: DPO, PPO, GRPO and RLOO from the same SFT model (a 2-layer model fitted to the
+format of the parity task "Even or odd: N" with random labels: right by chance) against the same
+checker reward, at an equal budget of replies (RL: sampled replies; DPO: training sequences). Reports
+held-out task accuracy, KL(policy || SFT) per reply, held-out conversation perplexity, generated tokens
+and wall time; ``--plot`` writes the reward curves and final metrics as a PNG.
+
+    python benchmarks/align.py --mode compare [--budget 3072] [--plot docs/img/align_compare.png]
 """
 
 from __future__ import annotations
@@ -154,6 +168,275 @@ def peak_memory(device: torch.device, step, model, optimizer, reference) -> int:
     return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
 
 
+# --- RL iteration: PPO vs GRPO vs RLOO ----------------------------------------------------------------
+
+
+def rl_parts(method: str, args, model_cfg, tok, device, out: str):
+    """(trainer, source, tracked modules) for one RL method with ``args.replies`` replies per iteration."""
+    from scratchllm.align.grpo import GRPOObjective, RolloutSource, checkable_reward, group_advantages
+    from scratchllm.align.ppo import ActorCritic, PPOObjective, PPORolloutSource
+    from scratchllm.align.reward import RewardModel
+    from scratchllm.align.rloo import RLOOObjective, rloo_prepare
+
+    torch.manual_seed(0)
+    policy, reference = Transformer(model_cfg), Transformer(model_cfg)
+    reference.load_state_dict(policy.state_dict())
+    reference.to(device).requires_grad_(False).eval()
+    examples = embedded_instructions(256, "train", seed=0, kinds=("add", "reverse"), system_prompt=False)
+    n, g = args.replies, args.group
+    cfg = load_config(AlignConfig, None, [f'out_dir="{out}"', f"optim.lr={LR}", "optim.weight_decay=0.0",
+                                          "schedule.kind=constant", "schedule.warmup_steps=0",
+                                          f"train.device={device.type}", "log.progress=false",
+                                          "log.tensorboard=false", f"rollout.max_new_tokens={args.new_tokens}",
+                                          f"rollout.prompts_per_step={n if method == 'ppo' else n // g}",
+                                          f"ppo.minibatch_size={n // args.ppo_minibatches}",
+                                          f"ppo.epochs={args.ppo_epochs}"])
+    if method == "ppo":
+        critic = RewardModel.from_policy(policy)
+        model = ActorCritic(policy, critic)
+        src = PPORolloutSource(model, reference, tok, examples, checkable_reward, cfg.rollout, cfg.ppo, 0)
+        trainer = Trainer(cfg, model, src, loss_fn=PPOObjective(cfg.ppo, 1.0, src), device=device)
+        return trainer, src, (model, reference)
+    if method == "grpo":
+        src = RolloutSource(policy, tok, examples, checkable_reward, cfg.rollout, 0, g, 1,
+                            lambda b: {**b, "advantages": group_advantages(b["rewards"], g)})
+        loss = GRPOObjective(reference, 0.05)
+    else:
+        src = RolloutSource(policy, tok, examples, checkable_reward, cfg.rollout, 0, g, 1,
+                            rloo_prepare(policy, reference, g, 0.05))
+        loss = RLOOObjective()
+    trainer = Trainer(cfg, policy, src, loss_fn=loss, device=device)
+    return trainer, src, (policy, reference)
+
+
+def rl_iteration(trainer, src, device) -> tuple[float, float]:
+    """One rollout and every optimizer step on it: (seconds, rollout seconds)."""
+    rollout0 = src.rollout_seconds
+    sync(device)
+    t0 = time.perf_counter()
+    trainer.train_step([{k: v.to(device) for k, v in src.next_batch().items()}])
+    from scratchllm.align.ppo import PPORolloutSource
+
+    while isinstance(src, PPORolloutSource) and src._pending and not src._skip:  # PPO: the rest of this rollout
+        trainer.train_step([{k: v.to(device) for k, v in src.next_batch().items()}])
+    sync(device)
+    return time.perf_counter() - t0, src.rollout_seconds - rollout0
+
+
+class LiveBytes:
+    """Peak bytes of live tensor storages while active: a small dispatch-mode tracker (MemTracker refuses
+    modules called repeatedly, as generation does). Counts every storage an op creates until it is freed,
+    plus ``base`` bytes (weights, optimizer state) that exist throughout."""
+
+    def __init__(self, base: int) -> None:
+        self.live, self.peak, self.seen = base, base, set()
+
+    def __enter__(self):
+        import weakref
+
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        tracker = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in tree_flatten(out)[0]:
+                    if isinstance(t, torch.Tensor):
+                        st = t.untyped_storage()
+                        key = st.data_ptr()
+                        if key and key not in tracker.seen:
+                            tracker.seen.add(key)
+                            tracker.live += st.nbytes()
+                            tracker.peak = max(tracker.peak, tracker.live)
+                            weakref.finalize(st, tracker._free, key, st.nbytes())
+                return out
+
+        self.mode = Mode()
+        self.mode.__enter__()
+        return self
+
+    def _free(self, key: int, nbytes: int) -> None:
+        if key in self.seen:
+            self.seen.discard(key)
+            self.live -= nbytes
+
+    def __exit__(self, *exc) -> None:
+        self.mode.__exit__(*exc)
+
+
+def rl_memory(trainer, src, tracked, device) -> int:
+    """Peak bytes of one iteration (rollout included), weights, optimizer state and frozen models included."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        rl_iteration(trainer, src, device)
+        return torch.cuda.max_memory_allocated()
+    tensors = {id(p): p for m in tracked for p in m.parameters()}
+    tensors.update({id(t): t for st in trainer.optimizer.state.values() for t in st.values()
+                    if isinstance(t, torch.Tensor)})
+    base = sum(t.numel() * t.element_size() for t in tensors.values())
+    with LiveBytes(base) as live:
+        rl_iteration(trainer, src, device)
+    return live.peak
+
+
+def rl_step_main(args, device) -> None:
+    tok = train_bpe(["x"], vocab_size=263)
+    model_cfg = ModelConfig(**{**read_toml(args.model), "vocab_size": tok.vocab_size})
+    methods = ("ppo", "grpo", "rloo")
+    print(f"RL iteration: {Transformer(model_cfg).num_params() / 1e6:.2f}M-parameter model ({Path(args.model).name}), "
+          f"{args.replies} replies/iteration of {args.new_tokens} new tokens (GRPO/RLOO: {args.replies // args.group} "
+          f"prompts x {args.group}; PPO: {args.replies} prompts, {args.ppo_epochs} epoch(s) x {args.ppo_minibatches} "
+          f"minibatch(es), separate critic), {device}, torch {torch.__version__}, "
+          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    shares: dict[str, list[float]] = {m: [] for m in methods}
+    memory: dict[str, int] = {}
+    for _ in range(args.repeats):
+        for m in methods:
+            with tempfile.TemporaryDirectory() as out:
+                trainer, src, tracked = rl_parts(m, args, model_cfg, tok, device, out)
+                rl_iteration(trainer, src, device)  # warm-up: optimizer state, caches
+                for _ in range(args.iterations):
+                    t, r = rl_iteration(trainer, src, device)
+                    times[m].append(t)
+                    shares[m].append(r / t)
+                memory[m] = rl_memory(trainer, src, tracked, device)
+    med = {m: statistics.median(times[m]) for m in methods}
+    print(f"{'':6} {'median iteration':>17} {'rollout share':>14} {'peak memory':>12}")
+    for m in methods:
+        print(f"{m:6} {med[m] * 1e3:14.1f} ms {statistics.median(shares[m]) * 100:12.0f} % "
+              f"{memory[m] / 2**20:9.1f} MiB")
+    for m in ("grpo", "rloo"):
+        print(f"ratio ppo/{m}: iteration time {med['ppo'] / med[m]:.2f}x, memory {memory['ppo'] / memory[m]:.2f}x")
+
+
+# --- the comparison: DPO, PPO, GRPO, RLOO from one SFT model -----------------------------------------
+
+
+def parity_sets():
+    import random
+
+    from scratchllm.finetune.instruct_data import InstructExample
+
+    def ex(n: int) -> InstructExample:
+        a = "even" if n % 2 == 0 else "odd"
+        return InstructExample([{"role": "user", "content": f"Even or odd: {n}"},
+                                {"role": "assistant", "content": a}], a, "parity")
+
+    nums = list(range(1000))
+    random.Random(0).shuffle(nums)
+    return [ex(n) for n in nums[:600]], [ex(n) for n in nums[600:700]]
+
+
+FAST = ["train.device=cpu", "log.progress=false", "log.tensorboard=false", "eval.interval=0",
+        "checkpoint.interval=0", "log.interval=1", "schedule.kind=constant", "schedule.warmup_steps=5",
+        "eval.sample_tokens=0", "optim.weight_decay=0.0", "rollout.max_new_tokens=6",
+        "rollout.eval_max_new_tokens=6"]
+
+
+def sft_model(tok, root: Path, train) -> Path:
+    import random
+
+    from scratchllm.finetune.sft import SFTBatchSource, encode_conversations, sft_loss
+
+    rng = random.Random(1)
+    chats = [[*e.prompt, {"role": "assistant", "content": rng.choice(["even", "odd"])}] for e in train]
+    cfg = load_config(AlignConfig, None, [f'out_dir="{root / "sft"}"', "train.max_steps=150", "optim.lr=3e-3",
+                                          *FAST, "log.interval=50"])
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, context_length=96, d_model=48, n_layers=2, n_heads=4,
+                                    n_kv_heads=2, d_ff=128))
+    Trainer(cfg, model, SFTBatchSource(encode_conversations(tok, chats, 96), 16, tok.pad_id, 0),
+            loss_fn=sft_loss).fit()
+    model.save_pretrained(root / "policy")
+    tok.save_pretrained(root / "tokenizer")
+    return root
+
+
+def compare_main(args) -> None:
+    import json
+
+    from scratchllm.align import run
+    from scratchllm.align.compare import drift
+
+    train, heldout = parity_sets()
+    tok = train_bpe(["x"], vocab_size=263)
+    b = args.budget
+    # Replies per optimizer step: PPO 32 per rollout in 4 minibatches x 2 epochs; GRPO 8 x 8; RLOO 16 x 4.
+    methods = {
+        "dpo": (run.run_dpo, [f"train.max_steps={max(1, b // 32)}", "train.batch_size=16", "optim.lr=2e-3",
+                              "dpo.beta=0.1", "dpo.sft_coef=1.0", "data.policy_negatives=false"]),
+        "ppo": (run.run_ppo, [f"train.max_steps={max(1, b // 32) * 8}", "optim.lr=1e-3", "rollout.prompts_per_step=32",
+                              "ppo.minibatch_size=8", "ppo.epochs=2", "ppo.kl_coef=0.05"]),
+        "grpo": (run.run_grpo, [f"train.max_steps={max(1, b // 64)}", "optim.lr=1e-3", "rollout.prompts_per_step=8",
+                                "grpo.group_size=8", "grpo.kl_coef=0.05"]),
+        "rloo": (run.run_rloo, [f"train.max_steps={max(1, b // 64)}", "optim.lr=1e-3", "rollout.prompts_per_step=16",
+                                "rloo.group_size=4", "rloo.kl_coef=0.05"]),
+    }
+    chosen = [m for m in methods if m in args.methods.split(",")]
+    print(f"compare: parity task, 600 training / 100 held-out prompts, budget {b} replies per method "
+          f"(DPO: {b} training sequences), torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads")
+    results, curves = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = sft_model(tok, Path(tmp), train)
+        sft = Transformer.from_pretrained(root / "policy")
+        base = [f'models.policy="{root / "policy"}"', f'models.tokenizer="{root / "tokenizer"}"', *FAST]
+        for m in chosen:
+            fn, extra = methods[m]
+            cfg = load_config(AlignConfig, None, [*base, f'out_dir="{Path(tmp) / m}"', *extra])
+            t0 = time.perf_counter()
+            with contextlib.redirect_stderr(io.StringIO()):
+                report = fn(cfg, examples=(train, heldout))
+            seconds = time.perf_counter() - t0
+            trained = Transformer.from_pretrained(Path(tmp) / m / "model")
+            d = drift(trained, sft, tok, heldout, 6, seed=1)
+            if "sft" not in results:
+                results["sft"] = {"task_accuracy": report["heldout_before"]["task_accuracy"],
+                                  **drift(sft, sft, tok, heldout, 6, seed=1)}
+            results[m] = {"task_accuracy": report["heldout_after"]["task_accuracy"], **d, "seconds": seconds,
+                          "steps": report["steps"], "generated_tokens": report.get("generated_tokens", 0),
+                          "rollout_seconds": report.get("rollout_seconds", 0.0)}
+            rows = [json.loads(line) for line in (Path(tmp) / m / "metrics.jsonl").read_text().splitlines()]
+            curves[m] = [(r["step"], r.get("reward", r.get("rewards/accuracies"))) for r in rows
+                         if r.get("kind") == "train"]
+    print(f"{'':6} {'accuracy':>9} {'KL to SFT':>10} {'held-out ppl':>13} {'gen. tokens':>12} {'wall':>8}")
+    for m, r in results.items():
+        print(f"{m:6} {r['task_accuracy']:9.2f} {r['kl']:10.3f} {r['heldout_ppl']:13.3f} "
+              f"{r.get('generated_tokens', 0):12d} {r.get('seconds', 0):7.0f}s")
+    if args.plot:
+        plot(results, curves, methods, b, Path(args.plot))
+
+
+def plot(results, curves, methods, budget, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for m, pts in curves.items():
+        if not pts or m == "dpo":
+            continue
+        steps = max(s for s, _ in pts)
+        axes[0].plot([s / steps * budget for s, _ in pts], [r for _, r in pts], label=m.upper(), lw=1)
+    axes[0].set(xlabel="replies sampled", ylabel="training reward (checker)", title="reward during training")
+    axes[0].legend()
+    names = list(results)
+    for i, key in enumerate(("task_accuracy", "kl")):
+        axes[1].bar([j + i * 0.4 for j in range(len(names))], [results[n][key] for n in names], width=0.4,
+                    label={"task_accuracy": "held-out accuracy", "kl": "KL to SFT (nats/reply)"}[key])
+    axes[1].set_xticks([j + 0.2 for j in range(len(names))], [n.upper() for n in names])
+    axes[1].set(title=f"after {budget} replies (DPO: sequences)")
+    axes[1].legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"plot -> {path}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=str(ROOT / "configs/model/1m.toml"))
@@ -163,6 +446,16 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--mode", choices=("dpo", "rl-step", "compare"), default="dpo")
+    p.add_argument("--replies", type=int, default=32, help="rl-step: replies per iteration")
+    p.add_argument("--group", type=int, default=4, help="rl-step: GRPO/RLOO replies per prompt")
+    p.add_argument("--new-tokens", type=int, default=32, help="rl-step: max new tokens per reply")
+    p.add_argument("--ppo-epochs", type=int, default=1, help="rl-step: PPO epochs per rollout")
+    p.add_argument("--ppo-minibatches", type=int, default=1, help="rl-step: PPO minibatches per epoch")
+    p.add_argument("--iterations", type=int, default=5, help="rl-step: timed iterations per repeat")
+    p.add_argument("--budget", type=int, default=3072, help="compare: replies (DPO: sequences) per method")
+    p.add_argument("--methods", default="dpo,ppo,grpo,rloo", help="compare: which methods")
+    p.add_argument("--plot", default="", help="compare: write the figure here (PNG)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -170,6 +463,10 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     os.environ.setdefault("TQDM_DISABLE", "1")
+    if args.mode == "rl-step":
+        return rl_step_main(args, device)
+    if args.mode == "compare":
+        return compare_main(args)
 
     import transformers
     import trl as trl_pkg

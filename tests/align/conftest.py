@@ -93,8 +93,8 @@ def align_cfg(sft_dirs, tmp_path):
 
     def make(*overrides: str, out: Path | None = None):
         base = [f'out_dir="{out or tmp_path / "run"}"', f'models.policy="{sft_dirs["policy"]}"',
-                f'models.tokenizer="{sft_dirs["tokenizer"]}"', "train.batch_size=16", "ppo.max_new_tokens=6",
-                "ppo.eval_max_new_tokens=6", *FAST]
+                f'models.tokenizer="{sft_dirs["tokenizer"]}"', "train.batch_size=16", "rollout.max_new_tokens=6",
+                "rollout.eval_max_new_tokens=6", *FAST]
         return load_config(AlignConfig, None, [*base, *overrides])
 
     return make

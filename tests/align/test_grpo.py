@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scratchllm.align.config import PPOSection
+from scratchllm.align.config import RolloutSection
 from scratchllm.align.grpo import (
     GRPOObjective,
     RolloutSource,
@@ -80,16 +80,16 @@ def test_clipping_with_old_logprobs(make_model, tokenizer):
 
 def test_rollouts(make_model, tokenizer, parity_sets):
     policy = make_model(seed=6)
-    cfg = PPOSection(group_size=3, prompts_per_step=2, max_new_tokens=5, epochs_per_rollout=2)
+    cfg = RolloutSection(prompts_per_step=2, max_new_tokens=5)
     examples = parity_sets[0][:4]
-    src = RolloutSource(policy, tokenizer, examples, checkable_reward, cfg, seed=0)
+    src = RolloutSource(policy, tokenizer, examples, checkable_reward, cfg, 0, group_size=3, epochs_per_rollout=2)
     batch = src.next_batch()
     assert batch["input_ids"].shape[0] == 6 and batch["old_logps"].shape[0] == 6
     assert batch["completion_mask"].sum(-1).min() >= 1
     assert torch.equal(src.next_batch()["input_ids"], batch["input_ids"])  # second epoch on the same rollouts
     state = src.state_dict()
     third = src.next_batch()
-    again = RolloutSource(policy, tokenizer, examples, checkable_reward, cfg, seed=0)
+    again = RolloutSource(policy, tokenizer, examples, checkable_reward, cfg, 0, group_size=3, epochs_per_rollout=2)
     again.load_state_dict(state)
     assert torch.equal(again.next_batch()["input_ids"], third["input_ids"])  # seeded: resume samples the same
 

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from scratchllm.align.run import run_dpo, run_ppo, run_reward
+from scratchllm.align.run import run_dpo, run_grpo, run_reward, run_rloo
 
 
 def test_dpo_raises_heldout_accuracy_over_sft(align_cfg, parity_sets):
@@ -45,14 +45,32 @@ def test_grpo_raises_heldout_reward_for_a_fixed_preference(align_cfg, parity_set
         tokenizer, [e.prompt for e in parity_sets[1][:20]]), 6)]
     target = "even" if greedy.count("odd") >= greedy.count("even") else "odd"
     train, heldout = ([make_parity(int(e.prompt[0]["content"].split()[-1]), target) for e in s] for s in parity_sets)
-    cfg = align_cfg("train.max_steps=30", "optim.lr=5e-4", "ppo.group_size=4", "ppo.prompts_per_step=8",
-                    "ppo.kl_coef=0.02")
-    report = run_ppo(cfg, examples=(train, heldout))
+    cfg = align_cfg("train.max_steps=30", "optim.lr=5e-4", "grpo.group_size=4", "rollout.prompts_per_step=8",
+                    "grpo.kl_coef=0.02")
+    report = run_grpo(cfg, examples=(train, heldout))
     assert report["heldout_before"]["reward"] <= 0.5
     assert report["heldout_after"]["reward"] >= report["heldout_before"]["reward"] + 0.3
     rows = [json.loads(line) for line in (cfg.out_dir / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r.get("kind") == "train"]
     assert {"reward", "kl", "clip_frac", "reply_len"} <= set(train_rows[-1])
+
+
+def test_rloo_raises_heldout_reward_for_a_fixed_preference(align_cfg, parity_sets, make_parity, sft_dirs, tokenizer):
+    """As the GRPO test above: reward 1 for the answer the SFT model does not give greedily."""
+    from scratchllm.align.grpo import prompt_ids, reply_text, respond
+    from scratchllm.model.model import Transformer
+
+    sft = Transformer.from_pretrained(sft_dirs["policy"])
+    greedy = [reply_text(tokenizer, r) for r in respond(sft, tokenizer, prompt_ids(
+        tokenizer, [e.prompt for e in parity_sets[1][:20]]), 6)]
+    target = "even" if greedy.count("odd") >= greedy.count("even") else "odd"
+    train, heldout = ([make_parity(int(e.prompt[0]["content"].split()[-1]), target) for e in s] for s in parity_sets)
+    cfg = align_cfg("train.max_steps=30", "optim.lr=5e-4", "rloo.group_size=4", "rollout.prompts_per_step=8",
+                    "rloo.kl_coef=0.02")
+    report = run_rloo(cfg, examples=(train, heldout))
+    assert report["heldout_before"]["reward"] <= 0.5
+    assert report["heldout_after"]["reward"] >= report["heldout_before"]["reward"] + 0.3
+    assert report["generated_tokens"] > 0
 
 
 @pytest.mark.slow
@@ -62,8 +80,8 @@ def test_grpo_learns_parity_beyond_sft(align_cfg, parity_sets):
     Policy gradient finds the parity rule late (here around step 330 of 400: the reward hovers near 0.5,
     then jumps), unlike DPO's direct contrast of the two answers; about 3 minutes on 2 CPU cores.
     """
-    cfg = align_cfg("train.max_steps=400", "optim.lr=1e-3", "ppo.group_size=8", "ppo.prompts_per_step=8",
-                    "ppo.kl_coef=0.05")
-    report = run_ppo(cfg, examples=parity_sets)
+    cfg = align_cfg("train.max_steps=400", "optim.lr=1e-3", "grpo.group_size=8", "rollout.prompts_per_step=8",
+                    "grpo.kl_coef=0.05")
+    report = run_grpo(cfg, examples=parity_sets)
     assert report["heldout_before"]["task_accuracy"] <= 0.6
     assert report["heldout_after"]["task_accuracy"] >= 0.9

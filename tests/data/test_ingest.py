@@ -80,7 +80,7 @@ def test_bad_inputs_are_skipped_and_counted(tmp_path, monkeypatch):
     assert sorted(d.text for d in docs) == ["fine", "ok"]
     assert stats.invalid_utf8 == 2  # the latin-1 file and one JSONL line
     assert stats.empty == 4  # empty.txt, blank.txt, the 0-byte nothing.jsonl, the blank JSONL record
-    assert stats.binary == 1 and stats.unreadable == 2  # locked.txt and the corrupt .gz
+    assert stats.binary == 1 and stats.unreadable == 1 and stats.corrupt == 1  # locked.txt; the corrupt .gz
     assert stats.bad_json == 4  # not JSON, missing field, number, not an object
     assert any("latin1.txt" in p and "0xe9" in p for p in stats.problems), stats.problems
 

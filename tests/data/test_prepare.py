@@ -163,10 +163,10 @@ def test_interrupted_runs_leave_no_manifest_and_rerun_cleanly(tmp_path, inputs, 
     assert any("resuming" in line for line in logs) and verify(out) == []
     assert m["config"]["shard_tokens"] == 2048
 
-    def interrupted_dedup(self, texts):
+    def interrupted_dedup(self, fingerprints):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(P.Deduplicator, "__call__", interrupted_dedup)
+    monkeypatch.setattr(P.Deduplicator, "decide", interrupted_dedup)
     with pytest.raises(KeyboardInterrupt):
         P.prepare(cfg, force=True, progress=False, log=lambda _: None)
     assert not (out / "manifest.json").exists() and not (out / P.STAGING / P.STAGING_INFO).exists()

@@ -91,7 +91,7 @@ GPU_PRESET_ON_CPU = [
     "sft.data.system_prompt=false",  # a 64-token context: no room for the system message
     "sft.eval.interval=3", "sft.eval.batches=1", "sft.eval.max_new_tokens=2",
     "dpo.train.max_steps=2", "dpo.data.n_train=8", "dpo.data.n_heldout=4", "dpo.train.batch_size=2",
-    "dpo.ppo.max_new_tokens=2", "dpo.ppo.eval_max_new_tokens=2",
+    "dpo.rollout.max_new_tokens=2", "dpo.rollout.eval_max_new_tokens=2",
     "eval.heldout_documents=4", "eval.baseline_train_tokens=5000", "eval.limit=4", "serve.max_tokens=4",
 ]
 
@@ -189,6 +189,7 @@ def check_artefacts(run_dir: Path, pretrain_steps: int) -> None:
                     "Post-mortem", "Reproduce"):
         assert f"## {heading}" in report
     assert "kneser_ney_3" in report and "git commit" in report
+    assert re.search(r"Decontamination: [\d,]+ training documents checked for 13-gram overlap", report)
     for png in re.findall(r"\]\((\w+\.png)\)", report):
         assert (run_dir / "report" / png).read_bytes()[:4] == b"\x89PNG"
     assert "<table>" in (run_dir / "report" / "report.html").read_text()

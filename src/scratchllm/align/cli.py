@@ -1,4 +1,4 @@
-"""``scratchllm align dpo|reward|ppo|constitutional --config ...``: alignment after SFT."""
+"""``scratchllm align dpo|reward|ppo|grpo|rloo|constitutional --config ...``: alignment after SFT."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ COMMANDS = {
     "dpo": ("Direct Preference Optimisation against a frozen reference (sigmoid/cDPO, robust, IPO)",
             "configs/align/dpo.toml"),
     "reward": ("train a reward model (the decoder + a scalar head, Bradley-Terry loss)", "configs/align/reward.toml"),
-    "ppo": ("RLHF-style policy optimisation: GRPO with a KL penalty, rewards from the checker or a reward model",
+    "ppo": ("RLHF with PPO: value function, per-token KL penalty, GAE, clipped policy and value losses",
             "configs/align/ppo.toml"),
+    "grpo": ("GRPO: group-relative advantages, no value model, per-token KL penalty", "configs/align/grpo.toml"),
+    "rloo": ("RLOO: REINFORCE with a leave-one-out baseline, no value model", "configs/align/rloo.toml"),
     "constitutional": ("critique -> revise with a written constitution; writes preference pairs for DPO",
                        "configs/align/constitutional.toml"),
 }
@@ -18,7 +20,8 @@ COMMANDS = {
 def register(subparsers: argparse._SubParsersAction) -> None:
     from scratchllm.cli import add_config_arguments
 
-    p = subparsers.add_parser("align", help="align a fine-tuned model: reward model, DPO, GRPO, constitutional data",
+    p = subparsers.add_parser("align",
+                              help="align a fine-tuned model: reward model, DPO, PPO, GRPO, RLOO, constitutional data",
                               description="Alignment after SFT. Each command reads a TOML preset plus key=value "
                               "overrides and writes out_dir/model and out_dir/report.json (held-out metrics "
                               "before and after).")
@@ -44,5 +47,6 @@ def cmd_align(args: argparse.Namespace) -> int:
         return 0
     from scratchllm.align import run
 
-    runner = {"dpo": run.run_dpo, "reward": run.run_reward, "ppo": run.run_ppo}[args.align_command]
+    runner = {"dpo": run.run_dpo, "reward": run.run_reward, "ppo": run.run_ppo, "grpo": run.run_grpo,
+              "rloo": run.run_rloo}[args.align_command]
     return int(runner(cfg, resume=args.resume)["exit_code"])

@@ -1,13 +1,17 @@
 """The ``scratchllm align`` config: models, preference data, one section per method, and the training
 sections of ``scratchllm train`` (optim, schedule, train, eval, checkpoint, log), which the one
-Trainer reads. Presets: configs/align/{dpo,reward,ppo,constitutional}.toml.
+Trainer reads. Presets: configs/align/{dpo,reward,ppo,grpo,rloo,constitutional}.toml.
 
     out_dir = "runs/align/dpo"
     [models]          policy (the SFT model directory), reference (default: the policy), tokenizer, reward_model
     [data]            source = "checkable" (embedded instruction tasks) | "jsonl" (prompt/chosen/rejected)
     [dpo]             beta, loss_type (sigmoid | robust | ipo), label_smoothing
     [reward]          centering coefficient of the reward model
-    [ppo]             GRPO: group size, prompts per step, sampling, KL coefficient, clipping, reward source
+    [rollout]         reward source, prompts per rollout, sampling (PPO, GRPO, RLOO; DPO's negatives, evaluation)
+    [ppo]             PPO: value model, minibatches, epochs, KL coefficient/target, GAE, clipping
+    [grpo]            GRPO: group size, KL coefficient, clipping
+    [rloo]            RLOO: group size, KL coefficient, clipping
+    [lora]            LoRA adapters for PPO (ppo.lora = true)
     [constitutional]  constitution file, backend (our model in-process, or an OpenAI-compatible URL), rounds
 """
 
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from scratchllm.errors import ScratchError
+from scratchllm.finetune.lora import LoraConfig
 from scratchllm.train.config import CheckpointSection, EvalSection, LogSection, OptimConfig, ScheduleConfig, TrainSection
 
 
@@ -26,7 +31,9 @@ class ModelsSection:
     policy: Path = Path("runs/finetune/model")  # the model to align (usually the SFT model): a model directory
     reference: Path | None = None  # frozen reference for DPO / the KL penalty; None: the policy's starting weights
     tokenizer: Path = Path("runs/tokenizer")
-    reward_model: Path | None = None  # a directory written by `scratchllm align reward` (ppo.reward = "model")
+    reward_model: Path | None = None  # a directory written by `scratchllm align reward` (rollout.reward = "model")
+    value_model: Path | None = None  # PPO's separate critic starts from this reward model directory
+    # (None: from models.reward_model if set, else from the policy's body with a fresh value head)
 
 
 @dataclass
@@ -81,32 +88,106 @@ class RewardSection:
 
 
 @dataclass
-class PPOSection:
-    """GRPO (Shao et al., 2024): PPO's clipped objective with group-relative advantages, no value model."""
+class RolloutSection:
+    """Sampling replies from the policy: shared by PPO, GRPO and RLOO (and DPO's negatives and evaluation)."""
 
     reward: Literal["checkable", "model"] = "checkable"  # programmatic correctness, or models.reward_model
-    group_size: int = 8  # completions sampled per prompt; advantages are relative within the group
-    prompts_per_step: int = 4  # prompts per micro-batch (train.batch_size is pairs per micro-batch for dpo/reward)
+    prompts_per_step: int = 4  # prompts per rollout (PPO: one reply each; GRPO/RLOO: group_size replies each)
     max_new_tokens: int = 16
     temperature: float = 1.0
     top_k: int = 0
+    eval_max_new_tokens: int = 16
+
+    def validate(self) -> None:
+        if self.prompts_per_step < 1 or self.max_new_tokens < 1 or self.eval_max_new_tokens < 1:
+            raise ScratchError("rollout.prompts_per_step, rollout.max_new_tokens and rollout.eval_max_new_tokens "
+                               "must be >= 1", "e.g. rollout.prompts_per_step=8 rollout.max_new_tokens=16")
+        if self.temperature <= 0:
+            raise ScratchError(f"rollout.temperature must be > 0, got {self.temperature}",
+                               "rollouts must sample (temperature 0 gives identical completions)")
+
+
+@dataclass
+class PPOSection:
+    """PPO with a learned value function (InstructGPT; Huang et al., "The N Implementation Details of RLHF
+    with PPO")."""
+
+    value_model: Literal["separate", "shared"] = "separate"  # separate critic, or a value head on the policy
+    minibatch_size: int = 4  # replies per optimizer step; a rollout of rollout.prompts_per_step replies
+    epochs: int = 4  # passes over each rollout batch (each pass: shuffled minibatches)
+    kl_coef: float = 0.05  # beta in the per-token reward -beta * (log pi - log pi_ref)
+    target_kl: float = 0.0  # > 0: adapt kl_coef so KL(policy || ref) per reply tracks this (Ziegler et al.)
+    kl_horizon: int = 10000  # adaptive controller horizon (replies)
+    gamma: float = 1.0
+    lam: float = 0.95  # GAE lambda
+    clip_eps: float = 0.2  # policy ratio clipping
+    clip_value: float = 0.2  # value prediction clipping around the rollout's values
+    vf_coef: float = 0.1
+    entropy_coef: float = 0.0
+    whiten_rewards: bool = False  # scale per-token rewards by their std over the rollout (no mean shift)
+    unfinished_penalty: float = 1.0  # subtracted from the score of a reply that never closed with <|end|>
+    stop_kl: float = 0.0  # > 0: skip the rest of a rollout's minibatches once approx KL(old || new) exceeds it
+    max_kl: float = 50.0  # a rollout whose mean KL to the reference per reply exceeds this stops the run
+    lora: bool = False  # train LoRA adapters ([lora] section) on the policy instead of all its weights
+
+    def validate(self) -> None:
+        if self.minibatch_size < 1 or self.epochs < 1:
+            raise ScratchError("ppo.minibatch_size and ppo.epochs must be >= 1",
+                               "e.g. ppo.minibatch_size=8 ppo.epochs=2")
+        if self.kl_coef < 0 or self.target_kl < 0 or self.vf_coef < 0 or self.entropy_coef < 0:
+            raise ScratchError("ppo.kl_coef, ppo.target_kl, ppo.vf_coef and ppo.entropy_coef must be >= 0",
+                               "e.g. ppo.kl_coef=0.05 ppo.vf_coef=0.1 (0 disables a term)")
+        if not 0 < self.clip_eps < 1 or self.clip_value <= 0:
+            raise ScratchError("ppo.clip_eps must be in (0, 1) and ppo.clip_value > 0",
+                               "the usual value of both is 0.2")
+        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise ScratchError(f"ppo.gamma and ppo.lam must be in [0, 1], got {self.gamma}, {self.lam}",
+                               "RLHF uses ppo.gamma=1.0 ppo.lam=0.95")
+        if self.kl_horizon < 1 or self.max_kl <= 0 or self.stop_kl < 0:
+            raise ScratchError("ppo.kl_horizon must be >= 1, ppo.max_kl > 0 and ppo.stop_kl >= 0",
+                               "e.g. ppo.kl_horizon=10000 ppo.max_kl=50 ppo.stop_kl=0 (off)")
+
+
+@dataclass
+class GRPOSection:
+    """GRPO (Shao et al., 2024): PPO's clipped objective with group-relative advantages, no value model."""
+
+    group_size: int = 8  # completions sampled per prompt; advantages are relative within the group
     kl_coef: float = 0.05  # beta * KL(policy || reference), k3 estimator per token
     clip_eps: float = 0.2  # PPO clipping of the probability ratio (matters for epochs_per_rollout > 1)
     epochs_per_rollout: int = 1  # optimizer steps on each batch of rollouts
     scale_rewards: bool = True  # divide advantages by the group's reward std (GRPO); false: Dr. GRPO
-    eval_max_new_tokens: int = 16
 
     def validate(self) -> None:
         if self.group_size < 2:
-            raise ScratchError(f"ppo.group_size must be >= 2, got {self.group_size}",
+            raise ScratchError(f"grpo.group_size must be >= 2, got {self.group_size}",
                                "GRPO compares completions within a group; use 4-16")
-        if self.prompts_per_step < 1 or self.max_new_tokens < 1 or self.epochs_per_rollout < 1:
-            raise ScratchError("ppo.prompts_per_step, ppo.max_new_tokens and ppo.epochs_per_rollout must be >= 1")
-        if self.temperature <= 0:
-            raise ScratchError(f"ppo.temperature must be > 0, got {self.temperature}",
-                               "rollouts must sample (temperature 0 gives identical completions)")
+        if self.epochs_per_rollout < 1:
+            raise ScratchError("grpo.epochs_per_rollout must be >= 1", "1 reuses nothing; 2-4 reuse each rollout")
         if self.kl_coef < 0 or not 0 < self.clip_eps < 1:
-            raise ScratchError("ppo.kl_coef must be >= 0 and ppo.clip_eps in (0, 1)")
+            raise ScratchError("grpo.kl_coef must be >= 0 and grpo.clip_eps in (0, 1)",
+                               "e.g. grpo.kl_coef=0.05 grpo.clip_eps=0.2")
+
+
+@dataclass
+class RLOOSection:
+    """RLOO (Ahmadian et al., 2024): REINFORCE with the leave-one-out mean of the other replies as baseline."""
+
+    group_size: int = 4  # replies per prompt (k); the baseline of each is the mean reward of the other k-1
+    kl_coef: float = 0.05  # reward -= kl_coef * sum over the reply of (log pi_old - log pi_ref), as trl
+    clip_eps: float = 0.2  # clipping of the sequence probability ratio (matters for epochs_per_rollout > 1)
+    epochs_per_rollout: int = 1
+    normalize_advantages: bool = False  # whiten the advantages over the batch (trl's normalize_advantages)
+
+    def validate(self) -> None:
+        if self.group_size < 2:
+            raise ScratchError(f"rloo.group_size must be >= 2, got {self.group_size}",
+                               "the leave-one-out baseline needs at least one other reply per prompt")
+        if self.epochs_per_rollout < 1:
+            raise ScratchError("rloo.epochs_per_rollout must be >= 1", "1 reuses nothing; 2-4 reuse each rollout")
+        if self.kl_coef < 0 or not 0 < self.clip_eps < 1:
+            raise ScratchError("rloo.kl_coef must be >= 0 and rloo.clip_eps in (0, 1)",
+                               "e.g. rloo.kl_coef=0.05 rloo.clip_eps=0.2")
 
 
 @dataclass
@@ -136,7 +217,11 @@ class AlignConfig:
     data: DataSection = field(default_factory=DataSection)
     dpo: DPOSection = field(default_factory=DPOSection)
     reward: RewardSection = field(default_factory=RewardSection)
+    rollout: RolloutSection = field(default_factory=RolloutSection)
     ppo: PPOSection = field(default_factory=PPOSection)
+    grpo: GRPOSection = field(default_factory=GRPOSection)
+    rloo: RLOOSection = field(default_factory=RLOOSection)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # ppo.lora = true
     constitutional: ConstitutionalSection = field(default_factory=ConstitutionalSection)
     # The training sections of `scratchllm train`, with its defaults; the presets set alignment values
     # (a small constant lr, no sample generations).

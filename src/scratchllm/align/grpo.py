@@ -117,17 +117,27 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
 
 
 class RolloutSource:
-    """Batches of fresh rollouts of ``model`` (the policy being trained) on the training examples."""
+    """Batches of fresh rollouts of ``model`` (the policy being trained) on the training examples.
+
+    ``group_size`` replies per prompt, ``rollout.prompts_per_step`` prompts per batch; ``advantages(batch)``
+    adds what the objective needs (GRPO: group-relative advantages; RLOO: leave-one-out advantages and
+    the old log-probs); with ``epochs_per_rollout > 1`` the same batch is served that many times.
+    """
 
     def __init__(self, model: nn.Module, tokenizer: Any, examples: Sequence[Any], reward_fn: RewardFn,
-                 cfg: Any, seed: int) -> None:
+                 rollout: Any, seed: int, group_size: int, epochs_per_rollout: int = 1,
+                 advantages: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> None:
         if not examples:
             raise ScratchError("no training prompts for policy optimisation", "check the data section")
         self.model, self.tokenizer, self.examples, self.reward_fn = model, tokenizer, list(examples), reward_fn
-        self.cfg, self.seed = cfg, seed
+        self.rollout, self.seed = rollout, seed
+        self.group_size, self.epochs_per_rollout = group_size, epochs_per_rollout
+        self.advantages = advantages or (lambda b: {**b, "advantages": group_advantages(b["rewards"], group_size)})
         self.epoch, self.pos, self.draws = 0, 0, 0
         self._order = self._shuffle()
         self._pending: list[dict[str, torch.Tensor]] = []
+        self.rollout_seconds = 0.0  # generating and scoring (the benchmark's rollout share)
+        self.generated_tokens = 0
 
     def _shuffle(self) -> list[int]:
         order = list(range(len(self.examples)))
@@ -136,7 +146,7 @@ class RolloutSource:
 
     def _pick(self) -> list[Any]:
         picked = []
-        while len(picked) < self.cfg.prompts_per_step:
+        while len(picked) < self.rollout.prompts_per_step:
             if self.pos >= len(self._order):
                 self.epoch, self.pos = self.epoch + 1, 0
                 self._order = self._shuffle()
@@ -147,26 +157,33 @@ class RolloutSource:
     def next_batch(self) -> dict[str, torch.Tensor]:
         if self._pending:  # the same rollouts again (epochs_per_rollout > 1)
             return self._pending.pop()
-        c = self.cfg
-        picked = [e for e in self._pick() for _ in range(c.group_size)]
+        import time
+
+        t0 = time.perf_counter()
+        c = self.rollout
+        picked = [e for e in self._pick() for _ in range(self.group_size)]
         prompts = prompt_ids(self.tokenizer, [e.prompt for e in picked])
         replies = respond(self.model, self.tokenizer, prompts, c.max_new_tokens, c.temperature, c.top_k,
                           seed=self.seed + 7919 * self.draws)
         self.draws += 1
+        self.generated_tokens += sum(len(r) for r in replies)
         texts = [reply_text(self.tokenizer, r) for r in replies]
         rewards = self.reward_fn(picked, texts, prompts, replies).float()
         batch = pad_sequences(prompts, replies, self.tokenizer.pad_id)
         batch["rewards"] = rewards
-        batch["advantages"] = group_advantages(rewards, c.group_size, c.scale_rewards)
-        if c.epochs_per_rollout > 1:
+        self.rollout_seconds += time.perf_counter() - t0
+        batch = self.advantages(batch)
+        if self.epochs_per_rollout > 1 and "old_logps" not in batch:
             device = next(self.model.parameters()).device
             with torch.no_grad():
                 batch["old_logps"] = token_logps(self.model, batch["input_ids"].to(device)).cpu()
-            self._pending = [batch] * (c.epochs_per_rollout - 1)
+        if self.epochs_per_rollout > 1:
+            self._pending = [batch] * (self.epochs_per_rollout - 1)
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "pos": self.pos, "draws": self.draws, "n": len(self.examples)}
+        return {"epoch": self.epoch, "pos": self.pos, "draws": self.draws, "n": len(self.examples),
+                "pending": self._pending[:1] * len(self._pending)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("n") != len(self.examples):
@@ -174,7 +191,7 @@ class RolloutSource:
                                f"{len(self.examples)}", "resume with the same data settings")
         self.epoch, self.pos, self.draws = int(state["epoch"]), int(state["pos"]), int(state["draws"])
         self._order = self._shuffle()
-        self._pending = []
+        self._pending = list(state.get("pending", []))
 
 
 class GRPOObjective:

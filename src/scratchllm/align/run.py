@@ -1,4 +1,4 @@
-"""``scratchllm align dpo|reward|ppo``: load the models and data, train with the one Trainer, report.
+"""``scratchllm align dpo|reward|ppo|grpo|rloo``: load the models and data, train with the one Trainer, report.
 
 Each run measures its held-out metric before and after training and writes ``out_dir/report.json``;
 the trained model goes to ``out_dir/model`` (a model directory; the reward model adds ``reward.json``).
@@ -125,7 +125,7 @@ def policy_sampler(policy: nn.Module, tokenizer: Any, cfg: AlignConfig) -> Calla
         for i in range(0, len(examples), 64):
             chunk = examples[i : i + 64]
             replies = respond(policy, tokenizer, prompt_ids(tokenizer, [e.prompt for e in chunk]),
-                              cfg.ppo.max_new_tokens, temperature=1.0, seed=cfg.seed + i)
+                              cfg.rollout.max_new_tokens, temperature=1.0, seed=cfg.seed + i)
             out += [reply_text(tokenizer, r) for r in replies]
         return out
 
@@ -158,7 +158,7 @@ def preference_data(cfg: AlignConfig, tokenizer: Any, policy: nn.Module, example
     return train, heldout, heldout_ex
 
 
-# --- the three trainers -------------------------------------------------------------------------------
+# --- the trainers -------------------------------------------------------------------------------
 
 
 def run_dpo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> dict[str, Any]:
@@ -182,7 +182,7 @@ def run_dpo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = 
     def measure() -> dict[str, float]:
         m = evaluate_pairs(objective, policy, heldout)
         if heldout_ex is not None:
-            m.update(evaluate_replies(policy, tokenizer, heldout_ex, cfg.ppo.eval_max_new_tokens))
+            m.update(evaluate_replies(policy, tokenizer, heldout_ex, cfg.rollout.eval_max_new_tokens))
         return m
 
     return _train_and_report(cfg, trainer, "dpo", measure, policy, tokenizer)
@@ -206,43 +206,152 @@ def run_reward(cfg: AlignConfig, resume: bool = False, examples: Examples | None
     return _train_and_report(cfg, trainer, "reward", lambda: pair_accuracy(model, heldout), model, tokenizer)
 
 
-def run_ppo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> dict[str, Any]:
-    from scratchllm.align.grpo import GRPOObjective, RolloutSource, checkable_reward, evaluate_replies, model_reward
+def check_same_tokenizer(tokenizer: Any, directory: Path, what: str) -> None:
+    """A reward/value model scores our token ids: it must have been trained with the policy's tokenizer."""
+    from scratchllm.tokenizer import Tokenizer
+
+    try:
+        other = Tokenizer.load(directory)
+    except (ScratchError, OSError, ValueError):
+        return  # no tokenizer saved with it: the vocabulary size check is all we have
+    if (other.merges, other.special_tokens) != (tokenizer.merges, tokenizer.special_tokens):
+        raise ScratchError(f"the {what} at {directory} was trained with a different tokenizer than models.tokenizer "
+                           f"({len(other.merges)} vs {len(tokenizer.merges)} merges, "
+                           f"{len(other.special_tokens)} vs {len(tokenizer.special_tokens)} special tokens)",
+                           "train the reward model from the same SFT model and tokenizer (`scratchllm align "
+                           "reward`), or point models.tokenizer at the policy's own tokenizer")
+
+
+def load_reward(cfg: AlignConfig, policy: nn.Module, tokenizer: Any) -> tuple[nn.Module | None, Any]:
+    """(reward model or None, reward_fn) for rollout.reward."""
+    from scratchllm.align.grpo import checkable_reward, model_reward
+
+    if cfg.data.source != "checkable":
+        raise ScratchError("policy optimisation samples replies to the checkable instruction prompts (data.source = "
+                           "\"checkable\")", "set data.source=checkable; choose rollout.reward=model to score "
+                           "replies with a reward model instead of the checker")
+    if cfg.rollout.reward != "model":
+        return None, checkable_reward
+    from scratchllm.align.reward import RewardModel
+
+    if cfg.models.reward_model is None:
+        raise ScratchError("rollout.reward = \"model\" needs models.reward_model",
+                           "train one with `scratchllm align reward` and set models.reward_model=DIR")
+    check_same_tokenizer(tokenizer, cfg.models.reward_model, "reward model")
+    reward_model = RewardModel.from_pretrained(cfg.models.reward_model)
+    from scratchllm.align.ppo import check_critic
+
+    check_critic(policy, reward_model, "reward model")
+    return reward_model, model_reward(reward_model.requires_grad_(False), tokenizer.pad_id)
+
+
+def _rl_setup(cfg: AlignConfig, examples: Examples | None) -> tuple[Any, nn.Module, nn.Module, list, list,
+                                                                    nn.Module | None, Any]:
+    from scratchllm.align.ppo import check_prompt_lengths
 
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.models.tokenizer)
     policy, reference = load_policy_and_reference(cfg, tokenizer)
-    if cfg.data.source != "checkable":
-        raise ScratchError("align ppo samples replies to the checkable instruction prompts (data.source = "
-                           "\"checkable\")", "set data.source=checkable; choose ppo.reward=model to score "
-                           "replies with a reward model instead of the checker")
+    reward_model, reward_fn = load_reward(cfg, policy, tokenizer)
     train_ex, heldout_ex = examples or checkable_examples(cfg)
-    if cfg.ppo.reward == "model":
-        from scratchllm.align.reward import RewardModel
+    check_prompt_lengths(tokenizer, train_ex, policy.cfg.context_length, "training")
+    check_prompt_lengths(tokenizer, heldout_ex, policy.cfg.context_length, "held-out")
+    return tokenizer, policy, reference, train_ex, heldout_ex, reward_model, reward_fn
 
-        if cfg.models.reward_model is None:
-            raise ScratchError("ppo.reward = \"model\" needs models.reward_model",
-                               "train one with `scratchllm align reward` and set models.reward_model=DIR")
-        reward_model = RewardModel.from_pretrained(cfg.models.reward_model)
-        check_reference(policy, reward_model, ("policy", "reward"))
-        reward_fn = model_reward(reward_model.requires_grad_(False), tokenizer.pad_id)
-    else:
-        reward_model, reward_fn = None, checkable_reward
-    source = RolloutSource(policy, tokenizer, train_ex, reward_fn, cfg.ppo, cfg.seed)
-    trainer = make_trainer(cfg, policy, source, GRPOObjective(reference, cfg.ppo.kl_coef, cfg.ppo.clip_eps), resume)
+
+def run_ppo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> dict[str, Any]:
+    """PPO with a value function (align/ppo.py): one reply per prompt, GAE, several epochs of minibatches."""
+    from scratchllm.align.grpo import evaluate_replies
+    from scratchllm.align.ppo import ActorCritic, PPOObjective, PPORolloutSource, check_critic
+    from scratchllm.align.reward import RewardModel
+
+    tokenizer, policy, reference, train_ex, heldout_ex, reward_model, reward_fn = _rl_setup(cfg, examples)
+    p = cfg.ppo
+    critic = None
+    if p.value_model == "separate":
+        init = cfg.models.value_model or cfg.models.reward_model
+        if init is not None:
+            check_same_tokenizer(tokenizer, init, "value model")
+            critic = RewardModel.from_pretrained(init)
+            check_critic(policy, critic, "value model")
+        else:
+            critic = RewardModel.from_policy(policy)
+            torch.nn.init.zeros_(critic.lm_head.weight)  # V = 0 at the start
+    elif cfg.models.value_model is not None:
+        raise ScratchError("models.value_model is set but ppo.value_model = \"shared\" (a head on the policy)",
+                           "set ppo.value_model=separate to start the critic from it, or unset models.value_model")
+    if p.lora:
+        from scratchllm.finetune.lora import apply_lora
+
+        apply_lora(policy, cfg.lora)
+    model = ActorCritic(policy, critic)
+    source = PPORolloutSource(model, reference, tokenizer, train_ex, reward_fn, cfg.rollout, p, cfg.seed)
+    objective = PPOObjective(p, cfg.rollout.temperature, source)
+    trainer = make_trainer(cfg, model, source, objective, resume)
     move(reference, trainer)
     if reward_model is not None:
         move(reward_model, trainer)
 
     def measure() -> dict[str, float]:
-        return evaluate_replies(policy, tokenizer, heldout_ex, cfg.ppo.eval_max_new_tokens, reward_fn)
+        return evaluate_replies(policy, tokenizer, heldout_ex, cfg.rollout.eval_max_new_tokens, reward_fn)
 
-    return _train_and_report(cfg, trainer, "ppo", measure, policy, tokenizer)
+    def export() -> nn.Module:  # the policy alone (LoRA: adapters merged into a plain model)
+        from scratchllm.finetune.lora import merged_model
+
+        return merged_model(policy) if p.lora else policy
+
+    return _train_and_report(cfg, trainer, "ppo", measure, policy, tokenizer, trainable=model, export=export,
+                             source=source)
+
+
+def run_grpo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> dict[str, Any]:
+    """GRPO (align/grpo.py): group-relative advantages, per-token KL penalty."""
+    from scratchllm.align.grpo import GRPOObjective, RolloutSource, evaluate_replies, group_advantages
+
+    tokenizer, policy, reference, train_ex, heldout_ex, reward_model, reward_fn = _rl_setup(cfg, examples)
+    g = cfg.grpo
+
+    def advantages(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {**batch, "advantages": group_advantages(batch["rewards"], g.group_size, g.scale_rewards)}
+
+    source = RolloutSource(policy, tokenizer, train_ex, reward_fn, cfg.rollout, cfg.seed, g.group_size,
+                           g.epochs_per_rollout, advantages)
+    trainer = make_trainer(cfg, policy, source, GRPOObjective(reference, g.kl_coef, g.clip_eps), resume)
+    move(reference, trainer)
+    if reward_model is not None:
+        move(reward_model, trainer)
+
+    def measure() -> dict[str, float]:
+        return evaluate_replies(policy, tokenizer, heldout_ex, cfg.rollout.eval_max_new_tokens, reward_fn)
+
+    return _train_and_report(cfg, trainer, "grpo", measure, policy, tokenizer, source=source)
+
+
+def run_rloo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> dict[str, Any]:
+    """RLOO (align/rloo.py): leave-one-out baseline, sequence-level KL penalty in the reward."""
+    from scratchllm.align.grpo import RolloutSource, evaluate_replies
+    from scratchllm.align.rloo import RLOOObjective, rloo_prepare
+
+    tokenizer, policy, reference, train_ex, heldout_ex, reward_model, reward_fn = _rl_setup(cfg, examples)
+    r = cfg.rloo
+    prepare = rloo_prepare(policy, reference, r.group_size, r.kl_coef, r.normalize_advantages)
+    source = RolloutSource(policy, tokenizer, train_ex, reward_fn, cfg.rollout, cfg.seed, r.group_size,
+                           r.epochs_per_rollout, prepare)
+    trainer = make_trainer(cfg, policy, source, RLOOObjective(r.clip_eps), resume)
+    move(reference, trainer)
+    if reward_model is not None:
+        move(reward_model, trainer)
+
+    def measure() -> dict[str, float]:
+        return evaluate_replies(policy, tokenizer, heldout_ex, cfg.rollout.eval_max_new_tokens, reward_fn)
+
+    return _train_and_report(cfg, trainer, "rloo", measure, policy, tokenizer, source=source)
 
 
 def _train_and_report(cfg: AlignConfig, trainer: Trainer, method: str, measure: Callable[[], dict[str, float]],
-                      model: nn.Module, tokenizer: Any) -> dict[str, Any]:
-    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+                      model: nn.Module, tokenizer: Any, trainable: nn.Module | None = None,
+                      export: Callable[[], nn.Module] | None = None, source: Any = None) -> dict[str, Any]:
+    n = sum(p.numel() for p in (trainable or model).parameters() if p.requires_grad)
     log(f"align {method}: {n / 1e6:.2f}M trainable parameters on {trainer.device}, "
         f"{cfg.train.max_steps} steps -> {cfg.out_dir}")
     before = measure()
@@ -250,6 +359,8 @@ def _train_and_report(cfg: AlignConfig, trainer: Trainer, method: str, measure: 
     result = trainer.fit()
     report: dict[str, Any] = {"method": method, "steps": result.step, "stopped": result.reason,
                               "exit_code": result.exit_code, "heldout_before": before}
+    if hasattr(source, "generated_tokens"):  # RL methods: reply tokens sampled in this process (since a resume)
+        report.update(generated_tokens=source.generated_tokens, rollout_seconds=round(source.rollout_seconds, 3))
     if result.reason != "done":
         log(f"stopped by {result.reason} after step {result.step}; checkpoint {result.checkpoint}\n"
             "continue with the same command plus --resume")
@@ -257,7 +368,7 @@ def _train_and_report(cfg: AlignConfig, trainer: Trainer, method: str, measure: 
     after = measure()
     log(f"held-out after:  {_fmt(after)}")
     out = Path(cfg.out_dir) / "model"
-    model.save_pretrained(out)
+    (export() if export else model).save_pretrained(out)
     tokenizer.save_pretrained(out, model_max_length=model.cfg.context_length)
     report.update(heldout_after=after, model=str(out))
     write_report(cfg, report)

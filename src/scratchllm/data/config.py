@@ -28,21 +28,34 @@ class SourceConfig:
     """One input. ``kind`` picks which of the other keys matter:
 
     * ``embedded``  - the corpus shipped with Python: ``domains``, ``max_bytes_per_domain``.
-    * ``files``     - ``paths`` (files, folders, globs), ``format``, ``text_field``, ``domain``.
+    * ``files``     - ``paths`` (files, folders, globs, ``datasets.save_to_disk`` folders), ``format``,
+      ``text_field`` (JSONL field or Parquet/Arrow column), ``where`` (conditions on other fields), ``domain``.
     * ``synthetic`` - template/grammar generators: ``generators``, ``count``, ``seed``, ``domain``.
+    * ``hub``       - a dataset streamed with the ``datasets`` library (optional, ``pip install datasets``):
+      ``dataset`` (hub name, or a builder such as "parquet" with ``data_files``), ``subset``, ``split``,
+      ``data_files``, ``text_field``, ``where``, ``max_documents``, ``domain``. Never needed: local files
+      of the same data read faster with ``kind = "files"``.
     * ``model``     - continuations sampled from a trained checkpoint: ``checkpoint``, ``prompts``,
       ``count``, ``max_new_tokens``, ``temperature``, ``top_k``, ``seed``, ``domain``.
     """
 
-    kind: Literal["embedded", "files", "synthetic", "model"] = "embedded"
+    kind: Literal["embedded", "files", "synthetic", "model", "hub"] = "embedded"
     domain: str = ""
     # embedded
     domains: list[str] = field(default_factory=lambda: ["prose", "code"])
     max_bytes_per_domain: int | None = None
     # files
     paths: list[str] = field(default_factory=list)
-    format: Literal["auto", "text", "jsonl", "markdown", "html"] = "auto"
+    format: Literal["auto", "text", "jsonl", "markdown", "html", "parquet", "arrow"] = "auto"
     text_field: str = "text"
+    # Conditions on a record's other fields/columns, all of which must hold: "language == 'en'", "score >= 3".
+    where: list[str] = field(default_factory=list)
+    # hub
+    dataset: str = ""
+    subset: str = ""
+    split: str = "train"
+    data_files: list[str] = field(default_factory=list)
+    max_documents: int = 0  # 0 = all
     max_document_bytes: int = 1_000_000
     # synthetic / model
     generators: list[str] = field(default_factory=lambda: list(SYNTHETIC_GENERATORS))
@@ -57,10 +70,16 @@ class SourceConfig:
     def validate(self) -> None:
         for name in [self.domain] if self.kind != "embedded" else self.domains:
             check_domain_name(name, "sources")
-        if self.kind in ("files", "synthetic", "model") and not self.domain:
+        if self.kind in ("files", "synthetic", "model", "hub") and not self.domain:
             raise ScratchError(f"sources: a {self.kind!r} source needs a 'domain'", 'add e.g. domain = "prose"')
         if self.kind == "files" and not self.paths:
             raise ScratchError("sources: a 'files' source needs 'paths'", 'add e.g. paths = ["my_texts/"]')
+        if self.kind == "hub" and not self.dataset:
+            raise ScratchError("sources: a 'hub' source needs 'dataset'", 'add e.g. dataset = "HuggingFaceFW/fineweb-edu"')
+        if self.where:
+            from scratchllm.data.ingest import parse_where
+
+            parse_where(self.where)
         if self.kind == "model" and not self.checkpoint:
             raise ScratchError("sources: a 'model' source needs 'checkpoint'", 'add e.g. checkpoint = "runs/model"')
         if self.kind == "synthetic":
@@ -239,6 +258,23 @@ class DedupConfig:
 
 
 @dataclass
+class DecontamConfig:
+    """Drop (or flag) training documents sharing a 13-gram of normalised words with an evaluation set."""
+
+    enabled: bool = True
+    action: Literal["drop", "flag"] = "drop"  # flag: keep the document, count it (and mark it in kept.jsonl)
+    # "builtin" = every built-in eval task; also task names, task .toml specs, data files (PATH or NAME=PATH)
+    tasks: list[str] = field(default_factory=lambda: ["builtin"])
+    ngram: int = 13
+    min_words: int = 8  # shorter evaluation texts are too generic to match on
+    domains: list[str] = field(default_factory=list)  # empty = all
+
+    def validate(self) -> None:
+        if self.ngram < 1 or not 1 <= self.min_words <= self.ngram:
+            raise ScratchError("decontam.ngram must be >= 1 and 1 <= decontam.min_words <= decontam.ngram")
+
+
+@dataclass
 class MixConfig:
     # {domain: weight}; weights are normalised. Empty = keep every domain at its natural size.
     weights: dict[str, float] = field(default_factory=dict)
@@ -264,7 +300,14 @@ class DataConfig:
     val_fraction: float = 0.01  # of each domain's documents, taken before any up-sampling
     shard_tokens: int = 16 * 1024 * 1024
     batch_docs: int = 256  # documents per tokenizer call
-    num_workers: int | None = 1  # tokenizer processes per batch (None = all cores; each batch starts a pool)
+    # Worker processes for the per-document steps (clean, filter, PII, decontamination, MinHash,
+    # tokenize); 0 or None = every core. The output is identical for any number.
+    num_workers: int | None = 0
+    executor: Literal["local", "ray"] = "local"  # ray: the per-document steps run as Ray tasks (pip install ray)
+    ray_address: str = ""  # "" = start a local Ray instance (or join RAY_ADDRESS); "auto" = the running cluster
+    # Pass 1 saves a checkpoint this often (seconds; 0 = never) so that an interrupted run continues
+    # from it instead of starting over. Not with debug_dump (its files are written in one go).
+    checkpoint_seconds: float = 300.0
     keep_staging: bool = True  # keep per-domain staged tokens so a rerun with a new mix skips stage 1
     debug_dump: bool = False  # also write kept.jsonl and removed.jsonl (with reasons) to out_dir
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
@@ -272,6 +315,7 @@ class DataConfig:
     filters: FiltersConfig = field(default_factory=FiltersConfig)
     pii: PiiConfig = field(default_factory=PiiConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    decontam: DecontamConfig = field(default_factory=DecontamConfig)
     mix: MixConfig = field(default_factory=MixConfig)
 
     def validate(self) -> None:
@@ -290,3 +334,7 @@ class DataConfig:
             raise ScratchError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.shard_tokens < 1024 or self.batch_docs < 1:
             raise ScratchError("shard_tokens must be >= 1024 and batch_docs >= 1")
+        if self.checkpoint_seconds < 0:
+            raise ScratchError(f"checkpoint_seconds must be >= 0 (0 = no checkpoints), got {self.checkpoint_seconds}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ScratchError(f"num_workers must be >= 0 (0 = every core), got {self.num_workers}")

@@ -107,8 +107,8 @@ def shingles(text: str, ngram: int) -> list[bytes]:
     return [" ".join(w[i : i + ngram]).encode() for i in range(len(w) - ngram + 1)]
 
 
-def shingle_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
-    """32-bit hashes of all shingles of ``texts`` and offsets: doc i owns ``hashes[off[i]:off[i+1]]``.
+def shingle_hashes(texts: Sequence[str], ngram: int, bits: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """32-bit (or 64-bit) hashes of all shingles of ``texts`` and offsets: doc i owns ``hashes[off[i]:off[i+1]]``.
 
     One pass over one byte buffer for the whole batch: word boundaries from a byte-class table,
     word hashes from polynomial prefix sums, shingle hashes as a position-weighted sum of the
@@ -116,8 +116,14 @@ def shingle_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.nda
     """
     if sum(map(len, texts)) > _MAX_BATCH_CHARS and len(texts) > 1:  # bound the prefix-sum arrays
         half = len(texts) // 2
-        (h1, o1), (h2, o2) = shingle_hashes(texts[:half], ngram), shingle_hashes(texts[half:], ngram)
+        (h1, o1), (h2, o2) = shingle_hashes(texts[:half], ngram, bits), shingle_hashes(texts[half:], ngram, bits)
         return np.concatenate([h1, h2]), np.concatenate([o1, o2[1:] + o1[-1]])
+    words_ = _word_hashes(texts)
+    return _ngram_hashes(words_, ngram, bits)
+
+
+def _word_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(64-bit hash of every word, the document of every word, words per document, number of documents)."""
     parts = [t.lower().encode("utf-8") for t in texts]
     buf = np.frombuffer(b"\n".join(parts), np.uint8)
     doc_start = np.concatenate([[0], np.cumsum([len(p) + 1 for p in parts])[:-1]]).astype(np.int64)
@@ -131,10 +137,15 @@ def shingle_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.nda
         prefix = np.zeros(len(buf) + 1, np.uint64)
         np.cumsum(buf.astype(np.uint64) * pw[: len(buf)], out=prefix[1:])
         word_hash = fmix64((prefix[ends] - prefix[starts]) * inv[starts])
+    return word_hash, doc_of_word, counts, len(texts)
 
+
+def _ngram_hashes(word_hashes: tuple[np.ndarray, np.ndarray, np.ndarray, int], ngram: int,
+                  bits: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    word_hash, doc_of_word, counts, n_docs = word_hashes
     first = (np.cumsum(counts) - counts)[doc_of_word]
     last = first + counts[doc_of_word] - 1
-    i = np.arange(len(starts))
+    i = np.arange(len(word_hash))
     valid = (i + ngram - 1 <= last) | ((i == first) & (counts[doc_of_word] < ngram))  # short doc: one shingle
     i, last = i[valid], last[valid]
     acc = np.zeros(len(i), np.uint64)
@@ -144,8 +155,8 @@ def shingle_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.nda
             inside = pos <= last
             acc += np.where(inside, word_hash[np.minimum(pos, len(word_hash) - 1)], np.uint64(0)) * _SHINGLE_MIX[j]
         h = fmix64(acc)
-    hashes = (h & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    per_doc = np.bincount(doc_of_word[valid], minlength=len(texts))
+    hashes = h if bits == 64 else (h & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    per_doc = np.bincount(doc_of_word[valid], minlength=n_docs)
     return hashes, np.concatenate([[0], np.cumsum(per_doc)])
 
 
@@ -246,6 +257,17 @@ class DedupStats:
     rejected_candidates: int = 0  # ... and failed the full-signature check
 
 
+@dataclass
+class Fingerprints:
+    """What :meth:`Deduplicator.decide` needs about a batch of documents."""
+
+    n: int
+    exact: list[bytes] | None
+    sigs: np.ndarray | None  # (n, num_perm)
+    band_keys: np.ndarray | None  # (n, bands) uint64
+    empty: np.ndarray | None  # (n,) bool: no shingles
+
+
 class Deduplicator:
     """Streaming exact + near-duplicate removal; first occurrence wins."""
 
@@ -277,27 +299,35 @@ class Deduplicator:
 
     def __call__(self, texts: Sequence[str]) -> list[bool]:
         """For each text, True if it duplicates an earlier one (exactly or nearly); state is updated."""
-        self.stats.seen += len(texts)
-        dup = [False] * len(texts)
-        todo = []
-        for i, text in enumerate(texts):
-            if self.cfg.exact:
-                key = exact_key(text)
+        return self.decide(self.fingerprints(texts))
+
+    def fingerprints(self, texts: Sequence[str]) -> Fingerprints:
+        """The per-document part (exact keys, MinHash signatures, band keys): pure, so it runs in worker processes."""
+        keys = [exact_key(t) for t in texts] if self.cfg.exact else None
+        if not self.cfg.near or not texts:
+            return Fingerprints(len(texts), keys, None, None, None)
+        hashes, offsets = shingle_hashes(texts, self.cfg.ngram)
+        sigs = signatures(hashes, offsets, self.a, self.b)
+        return Fingerprints(len(texts), keys, sigs, self.band_keys(sigs), np.diff(offsets) == 0)
+
+    def decide(self, fp: Fingerprints) -> list[bool]:
+        """The global part: compare with every earlier document, in order; state is updated.
+
+        Only this runs in the main process, so the result does not depend on how many workers made ``fp``.
+        """
+        self.stats.seen += fp.n
+        dup = [False] * fp.n
+        for i in range(fp.n):
+            if fp.exact is not None:
+                key = fp.exact[i]
                 if key in self._exact:
                     dup[i] = True
                     self.stats.exact_removed += 1
                     continue
                 self._exact.add(key)
-            todo.append(i)
-        if self.cfg.near and todo:
-            hashes, offsets = shingle_hashes([texts[i] for i in todo], self.cfg.ngram)
-            sigs = signatures(hashes, offsets, self.a, self.b)
-            keys = self.band_keys(sigs).tolist()
-            empty = np.diff(offsets) == 0
-            for j, i in enumerate(todo):
-                if not empty[j] and self._near_duplicate(sigs[j], keys[j]):
-                    dup[i] = True
-                    self.stats.near_removed += 1
+            if fp.sigs is not None and not fp.empty[i] and self._near_duplicate(fp.sigs[i], fp.band_keys[i].tolist()):
+                dup[i] = True
+                self.stats.near_removed += 1
         return dup
 
     def _near_duplicate(self, sig: np.ndarray, keys: list[int]) -> bool:

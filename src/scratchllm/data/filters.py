@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
+
 from scratchllm.data.config import FiltersConfig, PiiConfig
 
 _WORD = re.compile(r"\w+")
@@ -36,6 +38,9 @@ ENGLISH_COMMON_WORDS = frozenset(
 )
 
 
+_ASCII_LETTER = re.compile(r"[A-Za-z]")
+
+
 class TextStats:
     """Features of one document, each computed at most once and shared by all filters."""
 
@@ -53,6 +58,14 @@ class TextStats:
     @cached_property
     def tokens(self) -> list[str]:  # lowercased \w+ runs, for n-gram and vocabulary statistics
         return _WORD.findall(self.text.lower())
+
+    @cached_property
+    def token_ids(self) -> np.ndarray:
+        return token_ids(self.tokens)
+
+    @cached_property
+    def ngram_ranks(self) -> dict[int, np.ndarray]:  # n -> ranks, filled by dup_ngram_fraction
+        return {}
 
     @cached_property
     def token_chars(self) -> int:
@@ -94,7 +107,10 @@ def symbol_filter(c, s: TextStats) -> str | None:
             return "mostly bullet lines"
         if sum(line.endswith(_ELLIPSES) for line in s.lines) / len(s.lines) > c.max_ellipsis_lines:
             return "many lines end with an ellipsis"
-    alpha = sum(any(ch.isalpha() for ch in w) for w in s.words) / len(s.words)
+    if s.text.isascii():  # a regex search per word instead of a Python loop per character
+        alpha = sum(1 for w in s.words if _ASCII_LETTER.search(w)) / len(s.words)
+    else:
+        alpha = sum(any(ch.isalpha() for ch in w) for w in s.words) / len(s.words)
     if alpha < c.min_alpha_words:
         return f"only {alpha:.0%} of words contain a letter"
     return None
@@ -124,18 +140,52 @@ def top_ngram_fraction(tokens: list[str], n: int, total_chars: int) -> float:
     return 0.0 if count < 2 else count * sum(map(len, gram)) / total_chars
 
 
-def dup_ngram_fraction(tokens: list[str], n: int, total_chars: int) -> float:
-    """Share of word characters covered by repeated occurrences of any n-gram (Gopher, as in datatrove)."""
+def dup_ngram_fraction(tokens: list[str], n: int, total_chars: int, ids: np.ndarray | None = None,
+                       ranks: dict[int, np.ndarray] | None = None) -> float:
+    """Share of word characters covered by repeated occurrences of any n-gram (Gopher, as in datatrove).
+
+    Vectorised and exact: every n-gram gets an integer rank (equal n-grams, equal ranks), built from
+    the (n-1)-gram ranks and the next token with one integer ``np.unique`` per n (``ranks`` caches
+    them across n). An n-gram repeats an earlier one iff its position is not the first of its rank;
+    the words it spans are covered.
+    """
     if len(tokens) < n or not total_chars:
         return 0.0
-    seen: set[tuple[str, ...]] = set()
-    covered = bytearray(len(tokens))
-    for i, gram in enumerate(zip(*(tokens[i:] for i in range(n)), strict=False)):
-        if gram in seen:
-            covered[i : i + n] = b"\x01" * n
-        else:
-            seen.add(gram)
-    return sum(len(t) for t, c in zip(tokens, covered, strict=True) if c) / total_chars
+    if ids is None:
+        ids = token_ids(tokens)
+    rank = ngram_ranks(ids, n, ranks)
+    _, first = np.unique(rank, return_index=True)
+    repeat = np.ones(len(rank), bool)
+    repeat[first] = False
+    starts = np.flatnonzero(repeat)
+    if not len(starts):
+        return 0.0
+    cover = np.zeros(len(tokens) + 1, np.int32)
+    np.add.at(cover, starts, 1)
+    np.add.at(cover, starts + n, -1)
+    covered = np.cumsum(cover[:-1]) > 0
+    lengths = np.fromiter(map(len, tokens), np.int64, len(tokens))
+    return float(lengths[covered].sum()) / total_chars
+
+
+def ngram_ranks(ids: np.ndarray, n: int, cache: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """rank[i] identifies the n-gram ids[i:i+n] exactly: equal n-grams have equal ranks (all < len(ids))."""
+    cache = {} if cache is None else cache
+    cache.setdefault(1, ids.astype(np.int64))
+    k = max(m for m in cache if m <= n)
+    rank = cache[k]
+    while k < n:
+        k += 1
+        pair = rank[: len(ids) - k + 1] * np.int64(len(ids) + 1) + ids[k - 1 :].astype(np.int64)
+        rank = np.unique(pair, return_inverse=True)[1].astype(np.int64).ravel()
+        cache[k] = rank
+    return rank
+
+
+def token_ids(tokens: list[str]) -> np.ndarray:
+    """Each distinct token -> a small integer (order of first appearance)."""
+    index: dict[str, int] = {}
+    return np.fromiter((index.setdefault(t, len(index)) for t in tokens), np.int32, len(tokens))
 
 
 def repetition_filter(c, s: TextStats) -> str | None:
@@ -155,7 +205,7 @@ def repetition_filter(c, s: TextStats) -> str | None:
         if frac > limit:
             return f"top {n}-gram covers {frac:.0%}"
     for n, limit in sorted(c.max_dup_ngram.items(), key=lambda kv: int(kv[0])):
-        frac = dup_ngram_fraction(s.tokens, int(n), s.token_chars)
+        frac = dup_ngram_fraction(s.tokens, int(n), s.token_chars, s.token_ids, s.ngram_ranks)
         if frac > limit:
             return f"repeated {n}-grams cover {frac:.0%}"
     return None
@@ -168,10 +218,15 @@ def stopword_filter(c, s: TextStats) -> str | None:
 
 
 def language_filter(c, s: TextStats) -> str | None:
-    letters = [ch for ch in s.text if ch.isalpha()]
-    if not letters:
-        return "no letters"
-    latin = sum(ch < "\u0250" for ch in letters) / len(letters)  # Basic Latin .. Latin Extended-B
+    if s.text.isascii():  # the common case, without a Python loop per character: every letter is Latin
+        if not _ASCII_LETTER.search(s.text):
+            return "no letters"
+        latin = 1.0
+    else:
+        letters = [ch for ch in s.text if ch.isalpha()]
+        if not letters:
+            return "no letters"
+        latin = sum(ch < "\u0250" for ch in letters) / len(letters)  # Basic Latin .. Latin Extended-B
     if latin < c.min_latin:
         return f"only {latin:.0%} Latin letters"
     words = [t for t in s.tokens if t.isalpha()]

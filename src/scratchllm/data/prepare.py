@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import itertools
 import json
+import pickle
 import re
 import shutil
 import sys
@@ -34,23 +37,25 @@ import numpy as np
 from tqdm import tqdm
 
 from scratchllm.config import to_dict
-from scratchllm.data.clean import Cleaner
+from scratchllm.data.clean import CleanStats
 from scratchllm.data.config import DataConfig, SourceConfig
 from scratchllm.data.corpus import Document, embedded_documents
 from scratchllm.data.dedup import Deduplicator
-from scratchllm.data.filters import PiiScrubber, QualityFilters
-from scratchllm.data.ingest import IngestStats, read_files, resolve_paths
+from scratchllm.data.decontam import Decontaminator, DecontamStats
+from scratchllm.data.filters import FilterCount, PiiStats, QualityFilters
+from scratchllm.data.ingest import SKIP_KINDS, IngestStats, read_files, read_hub, resolve_paths
 from scratchllm.data.mix import plan_mixture, select_documents
 from scratchllm.data.shards import (
     MANIFEST, ShardWriter, load_manifest, sha256_file, split_summary, token_dtype, write_manifest,
 )
 from scratchllm.data.synthetic import model_documents, synthetic_documents
+from scratchllm.data.workers import DocumentProcessor, add_stats, process_batches
 from scratchllm.errors import ScratchError
-from scratchllm.io import atomic_write, atomic_write_text
+from scratchllm.io import atomic_write, atomic_write_bytes, atomic_write_text
 
 STAGING = ".staging"
 STAGING_INFO = "staging.json"
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: decontamination
 
 
 def load_tokenizer(path: Path):
@@ -106,7 +111,11 @@ def _source_documents(src: SourceConfig, files: list[Path] | None, stats: Ingest
     if src.kind == "embedded":
         yield from embedded_documents(src.domains, src.max_bytes_per_domain)
     elif src.kind == "files":
-        yield from read_files(files or [], src.domain, stats, src.format, src.text_field, src.max_document_bytes)
+        yield from read_files(files or [], src.domain, stats, src.format, src.text_field, src.max_document_bytes,
+                              src.where)
+    elif src.kind == "hub":
+        yield from read_hub(src.dataset, src.domain, stats, src.subset, src.split, src.data_files, src.text_field,
+                            src.where, src.max_documents)
     elif src.kind == "synthetic":
         yield from synthetic_documents(src.generators, src.count, src.seed, src.domain)
     else:
@@ -125,102 +134,172 @@ def _inputs_fingerprint(cfg: DataConfig, files: dict[int, list[Path]]) -> list[A
     return out
 
 
-def stage_documents(cfg: DataConfig, tok, files: dict[int, list[Path]], staging: Path, progress: Progress) -> dict[str, Any]:
-    """Pass 1: stream every source through clean/filter/PII/dedup/tokenize into per-domain staged tokens."""
+def _batches(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
+    batch: list[Document] = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+CHECKPOINT = "checkpoint.pkl"
+
+
+def _load_checkpoint(staging: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The pass-1 checkpoint in ``staging`` if it was made by this config, inputs and tokenizer."""
+    path = staging / CHECKPOINT
+    if not path.exists():
+        return None
+    try:
+        with open(path, "rb") as f:
+            state = pickle.load(f)  # our own file, written by _save_checkpoint below
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+        return None
+    if state.get("fingerprint") != fingerprint or state.get("version") != PIPELINE_VERSION:
+        return None
+    if not all((staging / seg["file"]).exists() for segs in state["segments"].values() for seg in segs):
+        return None
+    return state
+
+
+def stage_documents(cfg: DataConfig, tok, files: dict[int, list[Path]], staging: Path, progress: Progress,
+                    log=print, decontam: Decontaminator | None = None, fingerprint: str = "",
+                    resume: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Pass 1: stream every source through clean/filter/PII/decontam/dedup/tokenize into per-domain staged tokens.
+
+    The per-document steps run in worker processes (or on Ray), the dedup decisions here, in order.
+    Every ``checkpoint_seconds`` the staged segment is closed and the state (dedup index, counters,
+    documents done) saved, so an interrupted run continues from there (``resume``): the documents
+    already done are read again but not processed, which rebuilds the ingest counts exactly.
+    """
     ingest = IngestStats()
-    cleaner, filters, pii, dedup = Cleaner(cfg.clean), QualityFilters(cfg.filters), PiiScrubber(cfg.pii), Deduplicator(cfg.dedup)
+    if decontam is None and cfg.decontam.enabled:
+        decontam = Decontaminator(cfg.decontam)
+    processor = DocumentProcessor(cfg, tok, decontam)
     dtype = token_dtype(tok.vocab_size)
     per_domain_in: dict[str, list[int]] = {}  # domain -> [docs, bytes]
-    tokens_out: dict[str, int] = {}
     bars = {k: progress.bar(k) for k in ("ingest", "filter", "dedup")}
     bars["tokenize"] = progress.bar("tokenize", unit="tok")
     t0 = time.perf_counter()
-    timing = {"dedup": 0.0, "tokenize": 0.0}
+    if resume is not None:
+        st = resume
+        log(f"resuming pass 1 after {st['consumed']:,} documents (checkpoint in {staging})")
+        for p in staging.iterdir():  # a segment that was being written when the run stopped
+            listed = {seg[k] for segs in st["segments"].values() for seg in segs for k in ("file", "index")}
+            if p.name not in listed and p.name != CHECKPOINT:
+                p.unlink()
+    else:
+        st = {"consumed": 0, "segment": 0, "segments": {}, "dedup": Deduplicator(cfg.dedup), "clean": CleanStats(),
+              "filters": {}, "pii": PiiStats(), "seconds": 0.0, "timing": {"dedup": 0.0},
+              "decontam": DecontamStats(per_set={n: 0 for n in (decontam.names if decontam else [])})}
+    dedup: Deduplicator = st["dedup"]
+    timing: dict[str, float] = st["timing"]
+    checkpoints = cfg.checkpoint_seconds > 0 and not cfg.debug_dump  # the debug files cannot be resumed
+    last_checkpoint = time.perf_counter()
 
-    with contextlib.ExitStack() as stack:
-        writers: dict[str, ShardWriter] = {}
-        kept_f = removed_f = None
-        if cfg.debug_dump:
-            kept_f = stack.enter_context(atomic_write(cfg.out_dir / "kept.jsonl"))
-            removed_f = stack.enter_context(atomic_write(cfg.out_dir / "removed.jsonl"))
-
-        def dump(f, doc: Document, **extra: str) -> None:
-            if f is not None:
-                f.write(json.dumps({"domain": doc.domain, "source": doc.source, **extra, "text": doc.text}) + "\n")
-
-        def flush(batch: list[Document]) -> None:
-            t = time.perf_counter()
-            dups = dedup([d.text for d in batch])
-            timing["dedup"] += time.perf_counter() - t
-            kept = [d for d, dup in zip(batch, dups, strict=True) if not dup]
-            bars["dedup"].update(len(kept))
-            for d, dup in zip(batch, dups, strict=True):
-                if dup:
-                    dump(removed_f, d, reason="dedup: duplicate")
-                else:
-                    dump(kept_f, d)
-            for i in range(0, len(kept), cfg.batch_docs):
-                chunk = kept[i : i + cfg.batch_docs]
-                t = time.perf_counter()
-                ids = tok.encode_batch([d.text for d in chunk], num_workers=cfg.num_workers)
-                timing["tokenize"] += time.perf_counter() - t
-                for d, doc_ids in zip(chunk, ids, strict=True):
-                    if d.domain not in writers:
-                        writers[d.domain] = stack.enter_context(
-                            ShardWriter(staging, d.domain, dtype, 1 << 62, [d.domain])
-                        )
-                    arr = np.empty(len(doc_ids) + 1, dtype)
-                    arr[:-1] = doc_ids
-                    arr[-1] = tok.eos_id
-                    writers[d.domain].add(arr, d.domain)
-                    tokens_out[d.domain] = tokens_out.get(d.domain, 0) + len(arr)
-                    bars["tokenize"].update(len(arr))
-
-        batch: list[Document] = []
+    def documents() -> Iterator[Document]:
         for i, src in enumerate(cfg.sources):
             for doc in _source_documents(src, files.get(i), ingest, tok):
                 bars["ingest"].update()
                 counts = per_domain_in.setdefault(doc.domain, [0, 0])
                 counts[0] += 1
                 counts[1] += len(doc.text.encode("utf-8"))
-                text = cleaner(doc.text, doc.domain)
-                if not text:
-                    dump(removed_f, doc, reason="clean: empty after cleaning")
+                yield doc
+
+    with contextlib.ExitStack() as stack:
+        writers: dict[str, ShardWriter] = {}
+        segment = stack.enter_context(contextlib.ExitStack())  # the open staging writers
+        kept_f = removed_f = None
+        if cfg.debug_dump:
+            kept_f = stack.enter_context(atomic_write(cfg.out_dir / "kept.jsonl"))
+            removed_f = stack.enter_context(atomic_write(cfg.out_dir / "removed.jsonl"))
+
+        def dump(f, doc: Document, text: str | None = None, **extra: Any) -> None:
+            if f is not None:
+                f.write(json.dumps({"domain": doc.domain, "source": doc.source, **extra,
+                                    "text": doc.text if text is None else text}) + "\n")
+
+        def close_segment() -> None:
+            nonlocal segment
+            segment.close()  # fsync + rename of every staged file of this segment
+            for d, w in writers.items():
+                st["segments"].setdefault(d, []).extend(
+                    {"file": s.file, "index": s.index, "documents": s.documents, "tokens": s.tokens} for s in w.shards)
+            writers.clear()
+            st["segment"] += 1
+            segment = stack.enter_context(contextlib.ExitStack())
+
+        docs = itertools.islice(documents(), st["consumed"], None)  # skip what a checkpoint holds
+        for batch, res in process_batches(processor, _batches(docs, cfg.dedup.batch_docs), cfg, log):
+            add_stats(st["clean"], res.clean)
+            add_stats(st["filters"], res.filters)
+            add_stats(st["pii"], res.pii)
+            st["decontam"].add(res.decontam)
+            for k, v in res.seconds.items():
+                timing[k] = timing.get(k, 0.0) + v
+            for i, reason in res.removed:
+                dump(removed_f, batch[i], reason=reason)
+            bars["filter"].update(len(res.passing))
+            t = time.perf_counter()
+            dups = dedup.decide(res.fingerprints)
+            timing["dedup"] += time.perf_counter() - t
+            for j, i in enumerate(res.passing):
+                d = batch[i]
+                text = res.texts[j] if res.texts is not None else None
+                if dups[j]:
+                    dump(removed_f, d, text, reason="dedup: duplicate")
                     continue
-                reason = filters.check(text, doc.domain)
-                if reason:
-                    dump(removed_f, doc, reason=reason)
-                    continue
-                bars["filter"].update()
-                batch.append(Document(pii(text, doc.domain), doc.domain, doc.source))
-                if len(batch) >= cfg.dedup.batch_docs:
-                    flush(batch)
-                    batch = []
-        if batch:
-            flush(batch)
+                extra = {"contaminated": res.contaminated[j]} if res.contaminated[j] else {}
+                dump(kept_f, d, text, **extra)
+                if d.domain not in writers:
+                    name = f"{d.domain}.{st['segment']:05d}"
+                    writers[d.domain] = segment.enter_context(ShardWriter(staging, name, dtype, 1 << 62, [d.domain]))
+                writers[d.domain].add(res.ids[j], d.domain)
+                bars["dedup"].update()
+                bars["tokenize"].update(len(res.ids[j]))
+            st["consumed"] += len(batch)
+            if checkpoints and time.perf_counter() - last_checkpoint >= cfg.checkpoint_seconds:
+                close_segment()
+                st["seconds"] += time.perf_counter() - t0
+                t0 = last_checkpoint = time.perf_counter()
+                buf = io.BytesIO()
+                pickle.dump({**st, "fingerprint": fingerprint, "version": PIPELINE_VERSION}, buf,
+                            protocol=pickle.HIGHEST_PROTOCOL)
+                atomic_write_bytes(staging / CHECKPOINT, buf.getvalue())
+        close_segment()
 
     docs_in = sum(c[0] for c in per_domain_in.values())
     if docs_in == 0:
         raise ScratchError("no documents were read from any source", _why_empty(ingest))
-    if not writers:
-        removed = [f"{cleaner.stats.emptied} emptied by cleaning"]
-        removed += [f"{c.removed} by the {name} filter" for name, c in filters.stats.items() if c.removed]
+    if not st["segments"]:
+        removed = [f"{st['clean'].emptied} emptied by cleaning"]
+        removed += [f"{c.removed} by the {name} filter" for name, c in st["filters"].items() if c.removed]
+        if st["decontam"].contaminated and cfg.decontam.action == "drop":
+            removed.append(f"{st['decontam'].contaminated} by decontamination")
         removed.append(f"{dedup.stats.exact_removed + dedup.stats.near_removed} as duplicates")
         raise ScratchError(
             f"all {docs_in} documents were removed: {', '.join(removed)}",
             "relax the filters that removed them (set debug_dump = true to see each document and why)",
         )
-    seconds = time.perf_counter() - t0
+    seconds = st["seconds"] + time.perf_counter() - t0
+    staged = {d: {"documents": sum(s["documents"] for s in segs), "tokens": sum(s["tokens"] for s in segs),
+                  "segments": segs} for d, segs in sorted(st["segments"].items())}
     return {
         "input": {d: {"documents": c[0], "bytes": c[1]} for d, c in per_domain_in.items()},
         "ingest": {k: v for k, v in asdict(ingest).items()},
-        "clean": asdict(cleaner.stats),
-        "filters": {name: asdict(c) for name, c in filters.stats.items()},
-        "pii": asdict(pii.stats),
+        "clean": asdict(st["clean"]),
+        "filters": {name: asdict(st["filters"].get(name, FilterCount())) for name in QualityFilters(cfg.filters).stats},
+        "pii": asdict(st["pii"]),
+        "decontam": {"enabled": cfg.decontam.enabled, "action": cfg.decontam.action, "ngram": cfg.decontam.ngram,
+                     **asdict(st["decontam"]),
+                     "eval_ngrams": decontam.ngrams if decontam else 0,
+                     "too_short": decontam.too_short if decontam else {}},
         "dedup": {**asdict(dedup.stats), "bands": dedup.bands, "rows": dedup.rows, "threshold": cfg.dedup.threshold,
                   "num_perm": cfg.dedup.num_perm},
-        "staged": {d: {"documents": w.shards[0].documents, "tokens": w.shards[0].tokens, "file": w.shards[0].file,
-                       "index": w.shards[0].index} for d, w in writers.items()},
+        "staged": staged,
         "seconds": {"pass1": seconds, **timing},
     }
 
@@ -242,10 +321,13 @@ def write_shards(cfg: DataConfig, tok, stage_info: dict[str, Any], staging: Path
     domains = sorted(stage_info["staged"])
     staged, train_idx, val_idx = {}, {}, {}
     for d in domains:
-        info = stage_info["staged"][d]
-        tokens = np.memmap(staging / info["file"], dtype=dtype, mode="r")
-        rows = np.load(staging / info["index"])
-        staged[d] = (tokens, rows)
+        # a domain's documents may be staged in several segments (one per pass-1 checkpoint)
+        segs = stage_info["staged"][d]["segments"]
+        memmaps = [np.memmap(staging / seg["file"], dtype=dtype, mode="r") for seg in segs]
+        parts = [np.load(staging / seg["index"]) for seg in segs]
+        rows = np.concatenate(parts) if parts else np.zeros((0, 3), np.int64)
+        seg_of = np.concatenate([np.full(len(r), i) for i, r in enumerate(parts)]) if parts else np.zeros(0, np.int64)
+        staged[d] = (memmaps, rows, seg_of)
         perm = rng.permutation(len(rows))
         n_val = int(round(cfg.val_fraction * len(rows)))
         if cfg.val_fraction > 0 and len(rows) >= 2:
@@ -276,9 +358,9 @@ def write_shards(cfg: DataConfig, tok, stage_info: dict[str, Any], staging: Path
         bar = progress.bar(f"{split} shards", unit="tok", total=sum(p.selected_tokens for p in plan.values()))
         with ShardWriter(cfg.out_dir, split, dtype, cfg.shard_tokens, domains) as writer:
             for di, doc in zip(all_domains.tolist(), all_docs.tolist(), strict=True):
-                tokens, rows = staged[domains[di]]
+                memmaps, rows, seg_of = staged[domains[di]]
                 start, length = int(rows[doc, 0]), int(rows[doc, 1])
-                writer.add(tokens[start : start + length], domains[di])
+                writer.add(memmaps[seg_of[doc]][start : start + length], domains[di])
                 bar.update(length)
         result["splits"][split] = split_summary(writer.shards)
     result["mix"] = {d: {**asdict(p), "factor": p.factor} for d, p in result["mix"].items()}
@@ -302,9 +384,10 @@ def prepare(cfg: DataConfig, force: bool = False, progress: bool | None = None, 
     staging = out / STAGING
     files = {i: resolve_paths(s.paths) for i, s in enumerate(cfg.sources) if s.kind == "files"}
     tok_hash = _hash_path(cfg.tokenizer) if tokenizer is None else getattr(tokenizer, "fingerprint", repr(tokenizer))
-    upstream = {k: v for k, v in to_dict(cfg).items() if k in ("sources", "clean", "filters", "pii", "dedup")}
+    upstream = {k: v for k, v in to_dict(cfg).items() if k in ("sources", "clean", "filters", "pii", "dedup", "decontam")}
+    decontam = Decontaminator(cfg.decontam) if cfg.decontam.enabled else None  # reads the eval sets
     stage_fp = _digest([PIPELINE_VERSION, upstream, tok_hash, _inputs_fingerprint(cfg, files),
-                        cfg.debug_dump and str(out)])
+                        cfg.debug_dump and str(out), decontam.fingerprint if decontam else None])
     final_fp = _digest([stage_fp, to_dict(cfg.mix), cfg.seed, cfg.val_fraction, cfg.shard_tokens])
 
     if not force and (out / MANIFEST).exists():
@@ -329,17 +412,20 @@ def prepare(cfg: DataConfig, force: bool = False, progress: bool | None = None, 
             with contextlib.suppress(json.JSONDecodeError, KeyError, OSError):
                 candidate = json.loads(info_path.read_text())
                 if candidate["fingerprint"] == stage_fp and all(
-                    (staging / s["file"]).exists() for s in candidate["staged"].values()
+                    (staging / seg["file"]).exists() for s in candidate["staged"].values() for seg in s["segments"]
                 ):
                     stage_info = candidate
                     log(f"resuming: reusing staged tokens in {staging} (pass 1 already done for this config)")
         if stage_info is None:
-            if staging.exists():
-                shutil.rmtree(staging)
-            staging.mkdir(parents=True)
-            stage_info = stage_documents(cfg, tok, files, staging, bars)
+            resume = None if force else _load_checkpoint(staging, stage_fp)
+            if resume is None:
+                if staging.exists():
+                    shutil.rmtree(staging)
+                staging.mkdir(parents=True)
+            stage_info = stage_documents(cfg, tok, files, staging, bars, log, decontam, stage_fp, resume)
             stage_info["fingerprint"] = stage_fp
             atomic_write_text(info_path, json.dumps(stage_info, indent=1))
+            (staging / CHECKPOINT).unlink(missing_ok=True)  # pass 1 is done: staging.json supersedes it
         t = time.perf_counter()
         result = write_shards(cfg, tok, stage_info, staging, bars)
         pass2 = time.perf_counter() - t
@@ -391,13 +477,18 @@ def format_summary(manifest: dict[str, Any]) -> str:
     s = manifest["summary"]
     lines: list[str] = []
     ing = s["ingest"]
-    skipped = {k: ing[k] for k in ("invalid_utf8", "unreadable", "binary", "bad_json", "empty") if ing[k]}
+    skipped = {k: ing.get(k, 0) for k in SKIP_KINDS if ing.get(k, 0)}
     docs_in = sum(v["documents"] for v in s["input"].values())
     n = docs_in - s["clean"]["emptied"]
     rows: list[list[Any]] = [["ingest", "", "", "", docs_in], ["clean (empty after)", docs_in, docs_in, s["clean"]["emptied"], n]]
     for name, c in s["filters"].items():
         rows.append([f"filter: {name}", n, c["seen"], c["removed"], n - c["removed"]])
         n -= c["removed"]
+    dc = s.get("decontam", {})
+    if dc.get("enabled"):
+        removed = dc["contaminated"] if dc["action"] == "drop" else 0
+        rows.append([f"decontam ({dc['ngram']}-gram, {dc['action']})", n, dc["checked"], removed, n - removed])
+        n -= removed
     d = s["dedup"]
     for label, removed in (("dedup: exact", d["exact_removed"]),
                            (f"dedup: near (J>={d['threshold']}, {d['bands']}x{d['rows']})", d["near_removed"])):
@@ -407,10 +498,16 @@ def format_summary(manifest: dict[str, Any]) -> str:
     if skipped:
         lines.append("  skipped inputs: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items()))
         lines += [f"    {p}" for p in ing["problems"][:5]]
+    if ing.get("metadata_removed"):
+        lines.append(f"  {ing['metadata_removed']} records dropped by the sources' `where` conditions")
     notes = [f"{s['clean']['changed']} documents changed by cleaning",
              f"{s['clean']['boilerplate_lines']} boilerplate lines dropped"]
     if s["pii"]["documents"]:
         notes.append(f"PII: {s['pii']['emails']} e-mails, {s['pii']['ips']} IPs replaced in {s['pii']['documents']} documents")
+    if dc.get("enabled"):
+        per = ", ".join(f"{k} {v}" for k, v in sorted(dc["per_set"].items()) if v) or "none"
+        verb = "dropped" if dc["action"] == "drop" else "flagged (kept)"
+        notes.append(f"eval overlap ({dc['eval_ngrams']:,} eval n-grams): {dc['contaminated']} documents {verb}: {per}")
     notes.append(f"LSH candidates checked {d['candidates']}, rejected by full signature {d['rejected_candidates']}")
     lines += ["  " + n_ for n_ in notes]
 

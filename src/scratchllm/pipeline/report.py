@@ -173,6 +173,15 @@ def build_blocks(ctx: Context, out: Path) -> tuple[list[Block], dict[str, Any]]:
                            [[lbl, name, k, _fmt(v, 4)] for lbl, name, r in others for k, v in r.items()
                             if not k.endswith("_stderr")]))
 
+    # Decontamination of the training data against the evaluation sets.
+    dc = markers.get("data", {}).get("summary", {}).get("decontam") or {}
+    if dc.get("enabled"):
+        per = ", ".join(f"{k} {v}" for k, v in sorted(dc["per_set"].items()) if v) or "none of them"
+        verb = "dropped" if dc["action"] == "drop" else "kept but flagged"
+        blocks.append(("p", f"Decontamination: {_fmt(dc['checked'])} training documents checked for "
+                            f"{dc['ngram']}-gram overlap with every evaluation set; {_fmt(dc['contaminated'])} "
+                            f"{verb} ({per})."))
+
     # Training curves.
     curves = []
     for stage in ("pretrain", "sft", "dpo"):

@@ -115,6 +115,8 @@ def run_data(ctx: Context) -> dict[str, Any]:
     return {"domains": manifest["domains"], "vocab_size": manifest["vocab_size"],
             "splits": {k: {"tokens": v["tokens"], "documents": v["documents"], "shards": len(v["shards"])}
                        for k, v in manifest["splits"].items()},
+            "decontam": {k: v for k, v in manifest["summary"].get("decontam", {}).items()
+                         if k in ("enabled", "action", "ngram", "checked", "contaminated", "per_set")},
             "seconds": manifest["summary"].get("seconds", {})}
 
 

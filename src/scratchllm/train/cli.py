@@ -14,9 +14,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "train",
-        help="pre-train a model on prepared shards (checkpoints, resume, DDP/FSDP2 via torchrun)",
+        help="pre-train a model on prepared shards (checkpoints, resume, DDP/FSDP2/TP/PP via torchrun)",
         description="Pre-train a model on shards written by `scratchllm data prepare`. Distributed: "
-        "torchrun --nproc_per_node=N -m scratchllm train --config ... (train.parallel=ddp|fsdp).",
+        "torchrun --nproc_per_node=N -m scratchllm train --config ... (train.parallel=ddp|fsdp; "
+        "tensor/pipeline parallel: train.tp=2 train.pp=2, data parallel takes the rest).",
     )
     add_config_arguments(p, DEFAULT_CONFIG, "optim.lr=3e-4")
     p.add_argument("--resume", action="store_true",

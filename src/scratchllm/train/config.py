@@ -86,6 +86,13 @@ class TrainSection:
     # "none", "full" (every block), or "every-N" (every N-th block): recompute activations in backward.
     activation_checkpointing: str = "none"
     parallel: Literal["ddp", "fsdp", "none"] = "ddp"  # used when launched by torchrun on >1 processes
+    # Device mesh (train/mesh.py): tensor- and pipeline-parallel sizes; data parallel takes the rest of
+    # the processes (world / (tp * pp)), with FSDP2 (train.parallel = "fsdp") when tp or pp > 1.
+    tp: int = 1  # tensor parallel: heads, MLP and vocabulary split over tp ranks (train/tp.py)
+    pp: int = 1  # pipeline parallel: layers split into pp stages (train/pp.py)
+    pp_microbatches: int = 4  # pipeline micro-batches per micro-batch (must divide batch_size)
+    pp_schedule: Literal["gpipe", "1f1b", "interleaved-1f1b"] = "1f1b"
+    pp_stages_per_rank: int = 1  # >1 only with "interleaved-1f1b" (then pp_microbatches % pp == 0)
     deterministic: bool = False  # torch.use_deterministic_algorithms + fixed seeds: bit-exact CPU reruns
     # torch CPU threads per process. 0 = auto: one per idle core (cores minus the 1-minute load average,
     # at least 1), or OMP_NUM_THREADS when set (torchrun sets 1). On a busy 2-core machine torch's
@@ -101,6 +108,14 @@ class TrainSection:
                 raise ScratchError(f"train.{key} must be >= 1, got {getattr(self, key)}")
         if self.max_tokens < 0 or self.num_threads < 0:
             raise ScratchError("train.max_tokens and train.num_threads must be >= 0")
+        for key in ("tp", "pp", "pp_microbatches", "pp_stages_per_rank"):
+            if getattr(self, key) < 1:
+                raise ScratchError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        if (self.pp_schedule == "interleaved-1f1b") != (self.pp_stages_per_rank > 1):
+            raise ScratchError(
+                f"train.pp_schedule={self.pp_schedule!r} with train.pp_stages_per_rank={self.pp_stages_per_rank}",
+                'use pp_schedule="interleaved-1f1b" with pp_stages_per_rank >= 2, or another schedule with 1',
+            )
         ac_every(self.activation_checkpointing)
 
 

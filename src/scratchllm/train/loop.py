@@ -38,9 +38,11 @@ from scratchllm.errors import Interrupted, ScratchError
 from scratchllm.train import checkpoint as ckpt
 from scratchllm.train import runlock
 from scratchllm.train.config import TrainConfig
+from scratchllm.train.mesh import Layout
 from scratchllm.train.optim import build_optimizer
 from scratchllm.train.parallel import Dist, all_reduce_sum, apply_ac, apply_compile, apply_ddp, apply_fsdp
 from scratchllm.train.schedule import lr_factor
+from scratchllm.train.tp import loss_parallel_context, to_local
 from scratchllm.train.tracking import Tracker
 
 Batch = Any
@@ -163,6 +165,7 @@ class Trainer:
         device: torch.device | None = None,
         token_counter: Callable[[Batch], int] = count_tokens,
         model_config: dict[str, Any] | None = None,
+        layout: Layout | None = None,
     ) -> None:
         self.cfg = cfg
         self.dist = dist_info or Dist()
@@ -189,19 +192,35 @@ class Trainer:
         t = cfg.train
         self.parallel = t.parallel if self.dist.enabled else "none"
         self.aliases = ckpt.tied_aliases(model)
-        model.to(self.device)
-        apply_ac(model, t.activation_checkpointing)
-        if t.compile:
-            apply_compile(model, t.compile_scope)
+        self.num_params = sum(p.numel() for p in model.parameters())
         bf16 = t.precision == "bf16"
-        self.model = model  # unwrapped (FSDP2 shards it in place; names never change)
-        if self.parallel == "fsdp":
-            apply_fsdp(model, torch.bfloat16 if bf16 and self.device.type == "cuda" else None)
-            self.train_model: nn.Module = model
-        elif self.parallel == "ddp":
-            self.train_model = apply_ddp(model, self.dist, self.device)
+        if layout is None and (t.tp > 1 or t.pp > 1):
+            raise ScratchError(f"train.tp={t.tp}, train.pp={t.pp}: tensor/pipeline parallelism is for "
+                               "`scratchllm train` (pre-training) only", "set train.tp=1 and train.pp=1 here")
+        self.layout = layout or Layout(dp=self.dist.world_size, dp_rank=self.dist.rank)
+        self.pipeline = None
+        if self.layout.nd:  # train/mesh.py: pp stages, tp, AC, compile, FSDP2 over "dp"
+            from scratchllm.train.mesh import parallelize
+
+            lo = self.layout
+            self.parallel = f"tp{lo.tp}-pp{lo.pp}-dp{lo.dp}" + (" fsdp" if lo.dp > 1 else "")
+            pdtype = torch.bfloat16 if bf16 and self.device.type == "cuda" else None
+            self.model, self.pipeline = parallelize(model, lo, t, self.device, pdtype)
+            self.train_model = self.model
+            model = self.model
         else:
-            self.train_model = model
+            model.to(self.device)
+            apply_ac(model, t.activation_checkpointing)
+            if t.compile:
+                apply_compile(model, t.compile_scope)
+            self.model = model  # unwrapped (FSDP2 shards it in place; names never change)
+            if self.parallel == "fsdp":
+                apply_fsdp(model, torch.bfloat16 if bf16 and self.device.type == "cuda" else None)
+                self.train_model: nn.Module = model
+            elif self.parallel == "ddp":
+                self.train_model = apply_ddp(model, self.dist, self.device)
+            else:
+                self.train_model = model
         self.optimizer = build_optimizer(model, cfg.optim, self.device.type)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.autocast = (
@@ -277,12 +296,18 @@ class Trainer:
     def _grad_sync(self, enabled: bool) -> contextlib.AbstractContextManager:
         if self.parallel == "ddp" and not enabled:
             return self.train_model.no_sync()
+        if self.layout.nd:
+            if self.pipeline is None and self.layout.dp > 1:
+                self.train_model.set_requires_gradient_sync(enabled)
+            return contextlib.nullcontext()
         if self.parallel == "fsdp":
             self.train_model.set_requires_gradient_sync(enabled)
         return contextlib.nullcontext()
 
     def _grad_norm(self) -> torch.Tensor:
         clip = self.cfg.optim.grad_clip
+        if self.pipeline is not None:
+            return self.pipeline.grad_norm(self.params, clip)
         grads = [p.grad for p in self.params if p.grad is not None]
         if clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.params, clip, foreach=True)
@@ -300,13 +325,18 @@ class Trainer:
         """
         self.train_model.train()
         k = len(batches)
+        if self.pipeline is not None:
+            with self.autocast():
+                return self.pipeline.forward_backward(batches, k), {}
         loss_sum = torch.zeros((), device=self.device)
         extra: dict[str, float] = {}
         for i, batch in enumerate(batches):
-            with self._grad_sync(i == k - 1), self.autocast():
-                loss, metrics = self.loss_fn(self.train_model, batch)
-            (loss / k).backward()
-            loss_sum += loss.detach().float()
+            # tp: the loss is computed on vocab-sharded logits, forward and backward (train/tp.py)
+            with self._grad_sync(i == k - 1), loss_parallel_context(self.layout.tp > 1):
+                with self.autocast():
+                    loss, metrics = self.loss_fn(self.train_model, batch)
+                (loss / k).backward()
+            loss_sum += to_local(loss.detach()).float()
             for key, value in metrics.items():
                 extra[key] = extra.get(key, 0.0) + float(value) / k
         return loss_sum / k, extra
@@ -329,7 +359,7 @@ class Trainer:
         # One collective per step: mean loss, grad norm (equal on all ranks) and "a rank was signalled".
         summary = all_reduce_sum(torch.stack([loss, norm.float().to(self.device), stop]), self.dist)
         loss_v, norm_v, stop_v = summary.tolist()
-        loss_v /= self.dist.world_size
+        loss_v /= self.dist.world_size // self.layout.pp  # pp: only last-stage ranks hold a loss
         norm_v /= self.dist.world_size
         finite = math.isfinite(loss_v) and math.isfinite(norm_v)
         if finite:
@@ -349,10 +379,15 @@ class Trainer:
         self._collective = f"validation at step {self.step}"
         self.model.eval()
         total = torch.zeros(2, device=self.device)
+        counts = self.pipeline is None or self.pipeline.has_last
         for batch in self.val_batches:
             with self.autocast():
-                loss, _ = self.loss_fn(self.model, to_device(batch, self.device))
-            total += torch.stack([loss.float(), torch.ones((), device=self.device)])
+                if self.pipeline is not None:
+                    loss = self.pipeline.eval_loss(to_device(batch, self.device))
+                else:
+                    with loss_parallel_context(self.layout.tp > 1):
+                        loss, _ = self.loss_fn(self.model, to_device(batch, self.device))
+            total += torch.stack([to_local(loss).float(), torch.full((), float(counts), device=self.device)])
         self.model.train()
         total = all_reduce_sum(total, self.dist)
         return float(total[0] / total[1])
@@ -361,6 +396,11 @@ class Trainer:
     def sample(self) -> list[str]:
         """Continuations of the configured prompts, one engine batch (scratchllm.infer); prompt j seeded seed + j."""
         if self.tokenizer is None or not self.cfg.eval.sample_prompts or not self.cfg.eval.sample_tokens:
+            return []
+        if self.layout.nd:
+            if self.dist.is_main:
+                print("note: no sample generations under train.tp/train.pp (the sampler needs the whole model); "
+                      "sample from the saved checkpoint with `scratchllm generate`", file=sys.stderr)
             return []
         if self.parallel != "fsdp" and not self.dist.is_main:
             return []  # with FSDP every rank must run the forward (it all-gathers weights); seeds match on all ranks
@@ -377,6 +417,10 @@ class Trainer:
     # --- checkpoints --------------------------------------------------------------------------------
 
     def _gather_states(self) -> tuple[dict, dict]:
+        if self.pipeline is not None:  # each rank holds a stage: merge the pieces on rank 0
+            from scratchllm.train.pp import gather_full_states
+
+            return gather_full_states(self.model, self.optimizer)
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             get_model_state_dict,
@@ -441,11 +485,18 @@ class Trainer:
         ckpt.check_model_config(c.state["model_config"], self.model_config, path)
         self._check_schedule(c.state.get("config"), path)
         expected = {k: v for k, v in self.model.state_dict().items() if k not in self.aliases}
-        check_state(expected, {k: v for k, v in c.model_state.items() if k not in self.aliases}, path / "model.safetensors")
+        found = {k: v for k, v in c.model_state.items() if k not in self.aliases}
+        optim_state = c.optim_state
+        if self.pipeline is not None:  # this rank's stage: its own part of the full checkpoint
+            from scratchllm.train.pp import optimizer_part
+
+            found = {k: v for k, v in found.items() if k in expected}
+            optim_state = optimizer_part(optim_state, set(self.model.state_dict()))
+        check_state(expected, found, path / "model.safetensors")
         opts = StateDictOptions(full_state_dict=True)
         set_model_state_dict(self.model, {k: c.model_state[k] for k in self.model.state_dict()}, options=opts)
         try:
-            set_optimizer_state_dict(self.model, self.optimizer, c.optim_state, options=opts)
+            set_optimizer_state_dict(self.model, self.optimizer, optim_state, options=opts)
         except (KeyError, ValueError, RuntimeError) as e:
             raise ScratchError(
                 f"checkpoint {path}: the optimizer state does not match this run's trainable parameters ({e})",
@@ -559,7 +610,7 @@ class Trainer:
                     t0 = time.perf_counter()
                     batches = [to_device(self.train_source.next_batch(), self.device)
                                for _ in range(cfg.train.grad_accum)]
-                    tokens = sum(self.token_counter(b) for b in batches) * self.dist.world_size
+                    tokens = sum(self.token_counter(b) for b in batches) * self.layout.dp
                     if seq_tokens is None and isinstance(batches[0], tuple | list):
                         seq_tokens = batches[0][0].shape[-1]
                     result = self.train_step(batches)

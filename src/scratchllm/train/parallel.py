@@ -20,7 +20,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from scratchllm.errors import ScratchError
 from scratchllm.train.config import ac_every
 
 
@@ -75,8 +74,9 @@ def apply_ac(model: nn.Module, mode: str) -> int:
     if every == 0:
         return 0
     count = 0
-    for i, block in enumerate(model.layers):
-        if i % every:
+    layers = model.layers.items() if isinstance(model.layers, nn.ModuleDict) else enumerate(model.layers)
+    for i, block in layers:  # a pipeline stage's ModuleDict keeps the original layer indices
+        if int(i) % every:
             continue
         original = block.forward
 
@@ -95,7 +95,7 @@ def apply_compile(model: nn.Module, scope: str = "model") -> None:
     and composes with FSDP2's per-block hooks; whole-model compilation also fuses the head and loss.
     """
     if scope == "blocks":
-        for block in model.layers:
+        for block in (model.layers.values() if isinstance(model.layers, nn.ModuleDict) else model.layers):
             block.compile()
     else:
         model.compile()
@@ -112,28 +112,22 @@ def apply_ddp(model: nn.Module, d: Dist, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def apply_fsdp(model: nn.Module, param_dtype: torch.dtype | None = None) -> nn.Module:
+def apply_fsdp(model: nn.Module, param_dtype: torch.dtype | None = None, mesh=None) -> nn.Module:
     """FSDP2: shard every block, then the root (embedding, final norm, head), across all processes.
 
     Parameters become DTensors holding 1/world of each tensor; a block's full weights are
     all-gathered just before its forward and backward and freed after. ``param_dtype`` (bf16) makes
     the gathered copies and the compute bf16 while the sharded master weights and the gradient
-    reduction stay fp32. Modifies ``model`` in place and returns it.
+    reduction stay fp32. ``mesh``: the data-parallel dimension of a DeviceMesh (default: all
+    processes). Modifies ``model`` in place and returns it.
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
-    n = len(model.layers)
-    for i, block in enumerate(model.layers):
+    blocks = list(model.layers.values() if isinstance(model.layers, nn.ModuleDict) else model.layers)
+    for i, block in enumerate(blocks):
         # The last block's parameters are needed again at once by backward: keep them gathered.
-        fully_shard(block, mp_policy=mp, reshard_after_forward=i < n - 1)
-    fully_shard(model, mp_policy=mp)
+        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=i < len(blocks) - 1)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
     return model
 
-
-def check_world(parallel: str, d: Dist) -> None:
-    if d.enabled and parallel == "none":
-        raise ScratchError(
-            f"launched on {d.world_size} processes but train.parallel = \"none\"",
-            "set train.parallel=ddp or train.parallel=fsdp, or run without torchrun",
-        )

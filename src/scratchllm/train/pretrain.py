@@ -11,7 +11,8 @@ from scratchllm.train import checkpoint as ckpt
 from scratchllm.train.config import TrainConfig
 from scratchllm.train.data import ShardBatchSource, fixed_batches
 from scratchllm.train.loop import Stopped, Trainer, configure_torch, device_type, seed_everything, select_device
-from scratchllm.train.parallel import Dist, check_world, destroy_distributed, init_distributed
+from scratchllm.train.mesh import build_layout
+from scratchllm.train.parallel import Dist, destroy_distributed, init_distributed
 
 
 def load_tokenizer_for_samples(cfg: TrainConfig, manifest: dict) -> object | None:
@@ -45,16 +46,19 @@ def build_trainer(cfg: TrainConfig, d: Dist, resume: bool = False, resume_from: 
     check_vocab(model_cfg.vocab_size, int(manifest["vocab_size"]), "the model config",
                 f"the tokenizer of the data in {cfg.data.path}")
     t = cfg.train
+    # Mesh checks first (tp/pp against the world size and the model): a bad layout fails before any work.
+    layout = build_layout(t, model_cfg, d, device.type)
     if t.max_tokens:
-        per_step = t.batch_size * cfg.data.seq_len * t.grad_accum * d.world_size
+        per_step = t.batch_size * cfg.data.seq_len * t.grad_accum * layout.dp
         t.max_steps = max(1, math.ceil(t.max_tokens / per_step))
+    # Data-parallel ranks read different rows; tp and pp peers of one dp rank read the same ones.
     train = ShardBatchSource(cfg.data.path, cfg.data.train_split, t.batch_size, cfg.data.seq_len, cfg.seed,
-                             d.rank, d.world_size)
+                             layout.dp_rank, layout.dp)
     val = []
     if cfg.eval.batches:
         try:
             val = fixed_batches(cfg.data.path, cfg.data.val_split, cfg.eval.batches, t.batch_size,
-                                cfg.data.seq_len, cfg.seed + 1, d.rank, d.world_size)
+                                cfg.data.seq_len, cfg.seed + 1, layout.dp_rank, layout.dp)
         except ScratchError as e:
             if d.is_main:
                 print(f"note: no validation loss: {e.message}", file=sys.stderr)
@@ -63,7 +67,8 @@ def build_trainer(cfg: TrainConfig, d: Dist, resume: bool = False, resume_from: 
     seed_everything(cfg.seed)  # identical initial weights on every process
     with torch.device("cpu"):
         model = Transformer(model_cfg)
-    trainer = Trainer(cfg, model, train, val_batches=val, tokenizer=tokenizer, dist_info=d, device=device)
+    trainer = Trainer(cfg, model, train, val_batches=val, tokenizer=tokenizer, dist_info=d, device=device,
+                      layout=layout)
 
     existing = ckpt.latest_checkpoint(trainer.ckpt_root)
     if resume_from is not None:
@@ -85,12 +90,11 @@ def run(cfg: TrainConfig, resume: bool = False, resume_from: Path | None = None,
     configure_torch(cfg)
     d = init_distributed(device_type(cfg.train.device))
     try:
-        check_world(cfg.train.parallel, d)
         trainer = build_trainer(cfg, d, resume, resume_from)
         trainer.resume_command = resume_command
         if d.is_main:
-            n = sum(p.numel() for p in trainer.model.parameters())
-            per_step = cfg.train.batch_size * cfg.data.seq_len * cfg.train.grad_accum * d.world_size
+            n = trainer.num_params
+            per_step = cfg.train.batch_size * cfg.data.seq_len * cfg.train.grad_accum * trainer.layout.dp
             start = f"resuming at step {trainer.step}" if trainer.resumed_from else "starting"
             print(f"train: {start}: {n / 1e6:.2f}M parameters on {d.world_size} x {trainer.device} "
                   f"({trainer.parallel}), {per_step:,} tokens/step, {cfg.train.max_steps} steps -> {cfg.out_dir}",
