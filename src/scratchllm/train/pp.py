@@ -94,7 +94,7 @@ class StageModule(nn.Module):
         if self.cfg.pos_emb == "rope":
             rope = (self.rope_cos[:T].to(x.dtype), self.rope_sin[:T].to(x.dtype))
         for layer in self.layers.values():
-            x = layer(x, rope, None, pos)
+            x = layer(x, rope, None, None)  # (x, rope, mask, cache): training has no KV cache; tp expects 4 inputs
         if self.last:
             logits = self.lm_head(self.norm(x))
             # tp: vocab-sharded logits leave the stage as this rank's plain shard (the schedule's

@@ -46,7 +46,7 @@ def apply_tp(model: nn.Module, tp_mesh) -> None:
     for block in _blocks(model):
         parallelize_module(block, tp_mesh, {
             "attn_norm": SequenceParallel(),
-            # x arrives split over the sequence; attention needs all of it (rope, mask, input_pos pass through)
+            # x arrives split over the sequence; attention needs all of it (rope, mask, cache pass through)
             "attn": PrepareModuleInput(input_layouts=(Shard(1), None, None, None),
                                        desired_input_layouts=(Replicate(), None, None, None)),
             "attn.q_proj": ColwiseParallel(),
