@@ -223,6 +223,8 @@ class Trainer:
                 self.train_model = model
         self.optimizer = build_optimizer(model, cfg.optim, self.device.type)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        # Each group's peak lr (Muon's matrices and AdamW's have their own); the schedule scales them all.
+        self.peak_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
         )
@@ -346,9 +348,10 @@ class Trainer:
 
         The update is skipped (weights untouched) when the loss or gradient norm is not finite.
         """
-        lr = self.cfg.optim.lr * lr_factor(self.step, self.cfg.schedule, self.cfg.train.max_steps)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        factor = lr_factor(self.step, self.cfg.schedule, self.cfg.train.max_steps)
+        lr = self.cfg.optim.lr * factor
+        for g, peak in zip(self.optimizer.param_groups, self.peak_lrs, strict=True):
+            g["lr"] = peak * factor
         step = self.step + 1
         comm = "FSDP all-gather/reduce-scatter" if self.parallel == "fsdp" else "DDP gradient all-reduce"
         self._collective = f"step {step}'s forward/backward ({comm})"
