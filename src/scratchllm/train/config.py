@@ -57,6 +57,9 @@ class OptimConfig:
     muon_ns_steps: int = 5
     muon_weight_decay: float = 0.0
     muon_lr_scale: Literal["original", "match_rms_adamw"] = "original"
+    # Newton-Schulz precision: bf16 as in the records (fast on GPUs); fp32 is bit-stabler (and on CPUs
+    # without bf16 matmul units, faster).
+    muon_ns_dtype: Literal["bf16", "fp32"] = "bf16"
 
     def validate(self) -> None:
         if self.muon_lr <= 0 or not 0.0 <= self.muon_momentum < 1.0 or self.muon_ns_steps < 1 \

@@ -96,7 +96,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> tor
         del g["names"]  # not an optimizer option; param names come from the model when saving
     if cfg.name == "muon":
         return Muon(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, momentum=cfg.muon_momentum,
-                    nesterov=cfg.muon_nesterov, ns_steps=cfg.muon_ns_steps, lr_scale=cfg.muon_lr_scale)
+                    nesterov=cfg.muon_nesterov, ns_steps=cfg.muon_ns_steps, lr_scale=cfg.muon_lr_scale,
+                    ns_dtype=cfg.muon_ns_dtype)
     fused = cfg.fused if cfg.fused is not None else device_type == "cuda"
     return torch.optim.AdamW(
         groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None,
@@ -179,8 +180,9 @@ class Muon(torch.optim.Optimizer):
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
                  weight_decay: float = 0.0, momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
-                 ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS, lr_scale: str = "original") -> None:
-        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "momentum": momentum,
+                 ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS, lr_scale: str = "original",
+                 ns_dtype: str = "bf16") -> None:
+        defaults = {"ns_dtype": ns_dtype, "lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "momentum": momentum,
                     "nesterov": nesterov, "ns_steps": ns_steps, "ns_coefficients": ns_coefficients,
                     "lr_scale": lr_scale, "use_muon": False}
         super().__init__(params, defaults)
@@ -214,7 +216,8 @@ class Muon(torch.optim.Optimizer):
             update = g.lerp(buf, mom) if group["nesterov"] else buf
             sharded = hasattr(p, "device_mesh")
             full = _full(update, p) if sharded else update
-            ortho = newton_schulz(full, group["ns_steps"], group["ns_coefficients"])
+            dtype = torch.float32 if group["ns_dtype"] == "fp32" else torch.bfloat16
+            ortho = newton_schulz(full, group["ns_steps"], group["ns_coefficients"], dtype=dtype)
             if sharded:
                 ortho = _shard_of(ortho, p)
             w.mul_(1 - lr * wd)
