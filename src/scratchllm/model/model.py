@@ -258,6 +258,19 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
+def document_positions_and_mask(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token positions (B, T), restarting where doc_ids changes, and the bool (B, 1, T, T) mask
+    "causal and in the same document" (block-diagonal causal), for rows packed with documents."""
+    T = doc_ids.size(1)
+    idx = torch.arange(T, device=doc_ids.device).expand_as(doc_ids)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    first = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values  # each token's document start
+    same = doc_ids[:, :, None] == doc_ids[:, None, :]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    return idx - first, (same & causal)[:, None]
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -302,6 +315,7 @@ class Transformer(nn.Module):
         targets: torch.Tensor | None = None,
         input_pos: torch.Tensor | None = None,
         pad: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, T, vocab) for token ids idx (B, T); with targets (B, T) also the mean cross-entropy.
 
@@ -310,6 +324,8 @@ class Transformer(nn.Module):
         attention also reads the cached earlier slots. pad (B,) is the number of left-padding tokens
         per row of a batch: row b's real tokens start at slot pad[b], get positions slot - pad[b], and
         never attend to the padding, so each row computes exactly what it would alone.
+        doc_ids (B, T), training only (no cache, no pad): the document of each token in rows packed
+        with several; a token attends only within its document and positions restart at each one.
         """
         T = idx.size(1)
         if input_pos is None:
@@ -337,6 +353,8 @@ class Transformer(nn.Module):
                     # Padding queries attend to themselves only (a row of -inf would give NaN); their outputs are unused.
                     real = k[None] >= pad[:, None, None]  # (B, 1, S)
                     mask = (mask & real[:, None]) | (k == q)[None, None]
+        if doc_ids is not None:
+            positions, mask = document_positions_and_mask(doc_ids)
         x = self.tok_emb(idx)
         rope = None
         if self.cfg.pos_emb == "rope":

@@ -31,6 +31,17 @@ class DataSection:
     train_split: str = "train"
     val_split: str = "val"
     tokenizer: Path | None = None  # for sample generations; None: the one named in the data manifest
+    # "windows": random windows of the token stream (rows start anywhere); "packed": BOS-aligned
+    # best-fit packing of whole documents (train/packing.py), with padding instead of cut documents.
+    batching: Literal["windows", "packed"] = "windows"
+    doc_mask: bool = False  # packed only: attention within each document, positions restarting at it
+    pack_buffer: int = 1000  # packed: documents considered at once by best fit (more: less padding)
+
+    def validate(self) -> None:
+        if self.doc_mask and self.batching != "packed":
+            raise ScratchError("data.doc_mask needs data.batching = \"packed\"", 'set data.batching="packed"')
+        if self.pack_buffer < 1:
+            raise ScratchError(f"data.pack_buffer must be >= 1, got {self.pack_buffer}")
 
 
 @dataclass

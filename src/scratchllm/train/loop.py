@@ -53,9 +53,10 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e1
 
 
 def lm_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-    """Next-token cross-entropy: batch = (x, y) with y = x shifted by one (targets -100 are ignored)."""
-    x, y = batch
-    _, loss = model(x, targets=y)
+    """Next-token cross-entropy: batch = (x, y) with y = x shifted by one (targets -100 are ignored), or
+    (x, y, doc_ids) for packed rows with document masking."""
+    x, y, *doc_ids = batch
+    _, loss = model(x, targets=y, doc_ids=doc_ids[0]) if doc_ids else model(x, targets=y)
     return loss, {}
 
 
