@@ -354,6 +354,8 @@ class Transformer(nn.Module):
                     real = k[None] >= pad[:, None, None]  # (B, 1, S)
                     mask = (mask & real[:, None]) | (k == q)[None, None]
         if doc_ids is not None:
+            if cached or pad is not None:
+                raise ScratchError("document masks are for training forwards (no KV cache, no padding)")
             positions, mask = document_positions_and_mask(doc_ids)
         x = self.tok_emb(idx)
         rope = None
