@@ -103,6 +103,8 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (each with --threads threads)")
+    p.add_argument("--val-batches", type=int, default=8)
     p.add_argument("--max-bytes", type=int, default=1_000_000, help="embedded corpus bytes per domain")
     p.add_argument("--variants", default="adamw,muon,packed,packed-mask")
     args = p.parse_args()
@@ -119,15 +121,20 @@ def main() -> None:
         print(f"packing (seq 128, buffer 1000): {len(packer.docs):,} documents -> {s['rows']:,} rows, "
               f"padding {s['padding_share']:.2%}, BOS {s['bos_share']:.2%}, {s['split_documents']:,} documents "
               f"split across rows; nanochat: {NANOCHAT_CROP}")
-        val_windows = fixed_batches(data, "val", 8, 16, 128, 99)
-        val_docs = fixed_packed_batches(data, "val", 8, 16, 128, 99, doc_mask=True)
-        results: dict[str, list[dict]] = {v: [] for v in variants}
-        for seed in range(args.seeds):
-            for v in variants:  # alternate variants within a seed: load changes hit all alike
-                r = run(v, 1000 + seed, args, data, work, val_windows, val_docs)
-                results[v].append(r)
+        val_windows = fixed_batches(data, "val", args.val_batches, 16, 128, 99)
+        val_docs = fixed_packed_batches(data, "val", args.val_batches, 16, 128, 99, doc_mask=True)
+        results: dict[str, list[dict]] = {v: [None] * args.seeds for v in variants}
+        jobs = [(v, seed) for seed in range(args.seeds) for v in variants]  # variants interleaved: load hits all
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(args.jobs, mp_context=__import__("multiprocessing").get_context("spawn")) as pool:
+            futures = {pool.submit(run, v, 1000 + seed, args, data, work, val_windows, val_docs): (v, seed)
+                       for v, seed in jobs}
+            for f in as_completed(futures):
+                v, seed = futures[f]
+                r = results[v][seed] = f.result()
                 print(f"  seed {seed} {v:18s} final val {r['final']:.4f}  per-doc val {r['doc_loss']:.4f}  "
-                      f"{r['tok_s']:,.0f} tok/s  ({r['wall']:.0f} s)", flush=True)
+                      f"{r['tok_s']:,.0f} tok/s  ({r['wall']:.0f} s)  val curve {r['val']}", flush=True)
         base = results["adamw"]
         tokens = args.steps * base[0]["tokens_per_step"]
         print(f"\n{args.steps} steps = {tokens:,} tokens per run; medians over {args.seeds} seeds; "
