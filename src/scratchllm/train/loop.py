@@ -529,7 +529,7 @@ class Trainer:
         if not isinstance(saved, dict):
             return
         now = to_dict(self.cfg)
-        keys = [("train", "max_steps"), ("optim", "lr"), ("schedule", None)]
+        keys = [("train", "max_steps"), ("optim", "lr"), ("optim", "muon_lr"), ("schedule", None)]
         changed = []
         for section, key in keys:
             old, new = saved.get(section, {}), now.get(section, {})
