@@ -6,8 +6,11 @@ every row of ``seq_len + 1`` tokens is filled with whole documents, each startin
 
 * a document of up to a row's length is one piece, ``[BOS] + its tokens`` (ending in its <|eos|>);
   a longer one is split at row boundaries into row-long pieces, each again starting with a BOS;
-* pieces enter a buffer in a shuffled order (a new order each epoch); each row takes, while
-  space remains, the longest buffered piece that fits (best fit), and is padded when none does.
+* pieces enter a buffer in a shuffled order (a new order each epoch); each row starts with the
+  oldest buffered piece, then takes, while space remains, the longest buffered piece that fits
+  (best fit), and is padded when none does. Starting from the oldest keeps the rows in stream
+  order: with pure best fit, row-long pieces (of split documents) would always jump the queue and
+  the first rows of an epoch would hold only long documents.
 
 No document token is lost or duplicated in an epoch (nanochat instead crops a piece to fill the
 row, discarding the rest); the cost is padding, reported as ``padding_share``. Targets that cross
@@ -23,6 +26,7 @@ with random windows, each step draws ``batch_size * world_size`` consecutive row
 from __future__ import annotations
 
 import bisect
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +77,7 @@ class DocumentPacker:
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.docs))
         stream = (p for d in order for p in self.pieces(int(d)))
         keys: list[tuple[int, int]] = []  # (length, arrival) sorted; best fit = the largest length <= space
-        pieces: dict[int, Piece] = {}
+        pieces: OrderedDict[int, Piece] = OrderedDict()  # by arrival: the first is the oldest (O(1))
         arrival = 0
         rows: list[list[Piece]] = []
         row: list[Piece] = []
@@ -90,12 +94,17 @@ class DocumentPacker:
                 arrival += 1
             if not keys:
                 break
-            i = bisect.bisect_right(keys, (space, arrival)) - 1
-            if i < 0:  # nothing fits: pad the rest of this row
-                rows.append(row)
-                row, space = [], self.row_len
-                continue
-            length, key = keys.pop(i)
+            if not row:  # a row starts with the oldest waiting piece: none waits longer than the buffer's turn
+                key = next(iter(pieces))
+                length = pieces[key][3] + 1
+                keys.pop(bisect.bisect_left(keys, (length, key)))
+            else:
+                i = bisect.bisect_right(keys, (space, arrival)) - 1
+                if i < 0:  # nothing fits: pad the rest of this row
+                    rows.append(row)
+                    row, space = [], self.row_len
+                    continue
+                length, key = keys.pop(i)
             row.append(pieces.pop(key))
             space -= length
             if space == 0:
