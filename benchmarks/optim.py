@@ -50,6 +50,7 @@ from scratchllm.train.tracking import read_metrics  # noqa: E402
 VARIANTS = {
     "adamw": (),
     "muon": ("optim.name=muon",),
+    "muon-fp32": ("optim.name=muon", 'optim.muon_ns_dtype="fp32"'),
     "packed": ("data.batching=packed",),
     "packed-mask": ("data.batching=packed", "data.doc_mask=true"),
     "muon-packed-mask": ("optim.name=muon", "data.batching=packed", "data.doc_mask=true"),
@@ -85,6 +86,27 @@ def run(variant: str, seed: int, args, data: Path, work: Path, val_windows, val_
             "tokens_per_step": tokens_per_step, "wall": wall}
 
 
+def step_times(args, data: Path, work: Path, variants: list[str], rounds: int) -> dict[str, float]:
+    """Median seconds per training step (batch drawn + forward/backward + optimizer), the variants'
+    steps alternating in this one process so that the machine's load hits them alike."""
+    trainers = {}
+    for v in variants:
+        over = [f'out_dir="{work / ("time-" + v)}"', f'data.path="{data}"', "model.vocab_size=257",
+                "eval.batches=0", "eval.sample_tokens=0", "log.tensorboard=false", "log.progress=false",
+                f"train.num_threads={args.threads}", *VARIANTS[v]]
+        trainers[v] = build_trainer(load_config(TrainConfig, ROOT / "configs/train/cpu-tiny.toml", over), Dist())
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for i in range(rounds + 1):
+        for v, t in trainers.items():
+            t0 = time.perf_counter()
+            t.train_step([t.train_source.next_batch()])
+            if i:  # the first round warms up
+                times[v].append(time.perf_counter() - t0)
+    for t in trainers.values():
+        t.close()
+    return {v: statistics.median(x) for v, x in times.items()}
+
+
 def tokens_to_reach(val: list[tuple[int, float]], target: float, tokens_per_step: int) -> float | None:
     prev = (0, float("inf"))
     for step, loss in val:
@@ -107,6 +129,8 @@ def main() -> None:
     p.add_argument("--val-batches", type=int, default=8)
     p.add_argument("--max-bytes", type=int, default=1_000_000, help="embedded corpus bytes per domain")
     p.add_argument("--variants", default="adamw,muon,packed,packed-mask")
+    p.add_argument("--time-rounds", type=int, default=20, help="alternating steps per variant for the step time")
+    p.add_argument("--only-time", action="store_true", help="just the step times")
     args = p.parse_args()
     variants = args.variants.split(",")
     import os
@@ -121,6 +145,11 @@ def main() -> None:
         print(f"packing (seq 128, buffer 1000): {len(packer.docs):,} documents -> {s['rows']:,} rows, "
               f"padding {s['padding_share']:.2%}, BOS {s['bos_share']:.2%}, {s['split_documents']:,} documents "
               f"split across rows; nanochat: {NANOCHAT_CROP}")
+        st = step_times(args, data, work, variants, args.time_rounds)
+        print("median time per step (alternating, one process): " + ", ".join(
+            f"{v} {st[v] * 1e3:.0f} ms ({st[v] / st['adamw']:.2f}x)" for v in variants), flush=True)
+        if args.only_time:
+            return
         val_windows = fixed_batches(data, "val", args.val_batches, 16, 128, 99)
         val_docs = fixed_packed_batches(data, "val", args.val_batches, 16, 128, 99, doc_mask=True)
         results: dict[str, list[dict]] = {v: [None] * args.seeds for v in variants}
