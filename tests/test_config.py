@@ -178,6 +178,7 @@ def test_help_example_override_is_valid_for_every_command():
     classes = {"tokenizer train": TokenizerTrainConfig, "model info": ModelConfig, "model init": ModelConfig,
                "data prepare": DataConfig, "train": TrainConfig, "finetune": FinetuneConfig,
                "align dpo": AlignConfig, "align reward": AlignConfig, "align ppo": AlignConfig,
+               "align grpo": AlignConfig, "align rloo": AlignConfig,
                "align constitutional": AlignConfig, "serve": ServeConfig, "pipeline": PipelineConfig}
     seen = {}
 

@@ -136,3 +136,19 @@ def test_a_dead_rank_is_named_with_the_torchrun_resume_command(make_cfg, tmp_pat
     assert "rank 0 lost its peers during step 3" in out and "rank 1 (pid" in out, out
     assert "internal error" not in out
     assert f"--master_port={port} {script} train --config {preset} --resume" in out, out
+
+
+# fp32 Newton-Schulz: in bf16 a last-bit difference between the all-reduced and the single-process
+# gradient can flip a rounding and the comparison would test bf16, not the distribution.
+MUON = ("optim.name=muon", "optim.muon_lr=0.02", 'optim.muon_ns_dtype="fp32"')
+
+
+@pytest.mark.parametrize("parallel", [pytest.param("ddp", marks=pytest.mark.slow), "fsdp"])
+def test_muon_two_processes_equal_one_process(make_cfg, tmp_path, parallel):
+    """Muon under DDP (whole matrices everywhere) and FSDP2 (each shard's update is all-gathered for
+    Newton-Schulz): 2 gloo processes give the parameters of one process on the same global batch."""
+    common = ("train.max_steps=3", "train.grad_accum=1", "checkpoint.interval=0", "eval.batches=0",
+              "optim.grad_clip=0.5", *MUON)
+    preset = write_preset(make_cfg, tmp_path, parallel, *common, f"train.parallel={parallel}")
+    assert f"on 2 x cpu ({parallel})" in torchrun(preset).stderr
+    assert_same_training(reference(make_cfg, tmp_path, *common), tmp_path / parallel, steps=3, rtol=1e-4, atol=1e-5)

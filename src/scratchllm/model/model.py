@@ -236,6 +236,19 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
+def document_positions_and_mask(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token positions (B, T), restarting where doc_ids changes, and the bool (B, 1, T, T) mask
+    "causal and in the same document" (block-diagonal causal), for rows packed with documents."""
+    T = doc_ids.size(1)
+    idx = torch.arange(T, device=doc_ids.device).expand_as(doc_ids)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    first = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values  # each token's document start
+    same = doc_ids[:, :, None] == doc_ids[:, None, :]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    return idx - first, (same & causal)[:, None]
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -280,6 +293,7 @@ class Transformer(nn.Module):
         targets: torch.Tensor | None = None,
         input_pos: torch.Tensor | None = None,
         cache: KVCacheView | None = None,
+        doc_ids: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, T, vocab) for token ids idx (B, T); with targets (B, T) also the mean cross-entropy.
 
@@ -287,6 +301,8 @@ class Transformer(nn.Module):
         batch at different lengths); default 0..T-1. With a KV cache (scratchllm.infer.cache), idx holds
         only the new tokens: each layer stores their keys/values in the cache and attends over every
         cached key the cache's mask allows (its own row's, up to its own position).
+        doc_ids (B, T), training only (no cache): the document of each token in rows packed with
+        several; a token attends only within its document and positions restart at each one.
         """
         T = idx.size(1)
         if input_pos is None:
@@ -297,6 +313,10 @@ class Transformer(nn.Module):
                 )
             input_pos = torch.arange(T, device=idx.device)
         mask = None if cache is None else cache.mask  # no cache: plain causal over the T tokens
+        if doc_ids is not None:
+            if cache is not None:
+                raise ScratchError("document masks are for training forwards (no KV cache)")
+            input_pos, mask = document_positions_and_mask(doc_ids)  # (B, T) positions, (B, 1, T, T) mask
         x = self.tok_emb(idx)
         rope = None
         if self.cfg.pos_emb == "rope":

@@ -31,11 +31,25 @@ class DataSection:
     train_split: str = "train"
     val_split: str = "val"
     tokenizer: Path | None = None  # for sample generations; None: the one named in the data manifest
+    # "windows": random windows of the token stream (rows start anywhere); "packed": BOS-aligned
+    # best-fit packing of whole documents (train/packing.py), with padding instead of cut documents.
+    batching: Literal["windows", "packed"] = "windows"
+    doc_mask: bool = False  # packed only: attention within each document, positions restarting at it
+    pack_buffer: int = 1000  # packed: documents considered at once by best fit (more: less padding)
+
+    def validate(self) -> None:
+        if self.doc_mask and self.batching != "packed":
+            raise ScratchError("data.doc_mask needs data.batching = \"packed\"", 'set data.batching="packed"')
+        if self.pack_buffer < 1:
+            raise ScratchError(f"data.pack_buffer must be >= 1, got {self.pack_buffer}")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3  # peak learning rate (after warmup)
+    # "adamw" for every parameter, or "muon": Muon for the 2-D hidden weights (attention and MLP
+    # matrices), AdamW at ``lr`` for embeddings, an untied head, norms and biases.
+    name: Literal["adamw", "muon"] = "adamw"
+    lr: float = 1e-3  # peak learning rate (after warmup); with muon, the AdamW groups' lr
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     weight_decay: float = 0.1
@@ -45,8 +59,24 @@ class OptimConfig:
     no_decay: list[str] = field(default_factory=lambda: list(NO_DECAY_KINDS))
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping (the norm is still logged)
     fused: bool | None = None  # fused AdamW kernel; None: on CUDA only
+    # Muon (name = "muon"): peak lr of the hidden matrices (the schedule scales it like lr), Nesterov
+    # momentum, Newton-Schulz iterations, decoupled weight decay, and the shape-dependent lr scaling:
+    # "original" sqrt(max(1, rows/cols)) (Keller Jordan) or "match_rms_adamw" 0.2 sqrt(max(rows, cols)).
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    muon_nesterov: bool = True
+    muon_ns_steps: int = 5
+    muon_weight_decay: float = 0.0
+    muon_lr_scale: Literal["original", "match_rms_adamw"] = "original"
+    # Newton-Schulz precision: bf16 as in the records (fast on GPUs); fp32 is bit-stabler (and on CPUs
+    # without bf16 matmul units, faster).
+    muon_ns_dtype: Literal["bf16", "fp32"] = "bf16"
 
     def validate(self) -> None:
+        if self.muon_lr <= 0 or not 0.0 <= self.muon_momentum < 1.0 or self.muon_ns_steps < 1 \
+                or self.muon_weight_decay < 0:
+            raise ScratchError("optim: muon_lr must be > 0, muon_momentum in [0, 1), muon_ns_steps >= 1 and "
+                               "muon_weight_decay >= 0")
         if self.lr <= 0 or self.eps <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ScratchError("optim: lr and eps must be > 0, weight_decay and grad_clip >= 0")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):

@@ -53,9 +53,10 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e1
 
 
 def lm_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-    """Next-token cross-entropy: batch = (x, y) with y = x shifted by one (targets -100 are ignored)."""
-    x, y = batch
-    _, loss = model(x, targets=y)
+    """Next-token cross-entropy: batch = (x, y) with y = x shifted by one (targets -100 are ignored), or
+    (x, y, doc_ids) for packed rows with document masking."""
+    x, y, *doc_ids = batch
+    _, loss = model(x, targets=y, doc_ids=doc_ids[0]) if doc_ids else model(x, targets=y)
     return loss, {}
 
 
@@ -223,6 +224,8 @@ class Trainer:
                 self.train_model = model
         self.optimizer = build_optimizer(model, cfg.optim, self.device.type)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        # Each group's peak lr (Muon's matrices and AdamW's have their own); the schedule scales them all.
+        self.peak_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
         )
@@ -346,9 +349,10 @@ class Trainer:
 
         The update is skipped (weights untouched) when the loss or gradient norm is not finite.
         """
-        lr = self.cfg.optim.lr * lr_factor(self.step, self.cfg.schedule, self.cfg.train.max_steps)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        factor = lr_factor(self.step, self.cfg.schedule, self.cfg.train.max_steps)
+        lr = self.cfg.optim.lr * factor
+        for g, peak in zip(self.optimizer.param_groups, self.peak_lrs, strict=True):
+            g["lr"] = peak * factor
         step = self.step + 1
         comm = "FSDP all-gather/reduce-scatter" if self.parallel == "fsdp" else "DDP gradient all-reduce"
         self._collective = f"step {step}'s forward/backward ({comm})"
@@ -519,7 +523,7 @@ class Trainer:
         if not isinstance(saved, dict):
             return
         now = to_dict(self.cfg)
-        keys = [("train", "max_steps"), ("optim", "lr"), ("schedule", None)]
+        keys = [("train", "max_steps"), ("optim", "lr"), ("optim", "muon_lr"), ("schedule", None)]
         changed = []
         for section, key in keys:
             old, new = saved.get(section, {}), now.get(section, {})

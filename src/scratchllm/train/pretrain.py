@@ -12,6 +12,7 @@ from scratchllm.train.config import TrainConfig
 from scratchllm.train.data import ShardBatchSource, fixed_batches
 from scratchllm.train.loop import Stopped, Trainer, configure_torch, device_type, seed_everything, select_device
 from scratchllm.train.mesh import build_layout
+from scratchllm.train.packing import PackedBatchSource, fixed_packed_batches
 from scratchllm.train.parallel import Dist, destroy_distributed, init_distributed
 
 
@@ -52,13 +53,28 @@ def build_trainer(cfg: TrainConfig, d: Dist, resume: bool = False, resume_from: 
         per_step = t.batch_size * cfg.data.seq_len * t.grad_accum * layout.dp
         t.max_steps = max(1, math.ceil(t.max_tokens / per_step))
     # Data-parallel ranks read different rows; tp and pp peers of one dp rank read the same ones.
-    train = ShardBatchSource(cfg.data.path, cfg.data.train_split, t.batch_size, cfg.data.seq_len, cfg.seed,
-                             layout.dp_rank, layout.dp)
+    packed = cfg.data.batching == "packed"
+    if packed:
+        train = PackedBatchSource(cfg.data.path, cfg.data.train_split, t.batch_size, cfg.data.seq_len, cfg.seed,
+                                  layout.dp_rank, layout.dp, cfg.data.doc_mask, cfg.data.pack_buffer)
+        if d.is_main:
+            s = train.packer.stats()
+            print(f"data: packed {len(train.packer.docs):,} documents into {s['rows']:,} rows per epoch: "
+                  f"{s['padding_share']:.1%} padding, {s['bos_share']:.1%} BOS tokens, "
+                  f"{s['split_documents']:,} documents split across rows", file=sys.stderr)
+    else:
+        train = ShardBatchSource(cfg.data.path, cfg.data.train_split, t.batch_size, cfg.data.seq_len, cfg.seed,
+                                 layout.dp_rank, layout.dp)
     val = []
     if cfg.eval.batches:
         try:
-            val = fixed_batches(cfg.data.path, cfg.data.val_split, cfg.eval.batches, t.batch_size,
-                                cfg.data.seq_len, cfg.seed + 1, layout.dp_rank, layout.dp)
+            if packed:  # validation on the same kind of rows as training
+                val = fixed_packed_batches(cfg.data.path, cfg.data.val_split, cfg.eval.batches, t.batch_size,
+                                           cfg.data.seq_len, cfg.seed + 1, layout.dp_rank, layout.dp,
+                                           cfg.data.doc_mask)
+            else:
+                val = fixed_batches(cfg.data.path, cfg.data.val_split, cfg.eval.batches, t.batch_size,
+                                    cfg.data.seq_len, cfg.seed + 1, layout.dp_rank, layout.dp)
         except ScratchError as e:
             if d.is_main:
                 print(f"note: no validation loss: {e.message}", file=sys.stderr)
