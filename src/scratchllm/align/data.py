@@ -190,40 +190,59 @@ def collate_pairs(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.
     return pad_sequences(prompts, completions, pad_id)
 
 
+class ShuffledOrder:
+    """Items in a seeded shuffled order, reshuffled every epoch; (epoch, position) is checkpoint state.
+
+    One definition for every align batch source (preference pairs, GRPO/RLOO and PPO prompts)."""
+
+    def __init__(self, items: Sequence[Any], seed: int, what: str) -> None:
+        self.items, self.seed, self.what = list(items), seed, what
+        self.epoch, self.pos = 0, 0
+        self._order = self._shuffle()
+
+    def _shuffle(self) -> list[int]:
+        order = list(range(len(self.items)))
+        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        return order
+
+    def take(self, n: int) -> list[Any]:
+        picked = []
+        while len(picked) < n:
+            if self.pos >= len(self._order):
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._shuffle()
+            picked.append(self.items[self._order[self.pos]])
+            self.pos += 1
+        return picked
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "pos": self.pos, "n": len(self.items)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("n") != len(self.items):
+            raise ScratchError(f"the checkpoint was trained on {state.get('n')} {self.what}, this run has "
+                               f"{len(self.items)}", "resume with the same data settings")
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self._order = self._shuffle()
+
+
 class PairBatchSource:
     """Shuffled batches of pairs for the Trainer, epoch after epoch; resumable (epoch, position)."""
 
     def __init__(self, pairs: Sequence[EncodedPair], batch_size: int, pad_id: int, seed: int) -> None:
         if not pairs:
             raise ScratchError("no preference pairs to train on", "check the preference data")
-        self.pairs, self.batch_size, self.pad_id, self.seed = list(pairs), batch_size, pad_id, seed
-        self.epoch, self.pos = 0, 0
-        self._order = self._shuffle()
-
-    def _shuffle(self) -> list[int]:
-        order = list(range(len(self.pairs)))
-        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
-        return order
+        self.batch_size, self.pad_id = batch_size, pad_id
+        self.order = ShuffledOrder(pairs, seed, "preference pairs")
 
     def next_batch(self) -> dict[str, torch.Tensor]:
-        picked = []
-        while len(picked) < self.batch_size:
-            if self.pos >= len(self._order):
-                self.epoch, self.pos = self.epoch + 1, 0
-                self._order = self._shuffle()
-            picked.append(self.pairs[self._order[self.pos]])
-            self.pos += 1
-        return collate_pairs(picked, self.pad_id)
+        return collate_pairs(self.order.take(self.batch_size), self.pad_id)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "pos": self.pos, "n": len(self.pairs)}
+        return self.order.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("n") != len(self.pairs):
-            raise ScratchError(f"the checkpoint was trained on {state.get('n')} preference pairs, this run has "
-                               f"{len(self.pairs)}", "resume with the same data settings")
-        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
-        self._order = self._shuffle()
+        self.order.load_state_dict(state)
 
 
 def batches_of(pairs: Sequence[EncodedPair], batch_size: int, pad_id: int) -> list[dict[str, torch.Tensor]]:

@@ -19,14 +19,13 @@ With ``epochs_per_rollout = 1`` pi_old is the current policy (ratio = 1, plain p
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from scratchllm.align.data import pad_sequences
+from scratchllm.align.data import ShuffledOrder, pad_sequences
 from scratchllm.align.dpo import token_logps
 from scratchllm.errors import ScratchError
 from scratchllm.finetune.chat import END, encode_chat
@@ -129,30 +128,15 @@ class RolloutSource:
                  advantages: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> None:
         if not examples:
             raise ScratchError("no training prompts for policy optimisation", "check the data section")
-        self.model, self.tokenizer, self.examples, self.reward_fn = model, tokenizer, list(examples), reward_fn
+        self.model, self.tokenizer, self.reward_fn = model, tokenizer, reward_fn
         self.rollout, self.seed = rollout, seed
+        self.prompts = ShuffledOrder(examples, seed, "prompts")
         self.group_size, self.epochs_per_rollout = group_size, epochs_per_rollout
         self.advantages = advantages or (lambda b: {**b, "advantages": group_advantages(b["rewards"], group_size)})
-        self.epoch, self.pos, self.draws = 0, 0, 0
-        self._order = self._shuffle()
+        self.draws = 0
         self._pending: list[dict[str, torch.Tensor]] = []
         self.rollout_seconds = 0.0  # generating and scoring (the benchmark's rollout share)
         self.generated_tokens = 0
-
-    def _shuffle(self) -> list[int]:
-        order = list(range(len(self.examples)))
-        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
-        return order
-
-    def _pick(self) -> list[Any]:
-        picked = []
-        while len(picked) < self.rollout.prompts_per_step:
-            if self.pos >= len(self._order):
-                self.epoch, self.pos = self.epoch + 1, 0
-                self._order = self._shuffle()
-            picked.append(self.examples[self._order[self.pos]])
-            self.pos += 1
-        return picked
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         if self._pending:  # the same rollouts again (epochs_per_rollout > 1)
@@ -161,7 +145,7 @@ class RolloutSource:
 
         t0 = time.perf_counter()
         c = self.rollout
-        picked = [e for e in self._pick() for _ in range(self.group_size)]
+        picked = [e for e in self.prompts.take(c.prompts_per_step) for _ in range(self.group_size)]
         prompts = prompt_ids(self.tokenizer, [e.prompt for e in picked])
         replies = respond(self.model, self.tokenizer, prompts, c.max_new_tokens, c.temperature, c.top_k,
                           seed=self.seed + 7919 * self.draws)
@@ -182,15 +166,11 @@ class RolloutSource:
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "pos": self.pos, "draws": self.draws, "n": len(self.examples),
-                "pending": self._pending[:1] * len(self._pending)}
+        return {**self.prompts.state_dict(), "draws": self.draws, "pending": self._pending[:1] * len(self._pending)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("n") != len(self.examples):
-            raise ScratchError(f"the checkpoint was trained on {state.get('n')} prompts, this run has "
-                               f"{len(self.examples)}", "resume with the same data settings")
-        self.epoch, self.pos, self.draws = int(state["epoch"]), int(state["pos"]), int(state["draws"])
-        self._order = self._shuffle()
+        self.prompts.load_state_dict(state)
+        self.draws = int(state["draws"])
         self._pending = list(state.get("pending", []))
 
 

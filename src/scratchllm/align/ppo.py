@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from scratchllm.align.data import pad_sequences
+from scratchllm.align.data import ShuffledOrder, pad_sequences
 from scratchllm.errors import ScratchError
 
 # --- the math: small functions on (B, T) tensors, mask = 1 on reply tokens --------------------------
@@ -208,32 +208,15 @@ class PPORolloutSource:
         if not examples:
             raise ScratchError("no training prompts for policy optimisation", "check the data section")
         self.model, self.reference, self.tokenizer = model, reference, tokenizer
-        self.examples, self.reward_fn, self.rollout, self.cfg, self.seed = list(examples), reward_fn, rollout, cfg, seed
+        self.reward_fn, self.rollout, self.cfg, self.seed = reward_fn, rollout, cfg, seed
+        self.prompts = ShuffledOrder(examples, seed, "prompts")
         self.end_id = tokenizer.special_tokens[END]
         self.kl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
-        self.epoch, self.pos, self.draws = 0, 0, 0
-        self._order = self._shuffle()
+        self.draws = 0
         self._pending: list[dict[str, torch.Tensor]] = []
         self._skip = False
         self.rollout_seconds = 0.0  # time spent generating and scoring (for the benchmark's rollout share)
         self.generated_tokens = 0
-
-    def _shuffle(self) -> list[int]:
-        import random
-
-        order = list(range(len(self.examples)))
-        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
-        return order
-
-    def _pick(self) -> list[Any]:
-        picked = []
-        while len(picked) < self.rollout.prompts_per_step:
-            if self.pos >= len(self._order):
-                self.epoch, self.pos = self.epoch + 1, 0
-                self._order = self._shuffle()
-            picked.append(self.examples[self._order[self.pos]])
-            self.pos += 1
-        return picked
 
     def stop_rollout(self) -> None:
         """Early stop on KL: drop the rest of this rollout's minibatches."""
@@ -254,7 +237,7 @@ class PPORolloutSource:
 
         t0 = time.perf_counter()
         r, c = self.rollout, self.cfg
-        picked = self._pick()
+        picked = self.prompts.take(self.rollout.prompts_per_step)
         prompts = prompt_ids(self.tokenizer, [e.prompt for e in picked])
         replies = respond(self.model.policy, self.tokenizer, prompts, r.max_new_tokens, r.temperature, r.top_k,
                           seed=self.seed + 7919 * self.draws)
@@ -313,16 +296,13 @@ class PPORolloutSource:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "pos": self.pos, "draws": self.draws, "n": len(self.examples),
-                "kl_coef": self.kl.value, "pending": [] if self._skip else self._pending}
+        return {**self.prompts.state_dict(), "draws": self.draws, "kl_coef": self.kl.value,
+                "pending": [] if self._skip else self._pending}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("n") != len(self.examples):
-            raise ScratchError(f"the checkpoint was trained on {state.get('n')} prompts, this run has "
-                               f"{len(self.examples)}", "resume with the same data settings")
-        self.epoch, self.pos, self.draws = int(state["epoch"]), int(state["pos"]), int(state["draws"])
+        self.prompts.load_state_dict(state)
+        self.draws = int(state["draws"])
         self.kl.value = float(state["kl_coef"])
-        self._order = self._shuffle()
         self._pending, self._skip = list(state.get("pending", [])), False
 
 
