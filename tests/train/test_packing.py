@@ -115,3 +115,17 @@ def test_training_with_packing_and_doc_mask_resumes_exactly(make_cfg, tmp_path):
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert full.last_val is not None and full.last_val == resumed.last_val
+
+
+def test_resume_with_the_other_batching_is_a_clear_error(make_cfg, tmp_path):
+    """A checkpoint remembers its batching; resuming it with the other one is refused, both ways."""
+    from scratchllm.errors import ScratchError
+
+    packed = ("data.batching=packed", "train.max_steps=2", "checkpoint.interval=2", "eval.interval=0")
+    build_trainer(make_cfg(*packed, out=tmp_path / "packed"), Dist()).fit()
+    with pytest.raises(ScratchError, match='batching = "packed"'):
+        build_trainer(make_cfg("train.max_steps=2", "eval.interval=0", out=tmp_path / "packed"), Dist(), resume=True)
+    windows = ("train.max_steps=2", "checkpoint.interval=2", "eval.interval=0")
+    build_trainer(make_cfg(*windows, out=tmp_path / "windows"), Dist()).fit()
+    with pytest.raises(ScratchError, match='batching = "windows"'):
+        build_trainer(make_cfg(*packed, out=tmp_path / "windows"), Dist(), resume=True)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from scratchllm.data.shards import ShardDataset
+from scratchllm.errors import ScratchError
 
 
 class BatchSource(Protocol):
@@ -59,6 +60,9 @@ class ShardBatchSource:
         return self.dataset.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("packed"):
+            raise ScratchError('the checkpoint was written with data.batching = "packed"',
+                               "resume with the batching the run started with")
         self.dataset.load_state_dict(state)
 
 
