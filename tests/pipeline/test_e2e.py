@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -219,6 +220,12 @@ def check_rerun_and_from(args: list[str], capsys) -> None:
     err = capsys.readouterr().err
     assert "report: running" in err and "eval: complete, skipped" in err
     assert (state / "eval.done.json").read_text() == before
+    # quantize scores the held-out task itself: it must not rely on the eval stage having written it
+    # (eval can be skipped), so without eval's copy a quantize rerun still works.
+    shutil.rmtree(state.parent / "eval" / "heldout")
+    assert main([*args, "--from", "quantize"]) == 0
+    assert "quantize: running" in capsys.readouterr().err
+    assert (state.parent / "eval" / "heldout" / "task.toml").is_file()
 
 
 def test_stage_failure_names_stage_and_resume_command(tmp_path, capsys, monkeypatch):

@@ -452,7 +452,7 @@ def run_quantize(ctx: Context) -> dict[str, Any]:
     save_quantized(model, out)
     tok.save_pretrained(out)
     # Held-out perplexity of the reloaded quantized model next to the model it came from.
-    spec = resolve_tasks([str(ctx.dir("eval") / "heldout" / "task.toml")])
+    spec = resolve_tasks([str(heldout_task(ctx))])  # the same task eval scores (written here too if eval is skipped)
     settings = EvalSettings(batch_size=ctx.cfg.eval.batch_size, baselines=[])
     ppl = {}
     for label, m in (("dense", Transformer.from_pretrained(src)), (q.mode, load_model(out))):
