@@ -572,7 +572,8 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None, compi
                         for i, d in items:
                             if d is None:
                                 live -= 1
-                            elif isinstance(d, Exception):
+                            elif isinstance(d, Exception):  # text that came before the error goes first
+                                out += flush(i, texts.pop(i, []))
                                 out.append(_sse(error_body(d).body()))
                             else:
                                 if d.token_id is not None:
