@@ -103,3 +103,14 @@ def align_cfg(sft_dirs, tmp_path):
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread):  # tests/conftest.py
     pass
+
+
+class HFLogits(torch.nn.Module):
+    """A transformers causal LM as ``model(ids) -> logits``, the interface our code calls."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids):
+        return self.model(ids).logits

@@ -12,6 +12,8 @@ import torch
 
 from scratchllm.align.dpo import DPOObjective, dpo_loss, sequence_logps
 
+from .conftest import HFLogits
+
 pytest.importorskip("trl")
 
 PAIRS = [
@@ -55,17 +57,6 @@ def trl_metrics(trainer, rows, loss_type, beta, label_smoothing=0.0, swap=False)
         loss = trainer.compute_loss(trainer.model, batch)
     metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
     return float(loss), metrics, batch
-
-
-class HFLogits(torch.nn.Module):
-    """A transformers causal LM as ``model(ids) -> logits``, the interface our objective calls."""
-
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids):
-        return self.model(ids).logits
 
 
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",

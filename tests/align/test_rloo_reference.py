@@ -13,6 +13,8 @@ import torch
 
 from scratchllm.align.rloo import RLOOObjective, rloo_advantages, rloo_loss
 
+from .conftest import HFLogits
+
 
 def test_rloo_advantages_by_hand():
     r = torch.tensor([1.0, 0.0, 0.0, 2.0, 2.0, 2.0])
@@ -71,17 +73,6 @@ def trl_rloo(tokenizer, make_model, tmp_path_factory):
     with torch.no_grad():
         out = trainer._generate_and_score_completions([{"prompt": "p"}] * 8)
     return trainer, out, policy, reference, rewards, prompt, replies
-
-
-class HFLogits(torch.nn.Module):
-    """A transformers causal LM as ``model(ids) -> logits``, the interface our code calls."""
-
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids):
-        return self.model(ids).logits
 
 
 def _our_batch(tokenizer, prompt, replies, rewards):
