@@ -1,4 +1,6 @@
-"""Loading what the inspect commands look at: a model directory or training checkpoint, and its tokenizer."""
+"""Loading what the inspect commands look at: a model directory or training checkpoint, and its tokenizer.
+
+Where they are is decided by scratchllm.model.paths, the one resolver every command uses."""
 
 from __future__ import annotations
 
@@ -6,23 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchllm.errors import ScratchError
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """A model directory (config.json + model.safetensors), a checkpoint, or a training run (its latest checkpoint)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ScratchError(f"model directory not found: {path}",
-                           "pass a directory with config.json + model.safetensors, or a training run directory")
-    if (path / "config.json").is_file():
-        return path
-    from scratchllm.train.checkpoint import latest_checkpoint
-
-    for root in (path / "checkpoints", path):
-        if root.is_dir() and (ckpt := latest_checkpoint(root)) is not None:
-            return ckpt
-    raise ScratchError(f"{path} holds neither a model (config.json) nor training checkpoints",
-                       "pass a model directory or the out_dir of 'scratchllm train'")
+from scratchllm.model.paths import require_tokenizer, resolve_model_dir
 
 
 def load_model(path: str | Path) -> Any:
@@ -37,14 +23,8 @@ def load_model(path: str | Path) -> Any:
 
 
 def find_tokenizer(model_path: str | Path, tokenizer_path: str | Path | None) -> Path:
-    if tokenizer_path is not None:
-        return Path(tokenizer_path)
-    model_dir = resolve_model_dir(model_path)
-    for c in (model_dir, Path(model_path), model_dir.parent, model_dir.parent.parent):
-        if any(c.glob("tokenizer*.json")):
-            return c
-    raise ScratchError(f"no tokenizer found next to the model in {model_dir}",
-                       "pass --tokenizer DIR (the directory written by 'scratchllm tokenizer train')")
+    """The tokenizer given, else the one every command finds for this model (scratchllm.model.paths)."""
+    return Path(tokenizer_path) if tokenizer_path is not None else require_tokenizer(model_path)
 
 
 def load_tokenizer(path: str | Path) -> Any:

@@ -188,7 +188,7 @@ def load_model_config(cfg: MemoryConfig) -> ModelConfig:
     if cfg.model:
         p = Path(cfg.model)
         if p.is_dir():
-            from scratchllm.inspect.load import resolve_model_dir
+            from scratchllm.model.paths import resolve_model_dir
             from scratchllm.model.checkpoint import read_json
 
             data = read_json(resolve_model_dir(p) / "config.json")
