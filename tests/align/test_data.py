@@ -17,7 +17,7 @@ from scratchllm.align.data import (
     save_preferences,
 )
 from scratchllm.errors import ScratchError
-from scratchllm.finetune.chat import encode_chat
+from scratchllm.tokenizer.chat import encode_chat
 from scratchllm.finetune.instruct_data import embedded_instructions, is_correct
 
 

@@ -115,7 +115,7 @@ def test_prompts_longer_than_the_cache_use_a_sliding_window(lm, tiny_model):
 
 
 def test_chat_prompt_uses_the_chat_format(lm, tokenizer):
-    from scratchllm.finetune.chat import encode_chat
+    from scratchllm.tokenizer.chat import encode_chat
 
     ids, ends = lm.chat_prompt("What is 2+2?")
     assert ids == encode_chat(tokenizer, [{"role": "user", "content": "What is 2+2?"}], add_generation_prompt=True)[0]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from scratchllm.errors import ScratchError
-from scratchllm.finetune.chat import CHAT_TEMPLATE, encode_chat, render_chat
+from scratchllm.tokenizer.chat import CHAT_TEMPLATE, encode_chat, render_chat
 
 CONV = [
     {"role": "system", "content": "Be brief."},

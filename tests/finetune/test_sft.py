@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from scratchllm.errors import ScratchError
-from scratchllm.finetune.chat import encode_chat
+from scratchllm.tokenizer.chat import encode_chat
 from scratchllm.finetune.sft import (
     SFTBatchSource,
     collate,

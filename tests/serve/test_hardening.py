@@ -384,7 +384,7 @@ def test_openapi_document_lists_the_real_status_codes(srv):
 @pytest.fixture(scope="module")
 def eos_server(byte_tokenizer, loopback_server):
     """A model whose greedy choice is always <|eos|> (or <|end|> in chat): it stops at once unless told not to."""
-    from scratchllm.finetune.chat import END
+    from scratchllm.tokenizer.chat import END
 
     model = tiny_model(vocab_size=byte_tokenizer.vocab_size, context_length=64)
     fast = model.forward

@@ -24,7 +24,7 @@ def drift(policy: nn.Module, reference: nn.Module, tokenizer: Any, examples: Seq
     from scratchllm.align.data import pad_sequences
     from scratchllm.align.dpo import token_logps
     from scratchllm.align.grpo import prompt_ids, respond
-    from scratchllm.finetune.chat import encode_chat
+    from scratchllm.tokenizer.chat import encode_chat
 
     was = policy.training
     policy.eval()

@@ -7,7 +7,7 @@ JSONL, one pair per line::
      "chosen": "Hello!", "rejected": ""}      <- rejected: an error naming line 2 (empty response)
 
 ``prompt`` is a user message (a string) or a list of chat messages; ``chosen`` and ``rejected`` are
-assistant replies. Tokenised in the chat format of ``scratchllm.finetune.chat``: the prompt ends with
+assistant replies. Tokenised in the chat format of ``scratchllm.tokenizer.chat``: the prompt ends with
 the generation prompt ``<|assistant|>``, a response is its content plus ``<|end|>``, and only the
 response tokens count in log-probabilities and rewards.
 
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from scratchllm.errors import ScratchError
-from scratchllm.finetune.chat import END, check_messages, encode_chat
+from scratchllm.tokenizer.chat import END, check_messages, encode_chat
 from scratchllm.io import atomic_write_text, read_jsonl
 
 

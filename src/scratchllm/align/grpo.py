@@ -28,7 +28,7 @@ from torch import nn
 from scratchllm.align.data import ShuffledOrder, pad_sequences
 from scratchllm.align.dpo import token_logps
 from scratchllm.errors import ScratchError
-from scratchllm.finetune.chat import END, encode_chat
+from scratchllm.tokenizer.chat import END, encode_chat
 
 RewardFn = Callable[[Sequence[Any], list[str], list[list[int]], list[list[int]]], torch.Tensor]
 

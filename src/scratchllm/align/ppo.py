@@ -203,7 +203,7 @@ class PPORolloutSource:
 
     def __init__(self, model: ActorCritic, reference: nn.Module, tokenizer: Any, examples: Sequence[Any],
                  reward_fn: Any, rollout: Any, cfg: Any, seed: int) -> None:
-        from scratchllm.finetune.chat import END
+        from scratchllm.tokenizer.chat import END
 
         if not examples:
             raise ScratchError("no training prompts for policy optimisation", "check the data section")

@@ -28,7 +28,7 @@ from scratchllm.align.data import (
 )
 from scratchllm.align.dpo import DPOObjective, check_reference, evaluate_pairs
 from scratchllm.errors import ScratchError
-from scratchllm.finetune.chat import CHAT_SPECIAL_TOKENS
+from scratchllm.tokenizer.chat import CHAT_SPECIAL_TOKENS
 from scratchllm.io import atomic_write_text
 from scratchllm.train import checkpoint as ckpt
 from scratchllm.train.loop import Trainer, configure_torch, select_device

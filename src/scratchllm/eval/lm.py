@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from scratchllm.errors import ScratchError
+from scratchllm.tokenizer.chat import BOS, END, EOS, encode_chat
 
 
 @dataclass(frozen=True)
@@ -329,10 +330,10 @@ class ScratchLM(LanguageModel):
                 "pass the tokenizer the model was trained with (--tokenizer)",
             )
         specials = tokenizer.special_tokens
-        self._prefix = specials.get("<|bos|>", specials.get("<|eos|>"))
+        self._prefix = specials.get(BOS, specials.get(EOS))
         if self._prefix is None:
             raise ScratchError("the tokenizer has neither <|bos|> nor <|eos|>", "use a tokenizer with special tokens")
-        self._eos = specials.get("<|eos|>")
+        self._eos = specials.get(EOS)
         self._special_ids = set(specials.values())
         self.info = {"backend": "scratchllm", "parameters": model.num_params(), "max_length": self.max_length}
 
@@ -387,8 +388,6 @@ class ScratchLM(LanguageModel):
         return out  # type: ignore[return-value]
 
     def chat_prompt(self, prompt: str) -> tuple[list[int], set[int]]:
-        from scratchllm.finetune.chat import END, encode_chat
-
         if END not in self.tok.special_tokens:
             raise ScratchError(f"the tokenizer of {self.name} has no chat tokens", "drop --chat for a base model")
         ids, _ = encode_chat(self.tok, [{"role": "user", "content": prompt}], add_generation_prompt=True)
@@ -451,7 +450,7 @@ class TransformersLM(LanguageModel):
         eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         ends = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         # our exported chat models end a turn with <|end|>, which their generation config does not list
-        end_turn = self.tok.convert_tokens_to_ids("<|end|>") if "<|end|>" in self.tok.get_vocab() else None
+        end_turn = self.tok.convert_tokens_to_ids(END) if END in self.tok.get_vocab() else None
         return list(ids), ends | ({end_turn} if end_turn is not None else set())
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchllm.errors import ScratchError
-from scratchllm.finetune.chat import check_messages
+from scratchllm.tokenizer.chat import END, check_messages
 from scratchllm.io import iter_json_array, read_text
 
 KINDS = ("add", "sub", "mul", "reverse", "upper", "count", "length", "corpus_qa")
@@ -60,8 +60,8 @@ class InstructExample:
 def normalize_answer(text: str) -> str:
     """Whitespace-trimmed, trailing ``<|end|>`` and final period removed; case is kept (``upper`` needs it)."""
     text = text.strip()
-    if text.endswith("<|end|>"):
-        text = text[: -len("<|end|>")].strip()
+    if text.endswith(END):
+        text = text[: -len(END)].strip()
     return text[:-1].strip() if text.endswith(".") else text
 
 

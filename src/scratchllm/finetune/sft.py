@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from scratchllm.errors import ScratchError
-from scratchllm.finetune.chat import END, encode_chat
+from scratchllm.tokenizer.chat import END, encode_chat
 from scratchllm.finetune.instruct_data import InstructExample, is_correct
 from scratchllm.model.model import IGNORE_INDEX
 

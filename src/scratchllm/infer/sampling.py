@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from scratchllm.errors import ScratchError
+from scratchllm.tokenizer.chat import EOS
 
 
 GREEDY_BELOW = 1e-5  # temperatures below this sample greedily (as vLLM): logits / 1e-45 overflow float32
@@ -175,7 +176,7 @@ class StopChecker:
             raise ScratchError("generate: stop strings need a tokenizer", "pass tokenizer=... or use stop_token_ids")
         self.tokenizer = tokenizer
         self.stop_ids = set(params.stop_token_ids)
-        if tokenizer is not None and not params.ignore_eos and "<|eos|>" in tokenizer.special_tokens:
+        if tokenizer is not None and not params.ignore_eos and EOS in tokenizer.special_tokens:
             self.stop_ids.add(tokenizer.eos_id)
         self.stops = list(params.stop)
         self.hidden = set(tokenizer.special_tokens.values()) if tokenizer is not None and params.skip_special_tokens \

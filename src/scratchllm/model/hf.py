@@ -26,6 +26,7 @@ from scratchllm.errors import ScratchError
 from scratchllm.io import atomic_write_text
 from scratchllm.model.checkpoint import load_checked, read_json, read_safetensors, write_safetensors
 from scratchllm.model.model import ModelConfig, Transformer
+from scratchllm.tokenizer.chat import END
 
 _LAYER_PARTS = {"attn_norm": "input_layernorm", "attn": "self_attn", "mlp_norm": "post_attention_layernorm", "mlp": "mlp"}
 _TOP_LEVEL = {"tok_emb": "model.embed_tokens", "norm": "model.norm", "lm_head": "lm_head"}
@@ -113,7 +114,7 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer: Any | None = N
     write_safetensors(out_dir / "model.safetensors", {to_hf_name(k): v for k, v in state.items()}, {"format": "pt"})
     atomic_write_text(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
     generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    end_turn = tokenizer.special_tokens.get("<|end|>") if tokenizer is not None else None
+    end_turn = tokenizer.special_tokens.get(END) if tokenizer is not None else None
     if end_turn is not None and eos is not None:
         # A chat reply ends with <|end|>, not <|eos|>: list both, as Llama 3 and Qwen exports do, so
         # transformers' generate (and a PeftModel on top) stops at the end of the turn.

@@ -23,6 +23,7 @@ from typing import Any
 
 from scratchllm.errors import ScratchError
 from scratchllm.pipeline.runner import Context, Stage
+from scratchllm.tokenizer.chat import DEFAULT_SPECIAL_TOKENS, END, encode_chat
 
 # ------------------------------------------------------------------------------------------------
 # Where each model lives
@@ -80,7 +81,7 @@ def _need(path: Path, what: str) -> None:
 def run_tokenizer(ctx: Context) -> dict[str, Any]:
     from scratchllm.config import to_toml
     from scratchllm.io import atomic_write_text
-    from scratchllm.tokenizer.bpe import DEFAULT_SPECIAL_TOKENS, train_bpe
+    from scratchllm.tokenizer.bpe import train_bpe
     from scratchllm.tokenizer.cli import training_texts
 
     cfg = ctx.cfg.tokenizer_config()
@@ -368,15 +369,13 @@ def sample_generations(model: Any, tok: Any, label: str, e: Any, device: str, se
     prompts = []
     for prompt in e.sample_prompts:
         if chat:
-            from scratchllm.finetune.chat import encode_chat
-
             system = [{"role": "system", "content": e.chat_system}] if e.chat_system else []
             ids, _ = encode_chat(tok, [*system, {"role": "user", "content": prompt}], add_generation_prompt=True)
         else:
             ids = tok.encode(prompt) or [tok.eos_id]
         prompts.append(ids)
     # chat: greedy (top-k 1), stopping at the end of the turn; text: sampled, stopping at <|eos|>
-    stop, top_k = (tok.special_tokens.get("<|end|>"), 1) if chat else (tok.eos_id, e.top_k)
+    stop, top_k = (tok.special_tokens.get(END), 1) if chat else (tok.eos_id, e.top_k)
     news = sample(model, prompts, e.sample_tokens, e.temperature, top_k, seed, stop)
     return [{"prompt": p, "format": "chat" if chat else "text", "completion": tok.decode(new)}
             for p, new in zip(e.sample_prompts, news, strict=True)]

@@ -19,7 +19,7 @@ def page_html() -> str:
 
 
 def has_chat_format(tokenizer: Any) -> bool:
-    from scratchllm.finetune.chat import CHAT_SPECIAL_TOKENS
+    from scratchllm.tokenizer.chat import CHAT_SPECIAL_TOKENS
 
     return all(t in tokenizer.special_tokens for t in CHAT_SPECIAL_TOKENS)
 

@@ -123,7 +123,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from scratchllm.finetune.chat import END, encode_chat
+    from scratchllm.tokenizer.chat import END, encode_chat
     from scratchllm.infer.load import load_for_inference
     from scratchllm.infer.generate import stream
 

@@ -48,6 +48,7 @@ from scratchllm.infer.sampling import (
     SEED_MIN,
     SamplingParams,
 )
+from scratchllm.tokenizer.chat import BOS, END, encode_chat
 
 log = logging.getLogger("scratchllm.serve")
 
@@ -655,15 +656,13 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None, compi
                 raise APIError(400, f"prompt token ids must be in 0..{vocab - 1}", param="prompt")
             prompt = list(p)
         if not prompt:
-            prompt = [tok.bos_id] if "<|bos|>" in tok.special_tokens else []
+            prompt = [tok.bos_id] if BOS in tok.special_tokens else []
         if not prompt:
             raise APIError(400, "the prompt is empty", param="prompt")
         return await respond(request, req, prompt, prepare(req, prompt, 16, []), chat=False)
 
     @app.post("/v1/chat/completions", responses=generation_errors)
     async def chat_completions(req: ChatRequest, request: Request) -> Any:
-        from scratchllm.finetune.chat import END, encode_chat
-
         tok = engine().engine.tokenizer
         messages = [m.model_dump() for m in req.messages]
         try:

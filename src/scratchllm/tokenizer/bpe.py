@@ -33,17 +33,9 @@ from tqdm import tqdm
 
 from scratchllm.errors import ScratchError
 from scratchllm.io import atomic_write_text
+from scratchllm.tokenizer.chat import BOS, DEFAULT_SPECIAL_TOKENS, EOS, PAD
 from scratchllm.tokenizer.patterns import compile_pattern, resolve_pattern
 
-DEFAULT_SPECIAL_TOKENS: tuple[str, ...] = (
-    "<|bos|>",
-    "<|eos|>",
-    "<|pad|>",
-    "<|system|>",
-    "<|user|>",
-    "<|assistant|>",
-    "<|end|>",
-)
 FORMAT = "scratchllm-bpe"
 FORMAT_VERSION = 1
 TOKENIZER_FILE = "scratchllm_tokenizer.json"
@@ -293,15 +285,15 @@ class Tokenizer:
 
     @property
     def bos_id(self) -> int:
-        return self.token_id("<|bos|>")
+        return self.token_id(BOS)
 
     @property
     def eos_id(self) -> int:
-        return self.token_id("<|eos|>")
+        return self.token_id(EOS)
 
     @property
     def pad_id(self) -> int:
-        return self.token_id("<|pad|>")
+        return self.token_id(PAD)
 
     def mergeable_ranks(self) -> dict[bytes, int]:
         """Non-special tokens as ``{bytes: id}``: the ranks ``tiktoken.Encoding`` is built from."""

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from scratchllm.config import load_config, to_toml
 from scratchllm.errors import ScratchError
+from scratchllm.tokenizer.chat import DEFAULT_SPECIAL_TOKENS
 
 DEFAULT_CONFIG = "configs/tokenizer/default.toml"
 
@@ -154,7 +155,7 @@ def training_texts(cfg: CorpusConfig, progress: bool = False) -> tuple[list[str]
 
 def cmd_train(args: argparse.Namespace) -> int:
     from scratchllm.io import atomic_write_text
-    from scratchllm.tokenizer.bpe import DEFAULT_SPECIAL_TOKENS, train_bpe
+    from scratchllm.tokenizer.bpe import train_bpe
 
     cfg = load_config(TokenizerTrainConfig, args.config, args.overrides)
     # Progress bars only on a terminal: in a log file they are hundreds of lines of noise.

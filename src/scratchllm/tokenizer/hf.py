@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from scratchllm.errors import ScratchError
-from scratchllm.finetune.chat import CHAT_SPECIAL_TOKENS, CHAT_TEMPLATE
 from scratchllm.io import atomic_write_text
 from scratchllm.tokenizer.bpe import Tokenizer
+from scratchllm.tokenizer.chat import BOS, CHAT_SPECIAL_TOKENS, CHAT_TEMPLATE, EOS, PAD
 from scratchllm.tokenizer.patterns import GPT2_PATTERN
 
 
@@ -82,7 +82,7 @@ def to_hf_dict(tok: Tokenizer) -> dict[str, Any]:
 def save_hf_files(tok: Tokenizer, directory: Path, model_max_length: int | None = None) -> None:
     """Write ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json``."""
     atomic_write_text(directory / "tokenizer.json", json.dumps(to_hf_dict(tok), ensure_ascii=False) + "\n")
-    roles = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>"}
+    roles = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
     special_map = {k: v for k, v in roles.items() if v in tok.special_tokens}
     config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -91,7 +91,7 @@ def save_hf_files(tok: Tokenizer, directory: Path, model_max_length: int | None 
         **special_map,
     }
     if all(t in tok.special_tokens for t in CHAT_SPECIAL_TOKENS):
-        # transformers' apply_chat_template renders this to the same ids as finetune.chat.encode_chat
+        # transformers' apply_chat_template renders this to the same ids as tokenizer.chat.encode_chat
         config["chat_template"] = CHAT_TEMPLATE
     atomic_write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
     atomic_write_text(directory / "special_tokens_map.json", json.dumps(special_map, indent=2) + "\n")

@@ -6,6 +6,10 @@ The generation prompt is ``<|assistant|>``; a reply ends at ``<|end|>``. The sam
 a Jinja ``chat_template`` into the exported ``tokenizer_config.json`` so ``transformers``'
 ``apply_chat_template`` renders the same ids. Message content is always encoded as ordinary text
 (special-token strings inside content are not turned into control tokens: no prompt injection).
+
+This module is also the one place the special tokens are spelled: ``tokenizer/bpe.py`` (the default
+set a tokenizer is trained with, ``bos_id``...) and ``tokenizer/hf.py`` (the exported roles and chat
+template) derive theirs from the names below.
 """
 
 from __future__ import annotations
@@ -15,19 +19,23 @@ from typing import Any
 from scratchllm.errors import ScratchError
 
 ROLES = ("system", "user", "assistant")
-BOS, END, GENERATION_PROMPT = "<|bos|>", "<|end|>", "<|assistant|>"
-CHAT_SPECIAL_TOKENS = (BOS, END, *(f"<|{r}|>" for r in ROLES))
+BOS, EOS, PAD, END = "<|bos|>", "<|eos|>", "<|pad|>", "<|end|>"
+GENERATION_PROMPT = "<|assistant|>"
+ROLE_TOKENS = tuple(f"<|{r}|>" for r in ROLES)
+CHAT_SPECIAL_TOKENS = (BOS, END, *ROLE_TOKENS)
+# What a tokenizer is trained with unless told otherwise.
+DEFAULT_SPECIAL_TOKENS: tuple[str, ...] = (BOS, EOS, PAD, *ROLE_TOKENS, END)
 
 # Kept on one line: Jinja would otherwise render the newlines into the prompt.
 CHAT_TEMPLATE = (
-    "{{ '<|bos|>' }}"
+    f"{{{{ '{BOS}' }}}}"
     "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    f"{{% if message['role'] not in {list(ROLES)} %}}"
     "{{ raise_exception('unknown role: ' + message['role']) }}"
     "{% endif %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    f"{{{{ '<|' + message['role'] + '|>' + message['content'] + '{END}' }}}}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+    f"{{% if add_generation_prompt %}}{{{{ '{GENERATION_PROMPT}' }}}}{{% endif %}}"
 )
 
 
