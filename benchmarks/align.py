@@ -54,7 +54,7 @@ from scratchllm.align.config import AlignConfig  # noqa: E402
 from scratchllm.align.data import PairBatchSource, checkable_pairs, collate_pairs, encode_pairs  # noqa: E402
 from scratchllm.align.dpo import DPOObjective  # noqa: E402
 from scratchllm.config import load_config, read_toml  # noqa: E402
-from scratchllm.finetune.instruct_data import embedded_instructions  # noqa: E402
+from scratchllm.tasks.instruct import embedded_instructions  # noqa: E402
 from scratchllm.model.hf import export_hf  # noqa: E402
 from scratchllm.model.model import ModelConfig, Transformer  # noqa: E402
 from scratchllm.tokenizer import train_bpe  # noqa: E402
@@ -318,7 +318,7 @@ def rl_step_main(args, device) -> None:
 def parity_sets():
     import random
 
-    from scratchllm.finetune.instruct_data import InstructExample
+    from scratchllm.tasks.instruct import InstructExample
 
     def ex(n: int) -> InstructExample:
         a = "even" if n % 2 == 0 else "odd"

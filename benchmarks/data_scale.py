@@ -68,7 +68,7 @@ def make_corpus(folder: Path, mb: int, seed: int = 0, file_mb: int = FILE_MB) ->
     dead = counts == 0
     evals = []
     for task in ("gsm8k", "hellaswag", "arc", "mmlu", "ppl"):
-        for line in (ROOT / "src/scratchllm/eval/tasks" / task / "data.jsonl").read_text().splitlines():
+        for line in (ROOT / "src/scratchllm/tasks/builtin" / task / "data.jsonl").read_text().splitlines():
             r = json.loads(line)
             text = r.get("question") or r.get("ctx") or r.get("text")
             if isinstance(text, str) and len(text.split()) >= 8:

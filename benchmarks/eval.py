@@ -43,7 +43,7 @@ from scratchllm.data.corpus import embedded_text  # noqa: E402
 from scratchllm.eval.lm import ScratchLM, TransformersLM  # noqa: E402
 from scratchllm.eval.reference import hf_lm, run_lm_eval, write_task_dir  # noqa: E402
 from scratchllm.eval.runner import EvalSettings, evaluate, mc_requests  # noqa: E402
-from scratchllm.eval.tasks import resolve_tasks, task_records  # noqa: E402
+from scratchllm.tasks.specs import resolve_tasks, task_records  # noqa: E402
 from scratchllm.model.hf import export_hf  # noqa: E402
 from scratchllm.model.model import ModelConfig, Transformer  # noqa: E402
 from scratchllm.tokenizer import train_bpe  # noqa: E402

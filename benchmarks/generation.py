@@ -30,7 +30,7 @@ def worker(args: argparse.Namespace) -> None:
     from scratchllm.config import load_config
     from scratchllm.eval.lm import ScratchLM
     from scratchllm.eval.runner import EvalSettings, evaluate
-    from scratchllm.eval.tasks import builtin_tasks, load_spec
+    from scratchllm.tasks.specs import builtin_tasks, load_spec
     from scratchllm.model.model import ModelConfig, Transformer
     from scratchllm.tokenizer import train_bpe
 

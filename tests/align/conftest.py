@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from scratchllm.config import load_config
-from scratchllm.finetune.instruct_data import InstructExample
+from scratchllm.tasks.instruct import InstructExample
 from scratchllm.model.model import ModelConfig, Transformer
 
 TINY = dict(context_length=96, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128)

@@ -18,7 +18,7 @@ from scratchllm.align.data import (
 )
 from scratchllm.errors import ScratchError
 from scratchllm.tokenizer.chat import encode_chat
-from scratchllm.finetune.instruct_data import embedded_instructions, is_correct
+from scratchllm.tasks.instruct import embedded_instructions, is_correct
 
 
 def write_lines(path, *records):

@@ -17,7 +17,7 @@ import pytest
 
 from scratchllm.eval.reference import hf_lm
 from scratchllm.eval.runner import EvalSettings, evaluate
-from scratchllm.eval.tasks import resolve_tasks
+from scratchllm.tasks.specs import resolve_tasks
 
 lm_eval = pytest.importorskip("lm_eval")
 pytest.importorskip("transformers")

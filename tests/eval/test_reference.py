@@ -14,7 +14,7 @@ import pytest
 
 from scratchllm.eval.reference import hf_lm, run_lm_eval, write_task_dir
 from scratchllm.eval.runner import EvalSettings, evaluate
-from scratchllm.eval.tasks import resolve_tasks, task_records
+from scratchllm.tasks.specs import resolve_tasks, task_records
 
 pytest.importorskip("lm_eval")
 pytest.importorskip("transformers")

@@ -12,7 +12,7 @@ from scratchllm.cli import main
 from scratchllm.eval.report import to_html, write_results
 from scratchllm.eval.runner import EvalSettings, evaluate
 from scratchllm.eval.safety import classify_refusal
-from scratchllm.eval.tasks import get_path, resolve_tasks, task_records
+from scratchllm.tasks.specs import get_path, resolve_tasks, task_records
 
 
 def _gsm8k_answers():

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from scratchllm.eval.sandbox import run_many, run_python
-from scratchllm.eval.tasks import get_path, resolve_tasks, task_records
+from scratchllm.tasks.specs import get_path, resolve_tasks, task_records
 
 
 def test_correct_solution_passes():

@@ -9,7 +9,7 @@ import pytest
 
 from scratchllm.errors import ScratchError
 from scratchllm.eval.metrics import extract_strict
-from scratchllm.eval.tasks import (
+from scratchllm.tasks.specs import (
     GROUPS,
     builtin_tasks,
     choice_texts,

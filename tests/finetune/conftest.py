@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scratchllm.data.corpus import embedded_text
-from scratchllm.finetune.instruct_data import embedded_instructions
+from scratchllm.tasks.instruct import embedded_instructions
 from scratchllm.tokenizer import train_bpe
 
 

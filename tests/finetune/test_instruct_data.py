@@ -6,13 +6,8 @@ from collections import Counter
 import pytest
 
 from scratchllm.errors import ScratchError
-from scratchllm.finetune.instruct_data import (
-    KINDS,
-    embedded_instructions,
-    is_correct,
-    load_chat_jsonl,
-    split_of,
-)
+from scratchllm.finetune.chat_files import load_chat_jsonl
+from scratchllm.tasks.instruct import KINDS, embedded_instructions, is_correct, split_of
 
 
 def _questions(examples):

@@ -55,7 +55,7 @@ class DataSection:
             raise ScratchError(f"data.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
         if self.n_train < 1 or self.n_heldout < 1:
             raise ScratchError("data.n_train and data.n_heldout must be >= 1")
-        from scratchllm.finetune.instruct_data import KINDS
+        from scratchllm.tasks.instruct import KINDS
 
         bad = [k for k in self.kinds if k not in KINDS]
         if bad or not self.kinds:

@@ -107,7 +107,7 @@ def checkable_pairs(
     Otherwise the rejected reply is the answer of another example of the same kind that
     ``is_correct`` refuses. Examples with no wrong reply available are skipped.
     """
-    from scratchllm.finetune.instruct_data import is_correct
+    from scratchllm.tasks.instruct import is_correct
 
     rng = random.Random(seed)
     samples = sampler(list(examples)) if sampler is not None else [None] * len(examples)

@@ -84,7 +84,7 @@ def evaluate_replies(model: nn.Module, tokenizer: Any, examples: Sequence[Any], 
 def checkable_reward(examples: Sequence[Any], texts: list[str], prompts: list[list[int]],
                      replies: list[list[int]]) -> torch.Tensor:
     """1 for a reply that ``is_correct`` accepts, else 0."""
-    from scratchllm.finetune.instruct_data import is_correct
+    from scratchllm.tasks.instruct import is_correct
 
     return torch.tensor([float(is_correct(e, t)) for e, t in zip(examples, texts, strict=True)])
 

@@ -108,7 +108,7 @@ def write_report(cfg: AlignConfig, report: dict[str, Any]) -> None:
 
 
 def checkable_examples(cfg: AlignConfig) -> tuple[list[Any], list[Any]]:
-    from scratchllm.finetune.instruct_data import embedded_instructions
+    from scratchllm.tasks.instruct import embedded_instructions
 
     d = cfg.data
     kinds = tuple(d.kinds)

@@ -10,7 +10,7 @@ ordinary text and is not used. N-grams are 64-bit hashes, so a false match by co
 2^64 / (eval n-grams) document n-grams: none in practice.
 
 The evaluation sets are the eval stage's own task files (every built-in task, and any task spec or
-data file the config names), read through ``scratchllm.eval.tasks`` so the same files and formats
+data file the config names), read through ``scratchllm.tasks.specs`` so the same files and formats
 count for both stages.
 """
 
@@ -27,6 +27,7 @@ import numpy as np
 from scratchllm.data.config import DecontamConfig
 from scratchllm.data.dedup import _MAX_BATCH_CHARS, _ngram_hashes, _word_hashes, shingle_hashes, words
 from scratchllm.errors import ScratchError
+from scratchllm.tasks.specs import builtin_tasks, load_spec, read_records, task_records
 
 
 def eval_sets(entries: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
@@ -35,8 +36,6 @@ def eval_sets(entries: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     ``entries``: ``"builtin"`` (every built-in task), a built-in task name, a task spec (``.toml``), or a
     data file (``.jsonl``, ``.jsonl.gz``, ``.json``, ``.csv``, ``.txt``) as ``PATH`` or ``NAME=PATH``.
     """
-    from scratchllm.eval.tasks import builtin_tasks, load_spec, read_records, task_records
-
     builtin = builtin_tasks()
     out: dict[str, list[dict[str, Any]]] = {}
     for entry in entries:

@@ -81,7 +81,7 @@ def _int_list(text: str, option: str) -> list[int]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from scratchllm.eval.tasks import GROUPS, builtin_tasks, load_spec
+    from scratchllm.tasks.specs import GROUPS, builtin_tasks, load_spec
 
     if args.list_tasks:
         for name, path in builtin_tasks().items():
@@ -99,7 +99,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from scratchllm.eval.lm import load_model
     from scratchllm.eval.report import metric_rows, write_results
     from scratchllm.eval.runner import EvalSettings, evaluate
-    from scratchllm.eval.tasks import resolve_tasks
+    from scratchllm.tasks.specs import resolve_tasks
 
     specs = resolve_tasks(args.tasks.split(","), _parse_data(args.data))  # fail on bad tasks before loading
     endpoint = args.model.startswith(("http://", "https://"))

@@ -15,7 +15,7 @@ from typing import Any
 from scratchllm.errors import ScratchError
 from scratchllm.eval import metrics as M
 from scratchllm.eval.lm import GenerateRequest, LanguageModel
-from scratchllm.eval.tasks import (
+from scratchllm.tasks.specs import (
     Record,
     TaskSpec,
     choice_texts,

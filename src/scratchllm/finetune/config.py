@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from scratchllm.errors import ScratchError
-from scratchllm.finetune.instruct_data import KINDS
+from scratchllm.tasks.instruct import KINDS
 from scratchllm.finetune.lora import LoraConfig
 from scratchllm.train.config import (
     CheckpointSection,

@@ -24,7 +24,8 @@ from torch import nn
 
 from scratchllm.errors import ScratchError
 from scratchllm.finetune.config import FinetuneConfig
-from scratchllm.finetune.instruct_data import InstructExample, embedded_instructions, load_chat_jsonl
+from scratchllm.finetune.chat_files import load_chat_jsonl
+from scratchllm.tasks.instruct import InstructExample, embedded_instructions
 from scratchllm.finetune.lora import apply_lora, count_trainable, merged_model, save_adapter, save_peft_adapter
 from scratchllm.finetune.nf4 import NF4Linear, quantize_model_nf4
 from scratchllm.finetune.sft import (

@@ -19,7 +19,7 @@ from torch import nn
 
 from scratchllm.errors import ScratchError
 from scratchllm.tokenizer.chat import END, encode_chat
-from scratchllm.finetune.instruct_data import InstructExample, is_correct
+from scratchllm.tasks.instruct import InstructExample, is_correct
 from scratchllm.model.model import IGNORE_INDEX
 
 Encoded = tuple[list[int], list[int]]

@@ -316,7 +316,7 @@ def run_eval(ctx: Context) -> dict[str, Any]:
     from scratchllm.eval.lm import ScratchLM
     from scratchllm.eval.report import write_results
     from scratchllm.eval.runner import EvalSettings, evaluate
-    from scratchllm.eval.tasks import resolve_tasks
+    from scratchllm.tasks.specs import resolve_tasks
     from scratchllm.model.model import Transformer
 
     e = ctx.cfg.eval
@@ -437,7 +437,7 @@ def run_quantize(ctx: Context) -> dict[str, Any]:
     """Quantize the final model's linears (INT8 per channel / INT4 per group); score it on the held-out set."""
     from scratchllm.eval.lm import ScratchLM
     from scratchllm.eval.runner import EvalSettings, evaluate
-    from scratchllm.eval.tasks import resolve_tasks
+    from scratchllm.tasks.specs import resolve_tasks
     from scratchllm.model.model import Transformer
     from scratchllm.infer.quantize import load_model, quantize, save_quantized, weight_bytes
 

@@ -1,6 +1,6 @@
 """Task definitions as data: a small TOML spec beside a JSONL (or CSV / text) data file.
 
-A built-in task is a folder ``scratchllm/eval/tasks/<name>/`` holding ``task.toml`` and its data.
+A built-in task is a folder ``scratchllm/tasks/builtin/<name>/`` holding ``task.toml`` and its data.
 Each embedded data set is small and written for this project; the same spec reads the real
 benchmark file when a user has one (``--data gsm8k=/path/to/test.jsonl``), because the embedded
 files use the real benchmarks' field names. A task can also be any ``.toml`` path.
@@ -297,7 +297,7 @@ PREPROCESS = {"hellaswag": _preprocess_hellaswag, "mmlu": _preprocess_mmlu}
 
 
 def builtin_dir() -> Path:
-    return Path(str(resources.files("scratchllm.eval") / "tasks"))
+    return Path(str(resources.files("scratchllm.tasks") / "builtin"))
 
 
 def builtin_tasks() -> dict[str, Path]:
