@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 
 import pytest
 
 from scratchllm.errors import ScratchError
-from scratchllm.io import atomic_write, atomic_write_text, read_text
+from scratchllm.io import atomic_write, atomic_write_text, read_text, sha256_file
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -88,3 +89,12 @@ def test_constitutional_prompts_with_invalid_utf8_get_a_clear_error(tmp_path):
     prompts.write_bytes(b'{"prompt": "hi"}\n{"prompt": "\xfe"}\n')
     with pytest.raises(ScratchError, match=r"prompts.jsonl:2: not valid UTF-8"):
         load_prompts(prompts)
+
+
+def test_sha256_file_matches_hashlib_across_chunks(tmp_path):
+    data = os.urandom((1 << 20) + 12345)  # more than one 1 MiB read
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+    path.write_bytes(data[:-1])
+    assert sha256_file(str(path)) == hashlib.sha256(data[:-1]).hexdigest()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -152,3 +153,12 @@ def read_jsonl(path: str | os.PathLike[str], hint: str) -> Iterator[tuple[str, d
         raise ScratchError(f"{path}:{line}: not valid UTF-8 (bad byte 0x{data[e.start]:02x})",
                            "re-encode the file as UTF-8") from None
     yield from iter_jsonl(text, path, hint)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (shards and checkpoints can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

@@ -46,12 +46,12 @@ from scratchllm.data.filters import FilterCount, PiiStats, QualityFilters
 from scratchllm.data.ingest import SKIP_KINDS, IngestStats, read_files, read_hub, resolve_paths
 from scratchllm.data.mix import plan_mixture, select_documents
 from scratchllm.data.shards import (
-    MANIFEST, ShardWriter, load_manifest, sha256_file, split_summary, token_dtype, write_manifest,
+    MANIFEST, ShardWriter, load_manifest, split_summary, token_dtype, write_manifest,
 )
 from scratchllm.data.synthetic import model_documents, synthetic_documents
 from scratchllm.data.workers import DocumentProcessor, add_stats, process_batches
 from scratchllm.errors import ScratchError
-from scratchllm.io import atomic_write, atomic_write_bytes, atomic_write_text
+from scratchllm.io import atomic_write, atomic_write_bytes, atomic_write_text, sha256_file
 
 STAGING = ".staging"
 STAGING_INFO = "staging.json"

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from scratchllm.errors import ScratchError
-from scratchllm.io import atomic_write, atomic_write_bytes, atomic_write_text
+from scratchllm.io import atomic_write, atomic_write_bytes, atomic_write_text, sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -40,14 +40,6 @@ VERSION = 1
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

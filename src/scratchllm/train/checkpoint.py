@@ -34,9 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from scratchllm.data.shards import sha256_file
 from scratchllm.errors import ScratchError
-from scratchllm.io import atomic_write_text
+from scratchllm.io import atomic_write_text, sha256_file
 from scratchllm.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_json, read_safetensors, write_safetensors
 
 FORMAT = "scratchllm-train-checkpoint"
