@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
+from scratchllm.client import ChatClient
 from scratchllm.errors import ScratchError
 from scratchllm.eval.judge import (
-    ChatClient,
     grade_single,
     judge_pairwise,
     parse_rating,

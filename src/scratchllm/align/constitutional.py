@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from scratchllm.align.data import PreferencePair, make_pair, save_preferences
+from scratchllm.client import ChatClient
 from scratchllm.errors import ScratchError
 from scratchllm.io import atomic_write_text, read_jsonl
 
@@ -128,12 +129,10 @@ class LocalChat:
 
 class OpenAIChat:
     """Any OpenAI-compatible chat-completions endpoint, through the project's chat client
-    (``scratchllm.eval.judge.ChatClient``: retries with backoff, errors that name the setting to fix)."""
+    (``scratchllm.client.ChatClient``: retries with backoff, errors that name the setting to fix)."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, max_new_tokens: int = 256,
                  temperature: float = 0.7, timeout: float = 60.0, max_retries: int = 2) -> None:
-        from scratchllm.eval.judge import ChatClient
-
         self.client = ChatClient(base_url, model, api_key, timeout=timeout, max_retries=max_retries,
                                  role="chat endpoint", url_setting="constitutional.base_url",
                                  key_setting="constitutional.model / constitutional.api_key_env")

@@ -114,12 +114,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not args.judge_url:
             raise ScratchError("judge tasks and --judge-safety need --judge-url",
                                "any OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
-        from scratchllm.eval.judge import ChatClient
+        from scratchllm.client import ChatClient
 
         judge = ChatClient(args.judge_url, args.judge_model, os.environ.get(args.api_key_env),
                            timeout=args.request_timeout, max_retries=args.retries)
     if endpoint:
-        from scratchllm.eval.judge import ChatClient
+        from scratchllm.client import ChatClient
         from scratchllm.eval.lm import EndpointLM
 
         lm = EndpointLM(ChatClient(args.model, args.served_model, os.environ.get(args.api_key_env),
