@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from scratchllm.data.config import DedupConfig
-from scratchllm.data.corpus import embedded_documents
+from scratchllm.corpus.embedded import embedded_documents
 from scratchllm.data.dedup import Deduplicator, shingles
-from scratchllm.data.shards import ShardWriter, token_dtype
+from scratchllm.corpus.shards import ShardWriter, token_dtype
 
 
 def corpus(code_bytes: int, seed: int = 0, near_frac: float = 0.2) -> list[str]:

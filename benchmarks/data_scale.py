@@ -46,7 +46,7 @@ FILE_MB = 25
 
 
 def make_corpus(folder: Path, mb: int, seed: int = 0, file_mb: int = FILE_MB) -> list[Path]:
-    from scratchllm.data.corpus import embedded_documents
+    from scratchllm.corpus.embedded import embedded_documents
 
     stamp = folder / f"done-v3-{mb}-{seed}-{file_mb}"
     if stamp.exists():
@@ -120,7 +120,7 @@ def make_corpus(folder: Path, mb: int, seed: int = 0, file_mb: int = FILE_MB) ->
 
 
 def make_tokenizer(folder: Path) -> Path:
-    from scratchllm.data.corpus import embedded_text
+    from scratchllm.corpus.embedded import embedded_text
     from scratchllm.tokenizer import train_bpe
 
     if not (folder / "tokenizer.json").exists():

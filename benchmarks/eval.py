@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from scratchllm.config import load_config  # noqa: E402
-from scratchllm.data.corpus import embedded_text  # noqa: E402
+from scratchllm.corpus.embedded import embedded_text  # noqa: E402
 from scratchllm.eval.lm import ScratchLM, TransformersLM  # noqa: E402
 from scratchllm.eval.reference import hf_lm, run_lm_eval, write_task_dir  # noqa: E402
 from scratchllm.eval.runner import EvalSettings, evaluate, mc_requests  # noqa: E402

@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from scratchllm.data.shards import ShardDataset, ShardWriter, split_summary, write_manifest  # noqa: E402
+from scratchllm.corpus.shards import ShardDataset, ShardWriter, split_summary, write_manifest  # noqa: E402
 
 
 def median_ms(xs: list[float]) -> str:

@@ -123,7 +123,7 @@ def bench_speculative(target: Transformer, draft: Transformer, prompt: list[int]
 
 @torch.inference_mode()
 def val_perplexity(model: Transformer, data: str, seq_len: int, batches: int) -> float:
-    from scratchllm.data.shards import ShardDataset
+    from scratchllm.corpus.shards import ShardDataset
 
     ds = ShardDataset(data, "val")
     losses = []

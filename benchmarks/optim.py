@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
 from scratchllm.config import load_config  # noqa: E402
-from scratchllm.data.corpus import embedded_text  # noqa: E402
-from scratchllm.data.shards import ShardDataset  # noqa: E402
+from scratchllm.corpus.embedded import embedded_text  # noqa: E402
+from scratchllm.corpus.shards import ShardDataset  # noqa: E402
 from scratchllm.train.config import TrainConfig  # noqa: E402
 from scratchllm.train.data import fixed_batches  # noqa: E402
 from scratchllm.train.packing import DocumentPacker, fixed_packed_batches  # noqa: E402

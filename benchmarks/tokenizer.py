@@ -24,7 +24,7 @@ import tokenizers  # noqa: E402
 from tokenizers import Regex, models, pre_tokenizers, trainers  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from scratchllm.data.corpus import embedded_text, unicode_stress_text  # noqa: E402
+from scratchllm.corpus.embedded import embedded_text, unicode_stress_text  # noqa: E402
 from scratchllm.tokenizer import DEFAULT_SPECIAL_TOKENS, Tokenizer, train_bpe  # noqa: E402
 from scratchllm.tokenizer.hf import to_hf_dict  # noqa: E402
 

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from scratchllm.config import load_config, read_toml  # noqa: E402
-from scratchllm.data.shards import ShardWriter, split_summary, token_dtype, write_manifest  # noqa: E402
+from scratchllm.corpus.shards import ShardWriter, split_summary, token_dtype, write_manifest  # noqa: E402
 from scratchllm.model.model import ModelConfig, Transformer  # noqa: E402
 from scratchllm.train.config import TrainConfig  # noqa: E402
 from scratchllm.train.loop import PEAK_BF16_FLOPS  # noqa: E402

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from scratchllm.data.corpus import embedded_text
+from scratchllm.corpus.embedded import embedded_text
 
 
 class ByteTokenizer:

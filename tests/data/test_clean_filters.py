@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from scratchllm.data.clean import Cleaner
-from scratchllm.data.config import CleanConfig, FiltersConfig, PiiConfig
+from scratchllm.corpus.clean import Cleaner
+from scratchllm.corpus.config import CleanConfig
+from scratchllm.data.config import FiltersConfig, PiiConfig
 from scratchllm.data.filters import (
     PiiScrubber, QualityFilters, TextStats, dup_ngram_fraction, repetition_filter, top_ngram_fraction,
 )

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from scratchllm.data.config import DecontamConfig
-from scratchllm.data.corpus import embedded_documents
+from scratchllm.corpus.embedded import embedded_documents
 from scratchllm.data.decontam import Decontaminator, _strings, eval_sets
 from scratchllm.data.dedup import words
 from scratchllm.errors import ScratchError

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from scratchllm.data.ingest import IngestStats, read_files, resolve_paths
+from scratchllm.corpus.ingest import IngestStats, read_files, resolve_paths
 from scratchllm.errors import ScratchError
 
 pa = pytest.importorskip("pyarrow")
@@ -153,7 +153,7 @@ def test_hub_source_streams_through_datasets(tmp_path, monkeypatch):
     pytest.importorskip("datasets")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    from scratchllm.data.ingest import read_hub
+    from scratchllm.corpus.ingest import read_hub
 
     recs = records(50, seed=6)
     pq.write_table(pa.Table.from_pylist(recs), tmp_path / "d.parquet", row_group_size=20)

@@ -6,8 +6,8 @@ import tracemalloc
 
 import pytest
 
-from scratchllm.data import ingest
-from scratchllm.data.ingest import IngestStats, html_to_text, read_files, resolve_paths, strip_markdown
+from scratchllm.corpus import ingest
+from scratchllm.corpus.ingest import IngestStats, html_to_text, read_files, resolve_paths, strip_markdown
 from scratchllm.errors import ScratchError
 
 

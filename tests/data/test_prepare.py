@@ -11,8 +11,8 @@ from scratchllm.cli import main
 from scratchllm.config import load_config
 from scratchllm.data import prepare as P
 from scratchllm.data.config import DataConfig
-from scratchllm.data.corpus import embedded_documents
-from scratchllm.data.shards import ShardDataset, iter_documents, verify
+from scratchllm.corpus.embedded import embedded_documents
+from scratchllm.corpus.shards import ShardDataset, iter_documents, verify
 from scratchllm.errors import ScratchError
 
 TINY = Path(__file__).parents[2] / "configs" / "data" / "tiny.toml"

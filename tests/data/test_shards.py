@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from scratchllm.data.shards import (
+from scratchllm.corpus.shards import (
     ShardDataset, ShardWriter, iter_documents, load_manifest, split_summary, token_dtype, verify, write_manifest,
 )
 from scratchllm.errors import ScratchError

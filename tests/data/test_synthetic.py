@@ -5,7 +5,8 @@ import re
 import pytest
 import torch
 
-from scratchllm.data.synthetic import GENERATORS, model_documents, synthetic_documents
+from scratchllm.corpus.synthetic import GENERATORS, synthetic_documents
+from scratchllm.data.continuations import model_documents
 
 
 def test_deterministic_and_distinct():

@@ -11,8 +11,9 @@ import pytest
 from scratchllm.config import load_config
 from scratchllm.data import prepare as P
 from scratchllm.data.config import DataConfig
-from scratchllm.data.corpus import embedded_documents
-from scratchllm.data.shards import verify
+from scratchllm.corpus.embedded import embedded_documents
+from scratchllm.corpus.shards import verify
+from scratchllm.tasks.specs import builtin_tasks
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -31,7 +32,7 @@ def corpus(tmp_path_factory) -> Path:
         w[len(w) // 2] = "changed"
         docs.append(" ".join(w))  # near duplicate
     gsm = [json.loads(line)["question"] for line in
-           (Path(P.__file__).parents[1] / "eval" / "tasks" / "gsm8k" / "data.jsonl").read_text().splitlines()]
+           (builtin_tasks()["gsm8k"].parent / "data.jsonl").read_text().splitlines()]
     for q in gsm[:8]:
         docs.append(rng.choice(paras) + "\n\n" + q)  # contaminated
     rng.shuffle(docs)

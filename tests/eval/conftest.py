@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from scratchllm.data.corpus import embedded_text  # noqa: E402
+from scratchllm.corpus.embedded import embedded_text  # noqa: E402
 from scratchllm.eval.lm import LanguageModel, ScratchLM  # noqa: E402
 from scratchllm.model.hf import export_hf  # noqa: E402
 from scratchllm.model.model import ModelConfig, Transformer  # noqa: E402

@@ -188,7 +188,7 @@ def test_cli_lists_tasks(capsys):
 
 def test_baselines_fit_on_a_prepared_data_folder(tmp_path, model_dirs, lm):
     """--baseline-text DATA_DIR: the n-gram baselines see your corpus (its train split), not the embedded one."""
-    from scratchllm.data.shards import iter_documents
+    from scratchllm.corpus.shards import iter_documents
     from scratchllm.eval.cli import _baseline_loader
 
     root = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scratchllm.data.corpus import embedded_text
+from scratchllm.corpus.embedded import embedded_text
 from scratchllm.tasks.instruct import embedded_instructions
 from scratchllm.tokenizer import train_bpe
 

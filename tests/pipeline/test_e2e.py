@@ -115,7 +115,7 @@ def check_artefacts(run_dir: Path, pretrain_steps: int) -> None:
     state = run_dir / STATE_DIR
 
     # 3. Every artefact.
-    from scratchllm.data.shards import load_manifest, verify
+    from scratchllm.corpus.shards import load_manifest, verify
     from scratchllm.tokenizer import Tokenizer
     from scratchllm.train.checkpoint import latest_checkpoint, verify_checkpoint
 

@@ -120,7 +120,7 @@ def _reference_bpe(tok, data):
 
 
 def test_split_and_shortcuts_match_textbook_bpe():
-    from scratchllm.data.corpus import unicode_stress_text
+    from scratchllm.corpus.embedded import unicode_stress_text
 
     text = unicode_stress_text(300_000, seed=3)
     tok = train_bpe([text[:150_000]], 1500)

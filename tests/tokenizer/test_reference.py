@@ -9,7 +9,7 @@ import pytest
 from scratchllm.tokenizer import DEFAULT_SPECIAL_TOKENS, Tokenizer, train_bpe
 from scratchllm.tokenizer.hf import to_hf_dict
 
-from scratchllm.data.corpus import unicode_stress_text
+from scratchllm.corpus.embedded import unicode_stress_text
 
 tiktoken = pytest.importorskip("tiktoken")
 hf_tokenizers = pytest.importorskip("tokenizers")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from scratchllm.config import load_config
-from scratchllm.data.shards import ShardWriter, split_summary, token_dtype, write_manifest
+from scratchllm.corpus.shards import ShardWriter, split_summary, token_dtype, write_manifest
 from scratchllm.train.config import TrainConfig
 
 VOCAB = 257  # bytes 0..255 plus <|eos|> = 256
@@ -37,7 +37,7 @@ def write_byte_shards(out: Path, text: str, val_every: int = 20, shard_tokens: i
 
 @pytest.fixture(scope="session")
 def shard_dir(tmp_path_factory) -> Path:
-    from scratchllm.data.corpus import embedded_text
+    from scratchllm.corpus.embedded import embedded_text
 
     text = embedded_text(max_bytes_per_domain=150_000)
     return write_byte_shards(tmp_path_factory.mktemp("shards"), text)

@@ -21,7 +21,7 @@ import pytest
 
 from scratchllm.cli import main
 from scratchllm.config import to_toml
-from scratchllm.data.shards import ShardDataset, load_manifest
+from scratchllm.corpus.shards import ShardDataset, load_manifest
 from scratchllm.errors import Interrupted, ScratchError
 from scratchllm.model.model import Transformer
 from scratchllm.train import checkpoint as ckpt

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from scratchllm.data.shards import ShardDataset, iter_documents
+from scratchllm.corpus.shards import ShardDataset, iter_documents
 from scratchllm.model.model import IGNORE_INDEX, ModelConfig, Transformer
 from scratchllm.train.packing import DocumentPacker, PackedBatchSource, packed_batch
 from scratchllm.train.parallel import Dist

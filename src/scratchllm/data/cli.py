@@ -43,7 +43,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from scratchllm.data.shards import load_manifest, verify
+    from scratchllm.corpus.shards import load_manifest, verify
 
     problems = verify(args.path)
     _, manifest = load_manifest(args.path)
@@ -56,7 +56,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     from scratchllm.data.prepare import format_summary
-    from scratchllm.data.shards import load_manifest
+    from scratchllm.corpus.shards import load_manifest
 
     _, manifest = load_manifest(args.path)
     print(format_summary(manifest))

@@ -37,18 +37,20 @@ import numpy as np
 from tqdm import tqdm
 
 from scratchllm.config import to_dict
-from scratchllm.data.clean import CleanStats
-from scratchllm.data.config import DataConfig, SourceConfig
-from scratchllm.data.corpus import Document, embedded_documents
+from scratchllm.corpus.clean import CleanStats
+from scratchllm.corpus.config import SourceConfig
+from scratchllm.data.config import DataConfig
+from scratchllm.corpus.embedded import Document, embedded_documents
 from scratchllm.data.dedup import Deduplicator
 from scratchllm.data.decontam import Decontaminator, DecontamStats
 from scratchllm.data.filters import FilterCount, PiiStats, QualityFilters
-from scratchllm.data.ingest import SKIP_KINDS, IngestStats, read_files, read_hub, resolve_paths
+from scratchllm.corpus.ingest import SKIP_KINDS, IngestStats, read_files, read_hub, resolve_paths
 from scratchllm.data.mix import plan_mixture, select_documents
-from scratchllm.data.shards import (
+from scratchllm.corpus.shards import (
     MANIFEST, ShardWriter, load_manifest, split_summary, token_dtype, write_manifest,
 )
-from scratchllm.data.synthetic import model_documents, synthetic_documents
+from scratchllm.corpus.synthetic import synthetic_documents
+from scratchllm.data.continuations import model_documents
 from scratchllm.data.workers import DocumentProcessor, add_stats, process_batches
 from scratchllm.errors import ScratchError
 from scratchllm.io import atomic_write, atomic_write_bytes, atomic_write_text, sha256_file

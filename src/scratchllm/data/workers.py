@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from scratchllm.data.clean import Cleaner, CleanStats
+from scratchllm.corpus.clean import Cleaner, CleanStats
 from scratchllm.data.config import DataConfig
-from scratchllm.data.corpus import Document
+from scratchllm.corpus.embedded import Document
 from scratchllm.data.decontam import Decontaminator, DecontamStats
 from scratchllm.data.dedup import Deduplicator, Fingerprints
 from scratchllm.data.filters import FilterCount, PiiScrubber, PiiStats, QualityFilters
-from scratchllm.data.shards import token_dtype
+from scratchllm.corpus.shards import token_dtype
 from scratchllm.errors import ScratchError
 
 

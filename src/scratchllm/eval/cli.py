@@ -176,7 +176,7 @@ def _baseline_loader(files: list[str], lm: Any = None):
                 else:
                     texts.append(read_text(f))
             return texts
-        from scratchllm.data.corpus import embedded_text
+        from scratchllm.corpus.embedded import embedded_text
 
         return embedded_text(max_bytes_per_domain=BASELINE_BYTES_PER_DOMAIN).split("\n\n")
 
@@ -185,7 +185,7 @@ def _baseline_loader(files: list[str], lm: Any = None):
 
 def _train_split_texts(data_dir: Path, lm: Any, budget: int = BASELINE_TRAIN_TOKENS) -> list[str]:
     """The documents of a prepared data directory's train split (up to ``budget`` tokens), as text."""
-    from scratchllm.data.shards import iter_documents, load_manifest
+    from scratchllm.corpus.shards import iter_documents, load_manifest
 
     # Decoded with the tokenizer the shards were made with (the model's may differ); the baselines then
     # re-encode the text with the model's tokenizer.

@@ -50,4 +50,24 @@ def stream(model: Any, prompt: list[int], params: SamplingParams, tokenizer: Any
     yield from engine_for(model, [prompt], params, tokenizer, compile).stream(prompt, params)
 
 
-__all__ = ["Completion", "Delta", "SamplingParams", "complete", "engine_for", "generate", "stream"]
+def sample(model, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_k: int, seed: int,
+           stop_id: int | None = None, autocast=None, max_batch: int = 32) -> list[list[int]]:
+    """Sampled continuations of prompts (temperature, then top-k; 0 = greedy), without the stop token.
+
+    The one sampling call of the data and training stages (synthetic continuations, the Trainer's and
+    the pipeline's samples), batched on the engine. Prompt i is seeded
+    with seed + i. The engine's KV cache holds one context window: a prompt keeps its last
+    context_length - 1 tokens and its continuation ends where the window does. ``autocast`` is a
+    context-manager factory (bf16 under the Trainer).
+    """
+    ctx = model.cfg.context_length
+    prompts = [p[-(ctx - 1):] for p in prompts]
+    params = [SamplingParams(max_new_tokens=min(max_new_tokens, ctx - len(p)), temperature=temperature, top_k=top_k,
+                             stop_token_ids=[] if stop_id is None else [stop_id], seed=seed + i)
+              for i, p in enumerate(prompts)]
+    longest = max(len(p) + sp.max_new_tokens for p, sp in zip(prompts, params))
+    engine = Engine(model, max_slots=min(len(prompts), max_batch), max_len=longest, autocast=autocast)
+    return [[t for t in c.tokens if t != stop_id] for c in engine.generate(prompts, params)]
+
+
+__all__ = ["Completion", "Delta", "SamplingParams", "complete", "engine_for", "generate", "sample", "stream"]

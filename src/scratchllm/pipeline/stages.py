@@ -122,7 +122,7 @@ def run_data(ctx: Context) -> dict[str, Any]:
 
 
 def verify_data(ctx: Context) -> None:
-    from scratchllm.data.shards import verify
+    from scratchllm.corpus.shards import verify
 
     _need(ctx.dir("data") / "manifest.json", "data manifest")
     problems = verify(ctx.dir("data"))
@@ -273,7 +273,7 @@ def verify_dpo(ctx: Context) -> None:
 
 def heldout_task(ctx: Context) -> Path:
     """Write the val split's documents as a perplexity task (``scratchllm eval --tasks <it>`` reruns it)."""
-    from scratchllm.data.shards import iter_documents
+    from scratchllm.corpus.shards import iter_documents
     from scratchllm.io import atomic_write_text
 
     tok = load_tokenizer(ctx)
@@ -298,7 +298,7 @@ def heldout_task(ctx: Context) -> Path:
 
 def baseline_texts(ctx: Context) -> list[str]:
     """The train split's documents (up to eval.baseline_train_tokens): what the n-gram baselines fit."""
-    from scratchllm.data.shards import iter_documents
+    from scratchllm.corpus.shards import iter_documents
 
     tok = load_tokenizer(ctx)
     budget = ctx.cfg.eval.baseline_train_tokens
@@ -362,7 +362,7 @@ def run_eval(ctx: Context) -> dict[str, Any]:
 
 def sample_generations(model: Any, tok: Any, label: str, e: Any, device: str, seed: int) -> list[dict[str, str]]:
     """Continuations of the sample prompts: plain text for the base model, a user turn for chat models."""
-    from scratchllm.data.synthetic import sample
+    from scratchllm.infer.generate import sample
 
     chat = label != "pretrain"
     model = model.to(device).eval()

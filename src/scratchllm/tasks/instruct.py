@@ -65,7 +65,7 @@ def is_correct(example: InstructExample, response: str) -> bool:
 @functools.cache
 def _corpus_sentences() -> tuple[str, ...]:
     """Short plain sentences from the embedded prose's Python reference topics (``pydoc_data``, the
-    first part of ``data.corpus.prose_documents``; read directly, without scanning the stdlib)."""
+    first part of ``corpus.embedded.prose_documents``; read directly, without scanning the stdlib)."""
     from pydoc_data import topics
 
     sentences = []

@@ -48,7 +48,7 @@ class CorpusConfig:
     def source_configs(self) -> list:  # -> list[SourceConfig]
         """The corpus as data-stage sources (one mechanism for files, folders and the embedded corpus)."""
         from scratchllm.config import from_dict
-        from scratchllm.data.config import SourceConfig
+        from scratchllm.corpus.config import SourceConfig
 
         if self.sources:
             return [from_dict(SourceConfig, s, f"corpus.sources[{i}]") for i, s in enumerate(self.sources)]
@@ -112,11 +112,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def training_texts(cfg: CorpusConfig, progress: bool = False) -> tuple[list[str], str]:
     """The cleaned documents to train on, and a one-line ingest summary (what was read and skipped)."""
-    from scratchllm.data.clean import Cleaner
-    from scratchllm.data.config import CleanConfig
-    from scratchllm.data.corpus import embedded_documents
-    from scratchllm.data.ingest import IngestStats, read_files, resolve_paths
-    from scratchllm.data.synthetic import synthetic_documents
+    from scratchllm.corpus.clean import Cleaner
+    from scratchllm.corpus.config import CleanConfig
+    from scratchllm.corpus.embedded import embedded_documents
+    from scratchllm.corpus.ingest import IngestStats, read_files, resolve_paths
+    from scratchllm.corpus.synthetic import synthetic_documents
 
     stats, cleaner = IngestStats(), Cleaner(CleanConfig())
     cap = cfg.max_bytes_per_domain or None

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from scratchllm.data.shards import ShardDataset
+from scratchllm.corpus.shards import ShardDataset
 from scratchllm.errors import ScratchError
 
 

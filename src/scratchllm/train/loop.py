@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from scratchllm.config import to_dict
-from scratchllm.data.synthetic import sample as sample_tokens
+from scratchllm.infer.generate import sample as sample_tokens
 from scratchllm.errors import Interrupted, ScratchError
 from scratchllm.train import checkpoint as ckpt
 from scratchllm.train import runlock

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scratchllm.data.shards import ShardDataset
+from scratchllm.corpus.shards import ShardDataset
 from scratchllm.errors import ScratchError
 from scratchllm.model.model import IGNORE_INDEX
 

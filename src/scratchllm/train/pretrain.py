@@ -34,7 +34,7 @@ def load_tokenizer_for_samples(cfg: TrainConfig, manifest: dict) -> object | Non
 def build_trainer(cfg: TrainConfig, d: Dist, resume: bool = False, resume_from: Path | None = None) -> Trainer:
     import torch
 
-    from scratchllm.data.shards import load_manifest
+    from scratchllm.corpus.shards import load_manifest
     from scratchllm.model.model import Transformer
 
     device = select_device(cfg.train.device, d)

@@ -10,7 +10,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from scratchllm.data.config import CleanConfig
+from scratchllm.corpus.config import CleanConfig
 
 # C0 controls except \t \n (and \r, handled as a line break), DEL, C1 controls, zero-width and
 # bidi-override characters, the BOM.

@@ -26,7 +26,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import IO, Any
 
-from scratchllm.data.corpus import Document
+from scratchllm.corpus.embedded import Document
 from scratchllm.errors import ScratchError
 
 CHUNK_BYTES = 1 << 20

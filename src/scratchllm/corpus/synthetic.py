@@ -9,16 +9,15 @@ and procedurally generated pre-training data:
 * ``code``       - small Python modules built from function/class templates.
 * ``tasks``      - algorithmic tasks with answers: sort, reverse, count, compare, continue a sequence.
 
-``model_documents`` samples continuations of prompts from a trained scratchllm checkpoint.
+Continuations sampled from a trained checkpoint are ``data/continuations.py`` (they need the model).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
-from scratchllm.data.corpus import Document, embedded_documents
+from scratchllm.corpus.embedded import Document
 from scratchllm.errors import ScratchError
 
 NAMES = ["Ada", "Ben", "Chloe", "Dev", "Ela", "Finn", "Grace", "Hugo", "Iris", "Jon", "Kira", "Leo", "Maya",
@@ -218,67 +217,3 @@ def synthetic_documents(generators: Sequence[str], count: int, seed: int = 0, do
 
 # ----------------------------------------------------------------------------------------------
 # Continuations from a trained checkpoint
-
-
-def default_prompts(n: int = 64, chars: int = 200) -> list[str]:
-    """Openings of embedded prose documents, cut at a word boundary."""
-    out = []
-    for doc in embedded_documents(["prose"]):
-        text = doc.text[:chars]
-        out.append(text[: text.rfind(" ")] if " " in text else text)
-        if len(out) == n:
-            break
-    return out
-
-
-def model_documents(
-    checkpoint: str | Path,
-    tokenizer,
-    prompts: Sequence[str],
-    count: int,
-    max_new_tokens: int = 64,
-    temperature: float = 0.8,
-    top_k: int = 50,
-    seed: int = 0,
-    domain: str = "synthetic",
-) -> Iterator[Document]:
-    """Prompt + sampled continuation, ``count`` times (prompts are cycled)."""
-    try:
-        from scratchllm.model.model import Transformer
-    except ImportError as e:
-        raise ScratchError(f"the model stage is not available: {e}", "install a scratchllm with scratchllm.model") from None
-    if not Path(checkpoint).exists():
-        raise ScratchError(f"model checkpoint not found: {checkpoint}", "train a model first, or fix 'checkpoint'")
-    model = Transformer.from_pretrained(checkpoint)
-    model.eval()
-    prompts = list(prompts) or default_prompts()
-    chunk = 64  # continuations sampled as one engine batch; documents are yielded chunk by chunk
-    for start in range(0, count, chunk):
-        texts = [prompts[i % len(prompts)] for i in range(start, min(count, start + chunk))]
-        ids = [tokenizer.encode(t) or [tokenizer.eos_id] for t in texts]
-        news = sample(model, ids, max_new_tokens, temperature, top_k, seed + start, stop_id=tokenizer.eos_id)
-        for i, (prompt, new) in enumerate(zip(texts, news), start):
-            yield Document(prompt + tokenizer.decode(new), domain, f"model:{Path(checkpoint).name}#{i}")
-
-
-def sample(model, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_k: int, seed: int,
-           stop_id: int | None = None, autocast=None, max_batch: int = 32) -> list[list[int]]:
-    """Sampled continuations of prompts (temperature, then top-k; 0 = greedy), without the stop token.
-
-    The one sampling call of the data and training stages (synthetic continuations, the Trainer's and
-    the pipeline's samples), batched on the inference engine (scratchllm.infer). Prompt i is seeded
-    with seed + i. The engine's KV cache holds one context window: a prompt keeps its last
-    context_length - 1 tokens and its continuation ends where the window does. ``autocast`` is a
-    context-manager factory (bf16 under the Trainer).
-    """
-    from scratchllm.infer.engine import Engine
-    from scratchllm.infer.sampling import SamplingParams
-
-    ctx = model.cfg.context_length
-    prompts = [p[-(ctx - 1):] for p in prompts]
-    params = [SamplingParams(max_new_tokens=min(max_new_tokens, ctx - len(p)), temperature=temperature, top_k=top_k,
-                             stop_token_ids=[] if stop_id is None else [stop_id], seed=seed + i)
-              for i, p in enumerate(prompts)]
-    longest = max(len(p) + sp.max_new_tokens for p, sp in zip(prompts, params))
-    engine = Engine(model, max_slots=min(len(prompts), max_batch), max_len=longest, autocast=autocast)
-    return [[t for t in c.tokens if t != stop_id] for c in engine.generate(prompts, params)]
