@@ -54,6 +54,7 @@ from scratchllm.data.continuations import model_documents
 from scratchllm.data.workers import DocumentProcessor, add_stats, process_batches
 from scratchllm.errors import ScratchError
 from scratchllm.io import atomic_write, atomic_write_bytes, atomic_write_text, sha256_file
+from scratchllm.tokenizer import Tokenizer
 
 STAGING = ".staging"
 STAGING_INFO = "staging.json"
@@ -66,10 +67,6 @@ def load_tokenizer(path: Path):
             f"tokenizer not found at {path}",
             "run `scratchllm tokenizer train` first, or point `tokenizer = ...` in the data config at one",
         )
-    try:
-        from scratchllm.tokenizer import Tokenizer
-    except ImportError as e:
-        raise ScratchError(f"the tokenizer stage is not available: {e}") from None
     return Tokenizer.load(path)
 
 

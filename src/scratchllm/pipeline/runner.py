@@ -50,15 +50,13 @@ class Stage:
     """One step of the pipeline.
 
     ``run(ctx)`` makes the outputs under ``ctx.dir(name)`` and returns a JSON-ready summary;
-    ``verify(ctx)`` raises ScratchError if the outputs are missing or invalid. ``requires`` names the
-    module the stage needs, so a stage whose code has not landed fails with a clear message.
+    ``verify(ctx)`` raises ScratchError if the outputs are missing or invalid.
     """
 
     name: str
     run: Callable[[Context], dict[str, Any]]
     verify: Callable[[Context], None]
     description: str = ""
-    requires: Sequence[str] = ()
 
 
 @dataclass
@@ -216,15 +214,6 @@ def _run_one(stage: Stage, ctx: Context, fp: str) -> None:
         shutil.rmtree(ctx.dir(stage.name), ignore_errors=True)
     elif started is not None and ctx.dir(stage.name).exists():
         ctx.log(f"[pipeline] {stage.name}: resuming an interrupted attempt")
-    for module in stage.requires:
-        try:
-            __import__(module)
-        except ImportError as e:
-            raise ScratchError(
-                f"stage {stage.name!r} cannot run: its module {module} is not available ({e})",
-                f"that stage has not landed in this checkout yet; leave it out with skip=[\"{stage.name}\", ...] "
-                f"or update scratchllm, then resume with: {ctx.resume_command}",
-            ) from None
     atomic_write_text(state / f"{stage.name}.started.json",
                       json.dumps({"fingerprint": fp, "started": _timestamp()}) + "\n")
     ctx.dir(stage.name).mkdir(parents=True, exist_ok=True)
