@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class ScratchError(Exception):
     """A problem caused by input or environment, with a hint on how to fix it.
@@ -29,8 +31,6 @@ class Interrupted(KeyboardInterrupt):
 
 def is_disk_full(exc: BaseException) -> bool:
     """True for an OSError meaning "no space left" (ENOSPC) or "quota exceeded" (EDQUOT)."""
-    import errno
-
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import tempfile
@@ -157,6 +156,8 @@ def read_jsonl(path: str | os.PathLike[str], hint: str) -> Iterator[tuple[str, d
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (shards and checkpoints can be large)."""
+    import hashlib  # lazy: it loads OpenSSL (~3 ms), and every command, --help included, imports io
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

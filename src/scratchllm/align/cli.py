@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+# The stage's own modules are imported inside the commands: they load torch (or numpy, pyarrow...), and
+# `scratchllm --help` imports every command module (measured: --help stays at ~0.1 s, without torch).
+
 import argparse
+
+from scratchllm.cli import add_config_arguments
+from scratchllm.config import load_config
 
 COMMANDS = {
     "dpo": ("Direct Preference Optimisation against a frozen reference (sigmoid/cDPO, robust, IPO)",
@@ -18,8 +24,6 @@ COMMANDS = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from scratchllm.cli import add_config_arguments
-
     p = subparsers.add_parser("align",
                               help="align a fine-tuned model: reward model, DPO, PPO, GRPO, RLOO, constitutional data",
                               description="Alignment after SFT. Each command reads a TOML preset plus key=value "
@@ -37,7 +41,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_align(args: argparse.Namespace) -> int:
     from scratchllm.align.config import AlignConfig
-    from scratchllm.config import load_config
 
     cfg = load_config(AlignConfig, args.config, args.overrides)
     if args.align_command == "constitutional":

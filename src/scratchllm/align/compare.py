@@ -17,15 +17,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from scratchllm.align.data import pad_sequences
+from scratchllm.align.dpo import token_logps
+from scratchllm.align.grpo import prompt_ids, respond
+from scratchllm.tokenizer.chat import encode_chat
+
 
 @torch.no_grad()
 def drift(policy: nn.Module, reference: nn.Module, tokenizer: Any, examples: Sequence[Any], max_new_tokens: int = 16,
           seed: int = 0, batch_size: int = 64) -> dict[str, float]:
-    from scratchllm.align.data import pad_sequences
-    from scratchllm.align.dpo import token_logps
-    from scratchllm.align.grpo import prompt_ids, respond
-    from scratchllm.tokenizer.chat import encode_chat
-
     was = policy.training
     policy.eval()
     device = next(policy.parameters()).device

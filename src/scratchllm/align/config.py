@@ -21,9 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from scratchllm.align.dpo import check_dpo_settings
 from scratchllm.errors import ScratchError
 from scratchllm.finetune.lora import LoraConfig
-from scratchllm.train.config import CheckpointSection, EvalSection, LogSection, OptimConfig, ScheduleConfig, TrainSection
+from scratchllm.tasks.instruct import KINDS
+from scratchllm.train.config import (
+    CheckpointSection,
+    EvalSection,
+    LogSection,
+    OptimConfig,
+    ScheduleConfig,
+    TrainSection,
+)
 
 
 @dataclass
@@ -55,7 +64,6 @@ class DataSection:
             raise ScratchError(f"data.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
         if self.n_train < 1 or self.n_heldout < 1:
             raise ScratchError("data.n_train and data.n_heldout must be >= 1")
-        from scratchllm.tasks.instruct import KINDS
 
         bad = [k for k in self.kinds if k not in KINDS]
         if bad or not self.kinds:
@@ -71,8 +79,6 @@ class DPOSection:
     sft_coef: float = 0.0  # + coef * NLL of the chosen replies (RPO): keeps their likelihood up
 
     def validate(self) -> None:
-        from scratchllm.align.dpo import check_dpo_settings
-
         check_dpo_settings(self.beta, self.loss_type, self.label_smoothing)
         if self.sft_coef < 0:
             raise ScratchError(f"dpo.sft_coef must be >= 0, got {self.sft_coef}")

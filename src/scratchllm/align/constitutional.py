@@ -22,13 +22,19 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from tqdm import tqdm
+
 from scratchllm.align.data import PreferencePair, make_pair, save_preferences
+from scratchllm.align.grpo import prompt_ids, reply_text, respond
+from scratchllm.align.run import load_model, load_tokenizer
 from scratchllm.client import ChatClient
+from scratchllm.config import read_toml
 from scratchllm.errors import ScratchError
 from scratchllm.io import atomic_write_text, read_jsonl
 
@@ -49,8 +55,6 @@ class Constitution:
 
 
 def load_constitution(path: str | Path) -> Constitution:
-    from scratchllm.config import read_toml
-
     data = read_toml(path)
     raw = data.get("principles")
     if not isinstance(raw, list) or not raw:
@@ -109,8 +113,6 @@ class LocalChat:
         self.calls = 0
 
     def chat_many(self, conversations: Sequence[Messages]) -> list[str]:
-        from scratchllm.align.grpo import prompt_ids, reply_text, respond
-
         prompts = prompt_ids(self.tokenizer, conversations)
         ctx = self.model.cfg.context_length
         for conv, p in zip(conversations, prompts, strict=True):
@@ -163,8 +165,6 @@ def critique_and_revise(chat: Chat, prompts: Sequence[str], constitution: Consti
 
     All prompts advance together, so a local model answers them as one batch per turn.
     """
-    from tqdm import tqdm
-
     rng = random.Random(seed)
     conversations: list[Messages] = [[{"role": "user", "content": p}] for p in prompts]
     initial = chat.chat_many(conversations)
@@ -198,8 +198,6 @@ def traces_to_pairs(traces: Sequence[Trace]) -> tuple[list[PreferencePair], int]
 
 def run_constitutional(cfg: Any) -> dict[str, Any]:
     """``scratchllm align constitutional``: write preference pairs (and the full traces) for DPO."""
-    import sys
-
     c = cfg.constitutional
     constitution = load_constitution(c.constitution)
     prompts = load_prompts(c.prompts) if c.prompts is not None else list(constitution.prompts)
@@ -211,7 +209,6 @@ def run_constitutional(cfg: Any) -> dict[str, Any]:
     if c.backend == "openai":
         chat = OpenAIChat(c.base_url, c.model, os.environ.get(c.api_key_env), c.max_new_tokens, c.temperature)
     else:
-        from scratchllm.align.run import load_model, load_tokenizer
 
         tokenizer = load_tokenizer(cfg.models.tokenizer)
         chat = LocalChat(load_model(cfg.models.policy, "policy", tokenizer), tokenizer, c.max_new_tokens,

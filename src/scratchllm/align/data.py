@@ -29,8 +29,9 @@ from typing import Any
 import torch
 
 from scratchllm.errors import ScratchError
-from scratchllm.tokenizer.chat import END, check_messages, encode_chat
 from scratchllm.io import atomic_write_text, read_jsonl
+from scratchllm.tasks.instruct import is_correct
+from scratchllm.tokenizer.chat import END, check_messages, encode_chat
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,6 @@ def checkable_pairs(
     Otherwise the rejected reply is the answer of another example of the same kind that
     ``is_correct`` refuses. Examples with no wrong reply available are skipped.
     """
-    from scratchllm.tasks.instruct import is_correct
-
     rng = random.Random(seed)
     samples = sampler(list(examples)) if sampler is not None else [None] * len(examples)
     by_kind: dict[str, list[str]] = {}

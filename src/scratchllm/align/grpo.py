@@ -22,12 +22,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import time
 import torch
 from torch import nn
 
 from scratchllm.align.data import ShuffledOrder, pad_sequences
 from scratchllm.align.dpo import token_logps
+from scratchllm.align.reward import score_rows
 from scratchllm.errors import ScratchError
+from scratchllm.infer.generate import SamplingParams, generate
+from scratchllm.tasks.instruct import is_correct
 from scratchllm.tokenizer.chat import END, encode_chat
 
 RewardFn = Callable[[Sequence[Any], list[str], list[list[int]], list[list[int]]], torch.Tensor]
@@ -43,8 +47,6 @@ def prompt_ids(tokenizer: Any, prompts: Sequence[list[dict[str, str]]]) -> list[
 def respond(model: nn.Module, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int,
             temperature: float = 0.0, top_k: int = 0, seed: int | None = None) -> list[list[int]]:
     """Reply tokens per prompt (batched, KV cache), ending with ``<|end|>`` when the model closed its turn."""
-    from scratchllm.infer.generate import SamplingParams, generate
-
     room = model.cfg.context_length - max(len(p) for p in prompts)
     if room < 1:
         raise ScratchError(f"a prompt of {max(len(p) for p in prompts)} tokens fills the model's context "
@@ -84,15 +86,11 @@ def evaluate_replies(model: nn.Module, tokenizer: Any, examples: Sequence[Any], 
 def checkable_reward(examples: Sequence[Any], texts: list[str], prompts: list[list[int]],
                      replies: list[list[int]]) -> torch.Tensor:
     """1 for a reply that ``is_correct`` accepts, else 0."""
-    from scratchllm.tasks.instruct import is_correct
-
     return torch.tensor([float(is_correct(e, t)) for e, t in zip(examples, texts, strict=True)])
 
 
 def model_reward(reward_model: nn.Module, pad_id: int) -> RewardFn:
     """The reward model's score of prompt + reply."""
-    from scratchllm.align.reward import score_rows
-
     @torch.no_grad()
     def fn(examples: Sequence[Any], texts: list[str], prompts: list[list[int]], replies: list[list[int]]) -> torch.Tensor:
         device = next(reward_model.parameters()).device
@@ -141,7 +139,6 @@ class RolloutSource:
     def next_batch(self) -> dict[str, torch.Tensor]:
         if self._pending:  # the same rollouts again (epochs_per_rollout > 1)
             return self._pending.pop()
-        import time
 
         t0 = time.perf_counter()
         c = self.rollout

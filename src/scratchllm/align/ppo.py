@@ -32,11 +32,14 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import time
 import torch
 from torch import nn
 
 from scratchllm.align.data import ShuffledOrder, pad_sequences
+from scratchllm.align.grpo import prompt_ids, reply_text, respond
 from scratchllm.errors import ScratchError
+from scratchllm.tokenizer.chat import END
 
 # --- the math: small functions on (B, T) tensors, mask = 1 on reply tokens --------------------------
 
@@ -184,8 +187,6 @@ def check_critic(policy: nn.Module, critic: nn.Module, what: str) -> None:
 
 def check_prompt_lengths(tokenizer: Any, examples: Sequence[Any], context_length: int, what: str) -> None:
     """Every prompt must leave room for at least one reply token (checked before any training)."""
-    from scratchllm.align.grpo import prompt_ids
-
     for i in range(0, len(examples), 256):
         for j, ids in enumerate(prompt_ids(tokenizer, [e.prompt for e in examples[i : i + 256]])):
             if len(ids) >= context_length:
@@ -203,8 +204,6 @@ class PPORolloutSource:
 
     def __init__(self, model: ActorCritic, reference: nn.Module, tokenizer: Any, examples: Sequence[Any],
                  reward_fn: Any, rollout: Any, cfg: Any, seed: int) -> None:
-        from scratchllm.tokenizer.chat import END
-
         if not examples:
             raise ScratchError("no training prompts for policy optimisation", "check the data section")
         self.model, self.reference, self.tokenizer = model, reference, tokenizer
@@ -231,9 +230,6 @@ class PPORolloutSource:
 
     @torch.no_grad()
     def _make_rollout(self) -> list[dict[str, torch.Tensor]]:
-        import time
-
-        from scratchllm.align.grpo import prompt_ids, reply_text, respond
 
         t0 = time.perf_counter()
         r, c = self.rollout, self.cfg

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.errors import ScratchError
+from scratchllm.io import atomic_write_text
+from scratchllm.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checked, read_config, read_safetensors
 from scratchllm.model.model import ModelConfig, Transformer
 
 MARKER = "reward.json"
@@ -53,15 +55,11 @@ class RewardModel(Transformer):
         return score_rows(self, input_ids, completion_mask)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        from scratchllm.io import atomic_write_text
-
         super().save_pretrained(directory)
         atomic_write_text(Path(directory) / MARKER, json.dumps({"kind": "reward_model", "head": "score"}) + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> RewardModel:
-        from scratchllm.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checked, read_config, read_safetensors
-
         directory = Path(directory)
         if not (directory / MARKER).is_file():
             raise ScratchError(f"{directory} is not a reward model directory (no {MARKER})",

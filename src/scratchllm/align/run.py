@@ -27,9 +27,34 @@ from scratchllm.align.data import (
     load_preferences,
 )
 from scratchllm.align.dpo import DPOObjective, check_reference, evaluate_pairs
+from scratchllm.align.grpo import (
+    GRPOObjective,
+    RolloutSource,
+    checkable_reward,
+    evaluate_replies,
+    group_advantages,
+    model_reward,
+    prompt_ids,
+    reply_text,
+    respond,
+)
+from scratchllm.align.ppo import (
+    ActorCritic,
+    PPOObjective,
+    PPORolloutSource,
+    check_critic,
+    check_prompt_lengths,
+)
+from scratchllm.align.reward import RewardModel, RewardObjective, pair_accuracy
+from scratchllm.align.rloo import RLOOObjective, rloo_prepare
 from scratchllm.errors import ScratchError
-from scratchllm.tokenizer.chat import CHAT_SPECIAL_TOKENS
+from scratchllm.finetune.lora import apply_lora, merged_model
 from scratchllm.io import atomic_write_text
+from scratchllm.model.model import Transformer
+from scratchllm.model.paths import resolve_model_dir
+from scratchllm.tasks.instruct import embedded_instructions
+from scratchllm.tokenizer import Tokenizer
+from scratchllm.tokenizer.chat import CHAT_SPECIAL_TOKENS
 from scratchllm.train import checkpoint as ckpt
 from scratchllm.train.loop import Trainer, configure_torch, select_device
 from scratchllm.train.parallel import Dist
@@ -43,8 +68,6 @@ def log(msg: str) -> None:
 
 
 def load_tokenizer(path: Path) -> Any:
-    from scratchllm.tokenizer import Tokenizer
-
     tok = Tokenizer.load(path)
     missing = [t for t in CHAT_SPECIAL_TOKENS if t not in tok.special_tokens]
     if missing:
@@ -54,12 +77,9 @@ def load_tokenizer(path: Path) -> Any:
 
 
 def load_model(path: Path, what: str, tokenizer: Any) -> nn.Module:
-    from scratchllm.model.model import Transformer
-
     if (Path(path) / "reward.json").is_file():
         raise ScratchError(f"{what} {path} is a reward model, not a language model",
                            "point models.policy/models.reference at an SFT model directory")
-    from scratchllm.model.paths import resolve_model_dir
 
     model = Transformer.from_pretrained(resolve_model_dir(path))
     if tokenizer.vocab_size > model.cfg.vocab_size:
@@ -108,8 +128,6 @@ def write_report(cfg: AlignConfig, report: dict[str, Any]) -> None:
 
 
 def checkable_examples(cfg: AlignConfig) -> tuple[list[Any], list[Any]]:
-    from scratchllm.tasks.instruct import embedded_instructions
-
     d = cfg.data
     kinds = tuple(d.kinds)
     return (embedded_instructions(d.n_train, "train", cfg.seed, kinds, d.system_prompt),
@@ -118,8 +136,6 @@ def checkable_examples(cfg: AlignConfig) -> tuple[list[Any], list[Any]]:
 
 def policy_sampler(policy: nn.Module, tokenizer: Any, cfg: AlignConfig) -> Callable[[list[Any]], list[str]]:
     """One sampled reply per example (temperature 1), to find the policy's own mistakes."""
-    from scratchllm.align.grpo import prompt_ids, reply_text, respond
-
     def sample(examples: list[Any]) -> list[str]:
         out: list[str] = []
         for i in range(0, len(examples), 64):
@@ -164,8 +180,6 @@ def preference_data(cfg: AlignConfig, tokenizer: Any, policy: nn.Module, example
 def run_dpo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> dict[str, Any]:
     """DPO; ``examples`` (train, held-out) replaces the embedded checkable tasks with your own
     (objects with ``prompt``, ``answer``, ``kind``, checked by ``is_correct``)."""
-    from scratchllm.align.grpo import evaluate_replies
-
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.models.tokenizer)
     policy, reference = load_policy_and_reference(cfg, tokenizer)
@@ -189,8 +203,6 @@ def run_dpo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = 
 
 
 def run_reward(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> dict[str, Any]:
-    from scratchllm.align.reward import RewardModel, RewardObjective, pair_accuracy
-
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.models.tokenizer)
     policy = load_model(cfg.models.policy, "policy", tokenizer)
@@ -208,8 +220,6 @@ def run_reward(cfg: AlignConfig, resume: bool = False, examples: Examples | None
 
 def check_same_tokenizer(tokenizer: Any, directory: Path, what: str) -> None:
     """A reward/value model scores our token ids: it must have been trained with the policy's tokenizer."""
-    from scratchllm.tokenizer import Tokenizer
-
     try:
         other = Tokenizer.load(directory)
     except (ScratchError, OSError, ValueError):
@@ -224,22 +234,18 @@ def check_same_tokenizer(tokenizer: Any, directory: Path, what: str) -> None:
 
 def load_reward(cfg: AlignConfig, policy: nn.Module, tokenizer: Any) -> tuple[nn.Module | None, Any]:
     """(reward model or None, reward_fn) for rollout.reward."""
-    from scratchllm.align.grpo import checkable_reward, model_reward
-
     if cfg.data.source != "checkable":
         raise ScratchError("policy optimisation samples replies to the checkable instruction prompts (data.source = "
                            "\"checkable\")", "set data.source=checkable; choose rollout.reward=model to score "
                            "replies with a reward model instead of the checker")
     if cfg.rollout.reward != "model":
         return None, checkable_reward
-    from scratchllm.align.reward import RewardModel
 
     if cfg.models.reward_model is None:
         raise ScratchError("rollout.reward = \"model\" needs models.reward_model",
                            "train one with `scratchllm align reward` and set models.reward_model=DIR")
     check_same_tokenizer(tokenizer, cfg.models.reward_model, "reward model")
     reward_model = RewardModel.from_pretrained(cfg.models.reward_model)
-    from scratchllm.align.ppo import check_critic
 
     check_critic(policy, reward_model, "reward model")
     return reward_model, model_reward(reward_model.requires_grad_(False), tokenizer.pad_id)
@@ -247,8 +253,6 @@ def load_reward(cfg: AlignConfig, policy: nn.Module, tokenizer: Any) -> tuple[nn
 
 def _rl_setup(cfg: AlignConfig, examples: Examples | None) -> tuple[Any, nn.Module, nn.Module, list, list,
                                                                     nn.Module | None, Any]:
-    from scratchllm.align.ppo import check_prompt_lengths
-
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.models.tokenizer)
     policy, reference = load_policy_and_reference(cfg, tokenizer)
@@ -261,10 +265,6 @@ def _rl_setup(cfg: AlignConfig, examples: Examples | None) -> tuple[Any, nn.Modu
 
 def run_ppo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> dict[str, Any]:
     """PPO with a value function (align/ppo.py): one reply per prompt, GAE, several epochs of minibatches."""
-    from scratchllm.align.grpo import evaluate_replies
-    from scratchllm.align.ppo import ActorCritic, PPOObjective, PPORolloutSource, check_critic
-    from scratchllm.align.reward import RewardModel
-
     tokenizer, policy, reference, train_ex, heldout_ex, reward_model, reward_fn = _rl_setup(cfg, examples)
     p = cfg.ppo
     critic = None
@@ -281,8 +281,6 @@ def run_ppo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = 
         raise ScratchError("models.value_model is set but ppo.value_model = \"shared\" (a head on the policy)",
                            "set ppo.value_model=separate to start the critic from it, or unset models.value_model")
     if p.lora:
-        from scratchllm.finetune.lora import apply_lora
-
         apply_lora(policy, cfg.lora)
     model = ActorCritic(policy, critic)
     source = PPORolloutSource(model, reference, tokenizer, train_ex, reward_fn, cfg.rollout, p, cfg.seed)
@@ -296,8 +294,6 @@ def run_ppo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = 
         return evaluate_replies(policy, tokenizer, heldout_ex, cfg.rollout.eval_max_new_tokens, reward_fn)
 
     def export() -> nn.Module:  # the policy alone (LoRA: adapters merged into a plain model)
-        from scratchllm.finetune.lora import merged_model
-
         return merged_model(policy) if p.lora else policy
 
     return _train_and_report(cfg, trainer, "ppo", measure, policy, tokenizer, trainable=model, export=export,
@@ -306,8 +302,6 @@ def run_ppo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = 
 
 def run_grpo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> dict[str, Any]:
     """GRPO (align/grpo.py): group-relative advantages, per-token KL penalty."""
-    from scratchllm.align.grpo import GRPOObjective, RolloutSource, evaluate_replies, group_advantages
-
     tokenizer, policy, reference, train_ex, heldout_ex, reward_model, reward_fn = _rl_setup(cfg, examples)
     g = cfg.grpo
 
@@ -329,9 +323,6 @@ def run_grpo(cfg: AlignConfig, resume: bool = False, examples: Examples | None =
 
 def run_rloo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> dict[str, Any]:
     """RLOO (align/rloo.py): leave-one-out baseline, sequence-level KL penalty in the reward."""
-    from scratchllm.align.grpo import RolloutSource, evaluate_replies
-    from scratchllm.align.rloo import RLOOObjective, rloo_prepare
-
     tokenizer, policy, reference, train_ex, heldout_ex, reward_model, reward_fn = _rl_setup(cfg, examples)
     r = cfg.rloo
     prepare = rloo_prepare(policy, reference, r.group_size, r.kl_coef, r.normalize_advantages)

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from scratchllm.corpus.ingest import parse_where
 from scratchllm.errors import ScratchError
 
 SYNTHETIC_GENERATORS = ("arithmetic", "grammar", "code", "tasks")
@@ -75,8 +76,6 @@ class SourceConfig:
         if self.kind == "hub" and not self.dataset:
             raise ScratchError("sources: a 'hub' source needs 'dataset'", 'add e.g. dataset = "HuggingFaceFW/fineweb-edu"')
         if self.where:
-            from scratchllm.corpus.ingest import parse_where
-
             parse_where(self.where)
         if self.kind == "model" and not self.checkpoint:
             raise ScratchError("sources: a 'model' source needs 'checkpoint'", 'add e.g. checkpoint = "runs/model"')

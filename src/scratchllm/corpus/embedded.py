@@ -21,6 +21,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from scratchllm.errors import ScratchError
+
 DOMAINS: tuple[str, ...] = ("prose", "code")
 
 # Generated tables, tests and bundled third-party code make poor training text.
@@ -84,8 +86,6 @@ def embedded_documents(
     producers = {"prose": prose_documents, "code": code_documents}
     for domain in domains:
         if domain not in producers:
-            from scratchllm.errors import ScratchError
-
             raise ScratchError(f"unknown embedded domain {domain!r}", f"choose from {', '.join(DOMAINS)}")
         used = 0
         for doc in producers[domain]():

@@ -25,8 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from scratchllm.errors import ScratchError
+from scratchllm.infer.engine import Engine
+from scratchllm.infer.sampling import SamplingParams, filter_logits
+from scratchllm.model.checkpoint import check_vocab
+from scratchllm.model.hf import import_hf
+from scratchllm.model.model import Transformer
+from scratchllm.model.paths import require_tokenizer, resolve_model_dir
+from scratchllm.tokenizer import Tokenizer
 from scratchllm.tokenizer.chat import BOS, END, EOS, encode_chat
 
 
@@ -255,8 +263,6 @@ class LanguageModel:
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
     """Greedy (temperature 0) or temperature + nucleus (top-p) sampling of one token per row, with the
     inference engine's processors (scratchllm.infer.sampling)."""
-    from scratchllm.infer.sampling import SamplingParams, filter_logits
-
     if temperature <= 0:
         return logits.argmax(dim=-1)
     probs = filter_logits(logits, SamplingParams(temperature=temperature, top_p=top_p)).softmax(-1)
@@ -306,8 +312,6 @@ def _prefix_hosts(keys: list[tuple[int, ...]]) -> dict[tuple[int, ...], tuple[in
 
 
 def _progress(total: int, enabled: bool, desc: str):
-    from tqdm import tqdm
-
     return tqdm(total=total, disable=not enabled, desc=desc, unit="req", leave=False)
 
 
@@ -364,9 +368,6 @@ class ScratchLM(LanguageModel):
         sequences at once; sample i of a request is seeded with its seed + i). A prompt that does not
         fit the context window with its max_tokens goes through the base class's sliding-window loop
         (no KV cache: every new token sees the last max_length tokens, as transformers' models do there)."""
-        from scratchllm.infer.engine import Engine
-        from scratchllm.infer.sampling import SamplingParams
-
         out: list[list[str] | None] = [None] * len(requests)
         rows: list[tuple[int, list[int], SamplingParams, set[int]]] = []
         for i, r in enumerate(requests):
@@ -535,8 +536,6 @@ def load_model(
     ``backend``: ``auto`` (ours for our directories, transformers for HF ones), ``scratchllm``
     (also imports a HF Llama directory into our Transformer, no transformers needed) or ``hf``.
     """
-    from scratchllm.model.paths import require_tokenizer, resolve_model_dir
-
     given = Path(directory)
     directory = resolve_model_dir(given) if given.is_dir() else given  # a run directory -> its model
     kind = model_kind(directory)
@@ -550,12 +549,8 @@ def load_model(
     if kind == "scratchllm" and backend == "hf":
         raise ScratchError(f"{directory} is a scratchllm directory, not a Hugging Face one",
                            "use --backend auto, or export it with 'scratchllm export hf'")
-    from scratchllm.model.hf import import_hf
-    from scratchllm.model.model import Transformer
-    from scratchllm.tokenizer import Tokenizer
 
     model = import_hf(directory) if kind == "hf" else Transformer.from_pretrained(directory)
-    from scratchllm.model.checkpoint import check_vocab
 
     tok_path = Path(tokenizer) if tokenizer is not None else require_tokenizer(given, directory)
     tok = Tokenizer.load(tok_path)

@@ -12,9 +12,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tqdm import tqdm
+
 from scratchllm.errors import ScratchError
 from scratchllm.eval import metrics as M
+from scratchllm.eval.judge import grade_single, judge_pairwise, summarize_pairwise
 from scratchllm.eval.lm import GenerateRequest, LanguageModel
+from scratchllm.eval.ngram import build_baselines
+from scratchllm.eval.safety import SafetyItem, classify_refusal, classify_with_judge, safety_report
+from scratchllm.eval.sandbox import run_many
 from scratchllm.tasks.specs import (
     Record,
     TaskSpec,
@@ -76,8 +82,6 @@ def evaluate(lm: LanguageModel, specs: Sequence[TaskSpec], settings: EvalSetting
 def _generate_all(lm: LanguageModel, requests: list[GenerateRequest], settings: EvalSettings, desc: str,
                   chunk: int = 32) -> list[list[str]]:
     """lm.generate_batch over the requests, chunk at a time (one engine batch each; the bar moves per chunk)."""
-    from tqdm import tqdm
-
     out: list[list[str]] = []
     with tqdm(total=len(requests), desc=desc, unit="ex", disable=not settings.progress, leave=False) as bar:
         for i in range(0, len(requests), chunk):
@@ -167,8 +171,6 @@ def run_perplexity(lm: LanguageModel, spec: TaskSpec, records: list[Record], set
 
 def ngram_baselines(lm: LanguageModel, texts: Sequence[str], settings: EvalSettings) -> dict[str, Any]:
     """Fit the n-gram baselines on the baseline text with the model's tokenizer; score the same texts."""
-    from scratchllm.eval.ngram import build_baselines
-
     assert settings.baseline_documents is not None
     train = [lm.encode(t) for t in settings.baseline_documents()]
     held = [lm.encode(t) for t in texts]
@@ -231,8 +233,6 @@ def run_generate(lm: LanguageModel, spec: TaskSpec, records: list[Record], setti
 
 
 def run_code(lm: LanguageModel, spec: TaskSpec, records: list[Record], settings: EvalSettings) -> dict:
-    from scratchllm.eval.sandbox import run_many
-
     n = settings.samples or spec.samples
     temperature = spec.temperature if settings.temperature is None else settings.temperature
     ks = [k for k in (settings.k or spec.k) if k <= n]
@@ -276,8 +276,6 @@ def run_code(lm: LanguageModel, spec: TaskSpec, records: list[Record], settings:
 
 
 def run_safety(lm: LanguageModel, spec: TaskSpec, records: list[Record], settings: EvalSettings) -> dict:
-    from scratchllm.eval.safety import SafetyItem, classify_refusal, classify_with_judge, safety_report
-
     use_judge = settings.judge_safety and settings.judge is not None
     max_tokens = settings.max_tokens or spec.max_tokens
     items = []
@@ -305,8 +303,6 @@ def run_safety(lm: LanguageModel, spec: TaskSpec, records: list[Record], setting
 
 
 def run_judge(lm: LanguageModel, spec: TaskSpec, records: list[Record], settings: EvalSettings) -> dict:
-    from scratchllm.eval.judge import grade_single, judge_pairwise, summarize_pairwise
-
     if settings.judge is None:
         raise ScratchError(f"task {spec.name} needs a judge endpoint",
                            "pass --judge-url http://HOST:PORT/v1 (any OpenAI-compatible server) and --judge-model")

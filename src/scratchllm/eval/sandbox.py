@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from tqdm import tqdm
+
 # The child's entry point. argv: sandbox_dir, candidate_file, limits as JSON.
 GUARD = r'''
 import os, resource, sys, json
@@ -172,8 +174,6 @@ def _kill_group(pgid: int) -> None:
 def run_many(programs: Sequence[str], timeout: float = 10.0, memory_mb: int = 1024, workers: int = 2,
              progress: bool = False) -> list[ExecResult]:
     """Run several programs, ``workers`` at a time (each in its own sandbox process), in order."""
-    from tqdm import tqdm
-
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = pool.map(lambda c: run_python(c, timeout=timeout, memory_mb=memory_mb), programs)
         return list(tqdm(results, total=len(programs), desc="sandbox", unit="prog", disable=not progress,

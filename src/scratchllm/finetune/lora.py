@@ -28,8 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from scratchllm.config import to_dict
+from scratchllm.config import from_dict, to_dict
 from scratchllm.errors import ScratchError
+from scratchllm.finetune.nf4 import NF4Linear
 from scratchllm.io import atomic_write_text
 from scratchllm.model.checkpoint import read_json, read_safetensors, write_safetensors
 from scratchllm.model.hf import from_hf_name, to_hf_name
@@ -78,8 +79,6 @@ def matches(name: str, patterns: list[str]) -> bool:
 
 def matching_linears(model: nn.Module, patterns: list[str]) -> Iterator[tuple[str, nn.Module, str, nn.Module]]:
     """(name, parent, attribute, layer) of each linear layer (nn.Linear or NF4Linear) matching ``patterns``."""
-    from scratchllm.finetune.nf4 import NF4Linear
-
     found = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear | NF4Linear) and matches(name, patterns):
@@ -188,8 +187,6 @@ def unmerge_lora(model: nn.Module) -> None:
 
 def count_trainable(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts; NF4 buffers count as their number of weights."""
-    from scratchllm.finetune.nf4 import NF4Linear
-
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     total += sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, NF4Linear))
@@ -201,8 +198,6 @@ def count_trainable(model: nn.Module) -> tuple[int, int]:
 
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The plain model's state dict: adapters folded in, NF4 layers dequantized, wrapper names removed."""
-    from scratchllm.finetune.nf4 import NF4Linear
-
     out: dict[str, torch.Tensor] = {}
     special: dict[str, nn.Module] = {
         n: m for n, m in model.named_modules() if isinstance(m, LoRALinear | NF4Linear)
@@ -303,7 +298,6 @@ def _read_adapter(directory: Path) -> tuple[LoraConfig, dict[str, torch.Tensor],
         meta = read_json(directory / ADAPTER_CONFIG)
         if meta.get("format") != "scratchllm-lora":
             raise ScratchError(f"{directory / ADAPTER_CONFIG} is not a scratchllm LoRA adapter config")
-        from scratchllm.config import from_dict
 
         cfg = from_dict(LoraConfig, meta["lora"], "lora")
         return cfg, read_safetensors(directory / ADAPTER_WEIGHTS), meta

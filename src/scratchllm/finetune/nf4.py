@@ -217,7 +217,7 @@ class NF4Linear(nn.Module):
 def quantize_model_nf4(model: nn.Module, patterns: list[str], blocksize: int = 64, double_quant: bool = True) -> int:
     """Replace every ``nn.Linear`` whose name matches one of ``patterns`` (see lora.matches) by an
     NF4Linear. Returns the number of layers quantized. A head tied to the embedding is skipped."""
-    from scratchllm.finetune.lora import matching_linears
+    from scratchllm.finetune.lora import matching_linears  # lazy: lora.py imports NF4Linear from here
 
     tied = {id(p) for n, p in model.named_parameters() if "emb" in n}
     count = 0

@@ -22,11 +22,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from scratchllm.config import from_dict
 from scratchllm.errors import ScratchError
-from scratchllm.finetune.config import FinetuneConfig
 from scratchllm.finetune.chat_files import load_chat_jsonl
-from scratchllm.tasks.instruct import InstructExample, embedded_instructions
-from scratchllm.finetune.lora import apply_lora, count_trainable, merged_model, save_adapter, save_peft_adapter
+from scratchllm.finetune.config import FinetuneConfig
+from scratchllm.finetune.lora import (
+    apply_lora,
+    count_trainable,
+    merged_model,
+    save_adapter,
+    save_peft_adapter,
+)
 from scratchllm.finetune.nf4 import NF4Linear, quantize_model_nf4
 from scratchllm.finetune.sft import (
     SFTBatchSource,
@@ -37,7 +43,10 @@ from scratchllm.finetune.sft import (
     sft_loss,
 )
 from scratchllm.io import atomic_write_text
-from scratchllm.model.model import Transformer
+from scratchllm.model.model import ModelConfig, Transformer
+from scratchllm.model.paths import resolve_model_dir
+from scratchllm.tasks.instruct import InstructExample, embedded_instructions
+from scratchllm.tokenizer import Tokenizer
 from scratchllm.train import checkpoint as ckpt
 from scratchllm.train.loop import Stopped, Trainer, configure_torch, seed_everything, select_device
 from scratchllm.train.parallel import Dist
@@ -45,8 +54,6 @@ from scratchllm.train.parallel import Dist
 
 def resolve_base(path: str) -> Path:
     """A model directory, a fine-tuning run's merged ``model/``, or the latest checkpoint of a run."""
-    from scratchllm.model.paths import resolve_model_dir
-
     try:
         return resolve_model_dir(path)
     except ScratchError as e:
@@ -58,8 +65,6 @@ def load_base(cfg: FinetuneConfig, tokenizer: Any) -> Transformer:
     if cfg.base.checkpoint:
         model = Transformer.from_pretrained(resolve_base(cfg.base.checkpoint))
     else:
-        from scratchllm.config import from_dict
-        from scratchllm.model.model import ModelConfig
 
         seed_everything(cfg.seed)
         model = Transformer(from_dict(ModelConfig, cfg.model, "model"))
@@ -132,8 +137,6 @@ def evaluate(model: nn.Module, tokenizer: Any, data: SFTData, cfg: FinetuneConfi
 
 def run(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -> tuple[Stopped, dict[str, Any]]:
     """Fine-tune as configured; returns how training ended and the report (also out_dir/report.json)."""
-    from scratchllm.tokenizer import Tokenizer
-
     configure_torch(cfg)  # type: ignore[arg-type]  (uses cfg.train and cfg.seed only)
     log = print if progress else (lambda *a, **k: None)
     device = select_device(cfg.train.device, Dist())

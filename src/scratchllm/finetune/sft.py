@@ -18,9 +18,11 @@ import torch
 from torch import nn
 
 from scratchllm.errors import ScratchError
-from scratchllm.tokenizer.chat import END, encode_chat
-from scratchllm.tasks.instruct import InstructExample, is_correct
+from scratchllm.infer.engine import Engine
+from scratchllm.infer.sampling import SamplingParams
 from scratchllm.model.model import IGNORE_INDEX
+from scratchllm.tasks.instruct import InstructExample, is_correct
+from scratchllm.tokenizer.chat import END, encode_chat
 
 Encoded = tuple[list[int], list[int]]
 Overflow = Literal["error", "truncate", "skip"]
@@ -132,9 +134,6 @@ def greedy_replies(model: nn.Module, tokenizer: Any, prompts: Sequence[list[dict
                    device: torch.device, batch_size: int = 32) -> list[str]:
     """Greedy assistant replies to each prompt (stopping at ``<|end|>``), on the continuous-batching engine
     (scratchllm.infer; batch_size sequences at once). device: where the model is (the engine uses its device)."""
-    from scratchllm.infer.engine import Engine
-    from scratchllm.infer.sampling import SamplingParams
-
     if not prompts:
         return []
     end = tokenizer.special_tokens[END]

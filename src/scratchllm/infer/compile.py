@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from scratchllm.infer.cache import CacheView
+from scratchllm.infer.engine import Engine
+from scratchllm.infer.sampling import SamplingParams
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -108,9 +110,6 @@ decode_step = torch.compile(_forward, backend=_backend, fullgraph=True, dynamic=
 
 def warm_up(model: Any, batch_size: int = 1) -> float:
     """Compile the decode step now (not at the first request); returns the seconds it took."""
-    from scratchllm.infer.engine import Engine
-    from scratchllm.infer.sampling import SamplingParams
-
     t0 = time.perf_counter()
     Engine(model, max_slots=batch_size, compile=True).generate(
         [[0]] * batch_size, SamplingParams(max_new_tokens=2, temperature=0))

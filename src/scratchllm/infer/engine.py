@@ -28,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import count
 from typing import Any
 
@@ -37,7 +37,14 @@ import torch
 from scratchllm.errors import ScratchError
 from scratchllm.infer.cache import KVCache
 from scratchllm.infer.metrics import EngineMetrics
-from scratchllm.infer.sampling import Completion, Delta, SamplingParams, StopChecker, apply_penalties, sample_rows
+from scratchllm.infer.sampling import (
+    Completion,
+    Delta,
+    SamplingParams,
+    StopChecker,
+    apply_penalties,
+    sample_rows,
+)
 
 
 class RequestTimeout(Exception):
@@ -280,7 +287,7 @@ class Engine:
         return logits[torch.tensor([r.slot - lo for r in reqs], device=self.device), -1].float()
 
     def _compiled_decode(self, reqs: list[Request], tokens: list[int], starts: list[int]) -> torch.Tensor:
-        from scratchllm.infer.compile import decode_step
+        from scratchllm.infer.compile import decode_step  # lazy: compile.py imports Engine from here
 
         B = len(reqs)
         width = 1 << (B - 1).bit_length()  # bucket: padding rows write the scratch slot
@@ -466,8 +473,6 @@ def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
 
 
 def _with_seed(params: SamplingParams, seed: int) -> SamplingParams:
-    from dataclasses import replace
-
     return replace(params, seed=seed)
 
 

@@ -6,7 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from scratchllm.errors import ScratchError
+from scratchllm.infer.quantize import load_model
+from scratchllm.model.checkpoint import check_vocab
 from scratchllm.model.paths import require_tokenizer, resolve_model_dir
+from scratchllm.tokenizer import Tokenizer
 
 
 def check_device(device: str) -> str:
@@ -34,10 +37,6 @@ def check_device(device: str) -> str:
 def load_for_inference(model_path: str | Path, tokenizer_path: str | Path | None = None,
                        device: str = "cpu") -> tuple[Any, Any]:
     """(model in eval mode, tokenizer). The tokenizer defaults to one saved inside the model directory."""
-    from scratchllm.infer.quantize import load_model
-    from scratchllm.model.checkpoint import check_vocab
-    from scratchllm.tokenizer import Tokenizer
-
     check_device(device)
     model_dir = resolve_model_dir(model_path)
     model = load_model(model_dir, map_location=device).eval()

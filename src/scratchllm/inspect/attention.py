@@ -16,6 +16,7 @@ import torch
 
 from scratchllm.errors import ScratchError
 from scratchllm.inspect import report
+from scratchllm.inspect.load import load_model_and_tokenizer
 
 DEFAULT_SENTENCE = "The cat sat on the mat. The cat sat on the mat."
 
@@ -80,8 +81,6 @@ def head_role(s: dict[str, float | None]) -> str:
 
 
 def run(cfg: AttentionConfig) -> str:
-    from scratchllm.inspect.load import load_model_and_tokenizer
-
     model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer)
     if not cfg.sentence:
         raise ScratchError("the sentence is empty", "pass --sentence 'some words'")

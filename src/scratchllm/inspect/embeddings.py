@@ -12,6 +12,7 @@ import torch
 
 from scratchllm.errors import ScratchError
 from scratchllm.inspect import report
+from scratchllm.inspect.load import check_match, load_model, load_model_and_tokenizer
 
 KINDS = ("letters", "digits", "punctuation", "code", "whitespace", "bytes", "special")
 KIND_COLOURS = {"letters": "#2563eb", "digits": "#16a34a", "punctuation": "#f59e0b", "code": "#dc2626",
@@ -123,8 +124,6 @@ def _label(tok: Any, i: int) -> str:
 
 
 def run(cfg: EmbeddingsConfig) -> str:
-    from scratchllm.inspect.load import check_match, load_model, load_model_and_tokenizer
-
     model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer)
     n = tok.vocab_size
     specials = set(tok.special_tokens.values())

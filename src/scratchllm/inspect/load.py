@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from scratchllm.errors import ScratchError
+from scratchllm.model.checkpoint import load_pretrained
 from scratchllm.model.paths import require_tokenizer, resolve_model_dir
+from scratchllm.tokenizer import Tokenizer
 
 
 def load_model(path: str | Path) -> Any:
     """The model in eval mode on the CPU, its weights in fp32 (inspection wants exact numbers, not speed)."""
-    from scratchllm.model.checkpoint import load_pretrained
-
     model_dir = resolve_model_dir(path)
     if (model_dir / "quantization.json").is_file():
         raise ScratchError(f"{model_dir} is a quantized model; inspect needs the full-precision weights",
@@ -28,8 +28,6 @@ def find_tokenizer(model_path: str | Path, tokenizer_path: str | Path | None) ->
 
 
 def load_tokenizer(path: str | Path) -> Any:
-    from scratchllm.tokenizer import Tokenizer
-
     return Tokenizer.load(path)
 
 

@@ -22,6 +22,8 @@ docs/inspect.md for the margin); ``--measure`` repeats that check on your machin
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import re
@@ -31,10 +33,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from scratchllm.config import from_dict, parse_override, read_toml
 from scratchllm.errors import ScratchError
 from scratchllm.inspect import report
 from scratchllm.io import atomic_write_text
-from scratchllm.model.model import ModelConfig
+from scratchllm.model.checkpoint import read_json
+from scratchllm.model.model import ModelConfig, Transformer
+from scratchllm.model.paths import resolve_model_dir
+from scratchllm.train.config import OptimConfig
+from scratchllm.train.optim import build_optimizer
+from scratchllm.train.parallel import apply_ac
 
 UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 10**3, "KIB": 2**10, "M": 2**20, "MB": 10**6, "MIB": 2**20,
          "G": 2**30, "GB": 10**9, "GIB": 2**30, "T": 2**40, "TB": 10**12, "TIB": 2**40}
@@ -182,15 +190,10 @@ def largest_fitting(c: ModelConfig, budget: int, **kw: Any) -> tuple[ModelConfig
 
 
 def load_model_config(cfg: MemoryConfig) -> ModelConfig:
-    from scratchllm.config import from_dict, parse_override, read_toml
-
     data: dict[str, Any] = {}
     if cfg.model:
         p = Path(cfg.model)
         if p.is_dir():
-            from scratchllm.model.paths import resolve_model_dir
-            from scratchllm.model.checkpoint import read_json
-
             data = read_json(resolve_model_dir(p) / "config.json")
         else:
             data = read_toml(p)
@@ -342,16 +345,8 @@ def _status(field_name: str) -> int:
 
 
 def _probe(arg: str) -> dict[str, int]:
-    import contextlib
-    import gc
-
     import torch
 
-    from scratchllm.config import from_dict
-    from scratchllm.model.model import Transformer
-    from scratchllm.train.config import OptimConfig
-    from scratchllm.train.optim import build_optimizer
-    from scratchllm.train.parallel import apply_ac
 
     a = json.loads(arg)
     torch.set_num_threads(1)

@@ -8,8 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from scratchllm.errors import ScratchError
 from scratchllm.inspect import report
+from scratchllm.inspect.load import find_tokenizer, load_tokenizer
+from scratchllm.io import read_text
 
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog. In 2024, tokenizers split   whitespace, code() and émojis 🙂."
 
@@ -38,10 +42,6 @@ def text_stats(tok: Any, text: str) -> dict[str, Any]:
 
 
 def corpus_stats(tok: Any, paths: list[str], max_bytes: int) -> dict[str, Any]:
-    from tqdm import tqdm
-
-    from scratchllm.io import read_text
-
     counts: Counter[int] = Counter()
     n_bytes = 0
     for p in tqdm(paths, desc="encoding corpus", unit="file", disable=len(paths) < 2):
@@ -84,8 +84,6 @@ def _draw_tokens(ax: Any, piece_list: list[str], title: str, width: int = 60) ->
 
 
 def run(cfg: TokensConfig) -> str:
-    from scratchllm.inspect.load import load_tokenizer
-
     if not cfg.text:
         raise ScratchError("the text to tokenize is empty", "pass --text 'some words' or --text-file FILE")
     tok = load_tokenizer(_tokenizer_path(cfg.tokenizer))
@@ -161,7 +159,5 @@ def _tokenizer_path(path: str) -> Path:
     """A tokenizer directory/file, or a model directory / training run holding one."""
     p = Path(path)
     if p.is_dir() and (p / "config.json").is_file() and not any(p.glob("tokenizer*.json")):
-        from scratchllm.inspect.load import find_tokenizer
-
         return find_tokenizer(p, None)
     return p

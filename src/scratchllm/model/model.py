@@ -369,13 +369,13 @@ class Transformer(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write config.json + model.safetensors into ``directory`` (see scratchllm.model.checkpoint)."""
-        from scratchllm.model.checkpoint import save_pretrained
+        from scratchllm.model.checkpoint import save_pretrained  # lazy: checkpoint.py imports this module
 
         save_pretrained(self, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Transformer:
         """Build the model from a directory written by save_pretrained, checking every tensor's shape."""
-        from scratchllm.model.checkpoint import load_pretrained
+        from scratchllm.model.checkpoint import load_pretrained  # lazy: as above
 
         return load_pretrained(directory, map_location)

@@ -16,6 +16,9 @@ and overwritten. Unknown keys and wrong types fail before anything runs, naming 
 
 from __future__ import annotations
 
+# The stages' config classes are imported where used: several import the model (torch), and
+# `scratchllm --help` loads this module (pipeline/cli.py builds its parser from it).
+
 import copy
 import dataclasses
 import typing
@@ -23,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scratchllm.config import from_dict, read_toml
+from scratchllm.config import from_dict, read_toml, to_dict
 from scratchllm.errors import ScratchError
+from scratchllm.tokenizer.cli import TokenizerTrainConfig
 
 STAGE_NAMES = ("tokenizer", "data", "pretrain", "ablation", "sft", "dpo", "eval", "quantize", "export_hf", "serve", "report")
 
@@ -155,9 +159,6 @@ class PipelineConfig:
         return _section(name, cls, table)
 
     def tokenizer_config(self):  # -> TokenizerTrainConfig
-        from scratchllm.config import to_dict
-        from scratchllm.tokenizer.cli import TokenizerTrainConfig
-
         own = self.tokenizer.get("corpus", {})
         if isinstance(own, dict) and ({"files", "sources", "domains"} & set(own)):
             raise ScratchError("[tokenizer] the pipeline's tokenizer trains on the run's corpus, data.sources",
@@ -256,8 +257,6 @@ def _section(name: str, cls: type, table: dict[str, Any]) -> Any:
 
 def stage_tables(cfg: PipelineConfig) -> dict[str, Any]:
     """What each stage's fingerprint is computed from (its resolved config)."""
-    from scratchllm.config import to_dict
-
     tables: dict[str, Any] = {
         "tokenizer": to_dict(cfg.tokenizer_config()),
         "data": to_dict(cfg.data_config()),

@@ -16,8 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from scratchllm import __version__
 from scratchllm.io import atomic_write_text
+from scratchllm.pipeline.config import STAGE_NAMES
 from scratchllm.pipeline.runner import STATE_DIR, Context
+from scratchllm.train.tracking import git_commit, read_metrics
 
 Block = tuple  # ("h", level, text) | ("p", text) | ("table", headers, rows) | ("img", file, alt) | ("code", text)
 
@@ -40,8 +43,6 @@ def versions() -> dict[str, str]:
     import numpy
     import torch
 
-    from scratchllm import __version__
-    from scratchllm.train.tracking import git_commit
 
     out = {"scratchllm": __version__, "git commit": git_commit(Path(__file__).parent) or "unknown (not a git checkout)",
            "python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
@@ -131,8 +132,6 @@ def _plot_bars(labels: list[str], values: list[float], title: str, ylabel: str, 
 
 
 def build_blocks(ctx: Context, out: Path) -> tuple[list[Block], dict[str, Any]]:
-    from scratchllm.train.tracking import read_metrics
-
     blocks: list[Block] = [("h", 1, ctx.cfg.report.title)]
     markers = {p.name.removesuffix(".done.json"): json.loads(p.read_text(encoding="utf-8"))
                for p in sorted((ctx.run_dir / STATE_DIR).glob("*.done.json"))}
@@ -292,8 +291,6 @@ def build_blocks(ctx: Context, out: Path) -> tuple[list[Block], dict[str, Any]]:
 
 
 def _stage_order(ctx: Context) -> list[str]:
-    from scratchllm.pipeline.config import STAGE_NAMES
-
     return list(STAGE_NAMES)
 
 

@@ -13,14 +13,14 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from scratchllm.tokenizer.chat import CHAT_SPECIAL_TOKENS
+
 
 def page_html() -> str:
     return resources.files("scratchllm.serve").joinpath("static/chat.html").read_text(encoding="utf-8")
 
 
 def has_chat_format(tokenizer: Any) -> bool:
-    from scratchllm.tokenizer.chat import CHAT_SPECIAL_TOKENS
-
     return all(t in tokenizer.special_tokens for t in CHAT_SPECIAL_TOKENS)
 
 

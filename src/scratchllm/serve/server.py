@@ -41,13 +41,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scratchllm.errors import ScratchError
 from scratchllm.infer.background import BackgroundEngine, QueueFull, deltas
+from scratchllm.infer.compile import warm_up
 from scratchllm.infer.engine import Engine, RequestCancelled, RequestTimeout
+from scratchllm.infer.load import check_device, load_for_inference
 from scratchllm.infer.sampling import (
     REPETITION_PENALTY_RANGE,
     SEED_MAX,
     SEED_MIN,
     SamplingParams,
 )
+from scratchllm.serve.chat_page import add_chat_page
 from scratchllm.tokenizer.chat import BOS, END, encode_chat
 
 log = logging.getLogger("scratchllm.serve")
@@ -101,7 +104,6 @@ def check_config(cfg: ServeConfig) -> None:
     for ok, message, fix in checks:
         if not ok:
             raise ScratchError(f"serve: {message}", fix)
-    from scratchllm.infer.load import check_device
 
     check_device(cfg.device)
 
@@ -386,12 +388,8 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None, compi
     async def lifespan(app: FastAPI):  # noqa: ANN202
         m, t = model, tokenizer
         if m is None:
-            from scratchllm.infer.load import load_for_inference
-
             m, t = await asyncio.to_thread(load_for_inference, cfg.model, cfg.tokenizer or None, cfg.device)
         if cfg.compile and not compiled:
-            from scratchllm.infer.compile import warm_up
-
             seconds = await asyncio.to_thread(warm_up, m)
             log.info(json.dumps({"event": "compiled", "seconds": round(seconds, 2)}))
         engine = Engine(m, t, max_slots=cfg.max_batch, prefill_chunk=cfg.prefill_chunk, compile=cfg.compile)
@@ -403,7 +401,6 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None, compi
     # No /docs or /redoc: Swagger UI and ReDoc load their scripts from a CDN (blank offline) and no
     # installed package ships the assets; the OpenAPI document itself is at /openapi.json.
     app = FastAPI(title="scratchllm", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
-    from scratchllm.serve.chat_page import add_chat_page
 
     add_chat_page(app, cfg.model_name, cfg.api_key, lambda: state["engine"])  # the web page at /
 
@@ -826,12 +823,9 @@ def serve(cfg: ServeConfig) -> None:
         import torch
 
         torch.set_num_threads(cfg.threads)  # small models decode faster on fewer threads (per-op overhead)
-    from scratchllm.infer.load import load_for_inference
 
     model, tokenizer = load_for_inference(cfg.model, cfg.tokenizer or None, cfg.device)
     if cfg.compile:
-        from scratchllm.infer.compile import warm_up
-
         log.info(json.dumps({"event": "compiled", "seconds": round(warm_up(model), 2)}))
     sock = bind(cfg.host, cfg.port)
     try:

@@ -32,7 +32,7 @@ import regex
 from tqdm import tqdm
 
 from scratchllm.errors import ScratchError
-from scratchllm.io import atomic_write_text
+from scratchllm.io import atomic_write_text, read_text
 from scratchllm.tokenizer.chat import BOS, DEFAULT_SPECIAL_TOKENS, EOS, PAD
 from scratchllm.tokenizer.patterns import compile_pattern, resolve_pattern
 
@@ -335,7 +335,7 @@ class Tokenizer:
 
     def save_pretrained(self, directory: str | os.PathLike[str], model_max_length: int | None = None) -> Path:
         """Write our file plus Hugging Face ``tokenizer.json`` / ``tokenizer_config.json`` to a directory."""
-        from scratchllm.tokenizer.hf import save_hf_files
+        from scratchllm.tokenizer.hf import save_hf_files  # lazy: hf.py imports Tokenizer from here
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -361,7 +361,7 @@ class Tokenizer:
             raise ScratchError(f"tokenizer file {path} is corrupt or truncated ({e})",
                                "retrain the tokenizer or restore the file from a backup") from None
         if isinstance(d, dict) and "model" in d and d.get("format") != FORMAT:
-            from scratchllm.tokenizer.hf import from_hf_dict
+            from scratchllm.tokenizer.hf import from_hf_dict  # lazy: as above
 
             return from_hf_dict(d, source=str(path))
         return cls.from_dict(d, source=str(path))
@@ -371,7 +371,7 @@ class Tokenizer:
     @classmethod
     def load_hf_json(cls, text: str, source: str = "tokenizer.json") -> Tokenizer:
         """Import a Hugging Face byte-level BPE ``tokenizer.json`` given as a string."""
-        from scratchllm.tokenizer.hf import from_hf_dict
+        from scratchllm.tokenizer.hf import from_hf_dict  # lazy: as above
 
         try:
             d = json.loads(text)
@@ -540,7 +540,5 @@ def _learn_merges(
 
 def iter_texts_from_files(paths: Iterable[str | os.PathLike[str]], errors: str = "strict") -> Iterator[str]:
     """Yield the contents of UTF-8 files, with a clear error for unreadable or invalid files."""
-    from scratchllm.io import read_text
-
     for p in paths:
         yield read_text(p, errors=errors)

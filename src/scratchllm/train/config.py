@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from scratchllm.config import from_dict, read_toml, to_dict
 from scratchllm.errors import ScratchError
+from scratchllm.model.model import ModelConfig
 
 NO_DECAY_KINDS = ("norm", "bias", "embedding")
 
@@ -230,16 +232,10 @@ class TrainConfig:
             )
 
     def model_config(self):  # -> ModelConfig
-        from scratchllm.config import from_dict
-        from scratchllm.model.model import ModelConfig
-
         return from_dict(ModelConfig, self.model, "model")
 
 
 def _resolve_model(table: dict[str, Any]) -> dict[str, Any]:
-    from scratchllm.config import from_dict, read_toml, to_dict
-    from scratchllm.model.model import ModelConfig
-
     table = dict(table)
     preset = table.pop("preset", None)
     base: dict[str, Any] = {}

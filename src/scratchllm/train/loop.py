@@ -19,28 +19,35 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import random
 import resource
 import signal
+import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
 from scratchllm.config import to_dict
-from scratchllm.infer.generate import sample as sample_tokens
 from scratchllm.errors import Interrupted, ScratchError
-from scratchllm.train import checkpoint as ckpt
-from scratchllm.train import runlock
+from scratchllm.infer.generate import sample as sample_tokens
+from scratchllm.model.checkpoint import check_state
+from scratchllm.train import checkpoint as ckpt, runlock
 from scratchllm.train.config import TrainConfig
-from scratchllm.train.mesh import Layout
+from scratchllm.train.mesh import Layout, parallelize
 from scratchllm.train.optim import build_optimizer
 from scratchllm.train.parallel import Dist, all_reduce_sum, apply_ac, apply_compile, apply_ddp, apply_fsdp
+from scratchllm.train.pp import gather_full_states, optimizer_part
 from scratchllm.train.schedule import lr_factor
 from scratchllm.train.tp import loss_parallel_context, to_local
 from scratchllm.train.tracking import Tracker
@@ -110,10 +117,6 @@ def select_device(name: str, d: Dist) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -124,8 +127,6 @@ def auto_threads() -> int:
 
     Oversubscribed cores make torch's worker threads wait on each other: on a 2-core machine with a load
     of 12, 2 threads trained 0.15x as fast as 1 (docs/benchmarks.md)."""
-    import os
-
     if os.environ.get("OMP_NUM_THREADS"):
         return 0  # the launcher decided (torchrun: 1 per process)
     cores = os.cpu_count() or 1
@@ -138,8 +139,6 @@ def auto_threads() -> int:
 
 def configure_torch(cfg: TrainConfig) -> None:
     """Threads, determinism and matmul precision; call before building the model."""
-    import os
-
     t = cfg.train
     threads = t.num_threads or auto_threads()
     if threads:
@@ -201,8 +200,6 @@ class Trainer:
         self.layout = layout or Layout(dp=self.dist.world_size, dp_rank=self.dist.rank)
         self.pipeline = None
         if self.layout.nd:  # train/mesh.py: pp stages, tp, AC, compile, FSDP2 over "dp"
-            from scratchllm.train.mesh import parallelize
-
             lo = self.layout
             self.parallel = f"tp{lo.tp}-pp{lo.pp}-dp{lo.dp}" + (" fsdp" if lo.dp > 1 else "")
             pdtype = torch.bfloat16 if bf16 and self.device.type == "cuda" else None
@@ -251,9 +248,6 @@ class Trainer:
 
     def _gather_peers(self) -> list[tuple[int, str]]:
         """(pid, host) of every rank, so that a dead one can be named later."""
-        import os
-        import socket
-
         me = (os.getpid(), socket.gethostname())
         if not self.dist.enabled:
             return [me]
@@ -268,7 +262,6 @@ class Trainer:
                    "timed out", "Timed out")
         if not self.dist.enabled or not (isinstance(e, dist.DistError) or any(m in text for m in markers)):
             return None
-        import threading
 
         others = [r for r in range(len(self.peers)) if r != self.dist.rank]
         # The peer's sockets close while it is still exiting: give it a moment to be gone. torchrun
@@ -422,8 +415,6 @@ class Trainer:
 
     def _gather_states(self) -> tuple[dict, dict]:
         if self.pipeline is not None:  # each rank holds a stage: merge the pieces on rank 0
-            from scratchllm.train.pp import gather_full_states
-
             return gather_full_states(self.model, self.optimizer)
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
@@ -480,7 +471,6 @@ class Trainer:
             set_optimizer_state_dict,
         )
 
-        from scratchllm.model.checkpoint import check_state
 
         path = Path(path) if path is not None else ckpt.latest_checkpoint(self.ckpt_root)
         if path is None:
@@ -492,8 +482,6 @@ class Trainer:
         found = {k: v for k, v in c.model_state.items() if k not in self.aliases}
         optim_state = c.optim_state
         if self.pipeline is not None:  # this rank's stage: its own part of the full checkpoint
-            from scratchllm.train.pp import optimizer_part
-
             found = {k: v for k, v in found.items() if k in expected}
             optim_state = optimizer_part(optim_state, set(self.model.state_dict()))
         check_state(expected, found, path / "model.safetensors")
@@ -547,8 +535,6 @@ class Trainer:
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
-        import threading
-
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -597,8 +583,6 @@ class Trainer:
         seq_tokens = None
         flops_fn = getattr(self.model, "flops_per_token", None)
         peak = self._peak_flops()
-        from tqdm import tqdm
-
         bar = tqdm(total=max_steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (main and cfg.log.progress), file=sys.stderr)
         window_tokens, window_time = 0, 0.0  # tokens/s counts training only, not eval/samples/saving
@@ -684,9 +668,6 @@ class Trainer:
 
 def _alive(pid: int, host: str) -> bool:
     """Whether process ``pid`` still runs (True when it is on another host: we cannot tell)."""
-    import os
-    import socket
-
     if host != socket.gethostname():
         return True
     try:

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from scratchllm.errors import ScratchError
-from scratchllm.train.parallel import Dist
+from scratchllm.train.parallel import Dist, apply_ac, apply_compile, apply_fsdp
+from scratchllm.train.pp import Pipeline, RankModel, build_stages
+from scratchllm.train.tp import apply_tp
 
 
 @dataclass
@@ -128,19 +130,13 @@ def parallelize(model: Any, layout: Layout, train: Any, device: Any, param_dtype
     Returns (rank_model, pipeline): the module holding this rank's parameters under their full-model
     names (the model itself without pp), and the ``Pipeline`` running the schedule (None without pp).
     """
-    from scratchllm.train.parallel import apply_ac, apply_compile, apply_fsdp
-
     model.to(device)
     if layout.pp > 1:
-        from scratchllm.train.pp import RankModel, build_stages
-
         stages = build_stages(model, layout.pp_rank, layout.pp, train.pp_stages_per_rank)
     else:
         stages = [model]
     for st in stages:
         if layout.tp > 1:
-            from scratchllm.train.tp import apply_tp
-
             apply_tp(st, layout.submesh("tp"))
         apply_ac(st, train.activation_checkpointing)
         if train.compile:
@@ -149,7 +145,6 @@ def parallelize(model: Any, layout: Layout, train: Any, device: Any, param_dtype
             apply_fsdp(st, param_dtype, mesh=layout.submesh("dp"))
     if layout.pp == 1:
         return model, None
-    from scratchllm.train.pp import Pipeline
 
     pipe = Pipeline(stages, layout, train, device, loss_parallel=layout.tp > 1)
     return RankModel(stages, model.cfg), pipe

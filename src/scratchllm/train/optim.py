@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from scratchllm.errors import ScratchError
 from scratchllm.train.config import OptimConfig
 
 _NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
@@ -88,8 +89,6 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg)
     if not groups:
-        from scratchllm.errors import ScratchError
-
         raise ScratchError("the model has no trainable parameters (all have requires_grad=False)",
                            "unfreeze some parameters, or add adapters before training")
     for g in groups:

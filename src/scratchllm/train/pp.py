@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.model.model import IGNORE_INDEX
+from scratchllm.train.tp import loss_parallel_context, to_local
 
 
 def split_layers(model: nn.Module, n_stages: int) -> list[list[int]]:
@@ -189,8 +190,6 @@ class Pipeline:
 
     def forward_backward(self, batches: list, accum: int) -> torch.Tensor:
         """Run the schedule on each micro-batch; returns the mean loss (0 on ranks without the last stage)."""
-        from scratchllm.train.tp import loss_parallel_context, to_local
-
         self.accum = accum
         total = torch.zeros((), device=self.device)
         for x, y in batches:
@@ -208,8 +207,6 @@ class Pipeline:
 
     @torch.no_grad()
     def eval_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        from scratchllm.train.tp import loss_parallel_context, to_local
-
         x, y = batch
         self.accum = 1
         losses: list = []

@@ -6,11 +6,22 @@ import math
 import sys
 from pathlib import Path
 
+from scratchllm.corpus.shards import load_manifest
 from scratchllm.errors import ScratchError
+from scratchllm.model.checkpoint import check_vocab
+from scratchllm.model.model import Transformer
+from scratchllm.tokenizer import Tokenizer
 from scratchllm.train import checkpoint as ckpt
 from scratchllm.train.config import TrainConfig
 from scratchllm.train.data import ShardBatchSource, fixed_batches
-from scratchllm.train.loop import Stopped, Trainer, configure_torch, device_type, seed_everything, select_device
+from scratchllm.train.loop import (
+    Stopped,
+    Trainer,
+    configure_torch,
+    device_type,
+    seed_everything,
+    select_device,
+)
 from scratchllm.train.mesh import build_layout
 from scratchllm.train.packing import PackedBatchSource, fixed_packed_batches
 from scratchllm.train.parallel import Dist, destroy_distributed, init_distributed
@@ -22,8 +33,6 @@ def load_tokenizer_for_samples(cfg: TrainConfig, manifest: dict) -> object | Non
     if not path:
         return None
     try:
-        from scratchllm.tokenizer import Tokenizer
-
         tok = Tokenizer.load(path)
     except (ScratchError, OSError) as e:
         print(f"note: no sample generations: cannot load the tokenizer at {path} ({e})", file=sys.stderr)
@@ -34,13 +43,10 @@ def load_tokenizer_for_samples(cfg: TrainConfig, manifest: dict) -> object | Non
 def build_trainer(cfg: TrainConfig, d: Dist, resume: bool = False, resume_from: Path | None = None) -> Trainer:
     import torch
 
-    from scratchllm.corpus.shards import load_manifest
-    from scratchllm.model.model import Transformer
 
     device = select_device(cfg.train.device, d)
     model_cfg = cfg.model_config()
     _, manifest = load_manifest(cfg.data.path)
-    from scratchllm.model.checkpoint import check_vocab
 
     # The data's vocabulary is its tokenizer's: a model of another size would fail in its sample
     # generations and be refused by generate/serve/eval, so it is refused before training.

@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -56,7 +57,6 @@ def acquire(out_dir: str | os.PathLike[str]) -> Path:
         ) from None
     except OSError as e:  # a filesystem without flock: run unlocked rather than not at all
         os.close(fd)
-        import sys
 
         print(f"note: cannot lock {out_dir} ({e}); make sure no other run writes there", file=sys.stderr)
         return out_dir / LOCK_FILE

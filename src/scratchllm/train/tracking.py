@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from scratchllm.config import to_toml
 from scratchllm.errors import ScratchError, disk_full, is_disk_full
 from scratchllm.io import atomic_write_text
 
@@ -121,7 +122,6 @@ class Tracker:
             except (json.JSONDecodeError, AttributeError):
                 history = []
         atomic_write_text(history_path, json.dumps({"runs": [*history, info]}, indent=1) + "\n")
-        from scratchllm.config import to_toml
 
         atomic_write_text(self.out_dir / "config.toml", to_toml(config))
         if tensorboard:
