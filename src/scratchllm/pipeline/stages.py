@@ -17,21 +17,44 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from scratchllm.align.run import run_dpo as align_dpo
+from scratchllm.config import parse_override, to_toml
+from scratchllm.corpus.shards import iter_documents, verify
+from scratchllm.data.prepare import prepare
 from scratchllm.errors import ScratchError
-from scratchllm.pipeline.runner import Context, Stage
+from scratchllm.eval.lm import ScratchLM
+from scratchllm.eval.report import write_results
+from scratchllm.eval.runner import EvalSettings, evaluate
+from scratchllm.finetune.run import run as finetune_run
+from scratchllm.infer.generate import sample
+from scratchllm.infer.quantize import QUANT_FILE, load_model, quantize, save_quantized, weight_bytes
+from scratchllm.io import atomic_write_text
+from scratchllm.model.hf import export_hf
+from scratchllm.model.model import Transformer
+from scratchllm.pipeline.report import write_report
+from scratchllm.pipeline.runner import Context, Stage, StageInterrupted
+from scratchllm.tasks.specs import resolve_tasks
+from scratchllm.tokenizer import Tokenizer
+from scratchllm.tokenizer.bpe import train_bpe
 from scratchllm.tokenizer.chat import DEFAULT_SPECIAL_TOKENS, END, encode_chat
+from scratchllm.tokenizer.cli import training_texts
+from scratchllm.train.checkpoint import latest_checkpoint, read_json, verify_checkpoint
+from scratchllm.train.pretrain import run as pretrain_run
+from scratchllm.train.tracking import read_metrics
 
 # ------------------------------------------------------------------------------------------------
 # Where each model lives
 
 
 def base_model_dir(ctx: Context) -> Path:
-    from scratchllm.train.checkpoint import latest_checkpoint
-
     path = latest_checkpoint(ctx.dir("pretrain") / "checkpoints")
     if path is None:
         raise ScratchError(f"no pre-training checkpoint in {ctx.dir('pretrain') / 'checkpoints'}",
@@ -56,8 +79,6 @@ def final_model_dir(ctx: Context) -> Path:
 
 
 def load_tokenizer(ctx: Context):
-    from scratchllm.tokenizer import Tokenizer
-
     return Tokenizer.load(ctx.dir("tokenizer"))
 
 
@@ -79,11 +100,6 @@ def _need(path: Path, what: str) -> None:
 
 
 def run_tokenizer(ctx: Context) -> dict[str, Any]:
-    from scratchllm.config import to_toml
-    from scratchllm.io import atomic_write_text
-    from scratchllm.tokenizer.bpe import train_bpe
-    from scratchllm.tokenizer.cli import training_texts
-
     cfg = ctx.cfg.tokenizer_config()
     texts, _ = training_texts(cfg.corpus)
     t = cfg.tokenizer
@@ -110,8 +126,6 @@ def verify_tokenizer(ctx: Context) -> None:
 
 
 def run_data(ctx: Context) -> dict[str, Any]:
-    from scratchllm.data.prepare import prepare
-
     manifest = prepare(ctx.cfg.data_config(), progress=None, log=ctx.log)
     return {"domains": manifest["domains"], "vocab_size": manifest["vocab_size"],
             "splits": {k: {"tokens": v["tokens"], "documents": v["documents"], "shards": len(v["shards"])}
@@ -122,8 +136,6 @@ def run_data(ctx: Context) -> dict[str, Any]:
 
 
 def verify_data(ctx: Context) -> None:
-    from scratchllm.corpus.shards import verify
-
     _need(ctx.dir("data") / "manifest.json", "data manifest")
     problems = verify(ctx.dir("data"))
     if problems:
@@ -135,21 +147,15 @@ def verify_data(ctx: Context) -> None:
 
 
 def run_pretrain(ctx: Context) -> dict[str, Any]:
-    from scratchllm.train.pretrain import run
-
     cfg = ctx.cfg.train_config()
     # resume=True: an interrupted attempt continues from its last checkpoint (none: from step 0).
-    result = run(cfg, resume=True, resume_command=ctx.resume_command)
+    result = pretrain_run(cfg, resume=True, resume_command=ctx.resume_command)
     if result.reason != "done":
-        from scratchllm.pipeline.runner import StageInterrupted
-
         raise StageInterrupted(f"training stopped by {result.reason} at step {result.step}")
     return _training_summary(ctx, "pretrain", base_model_dir(ctx), cfg.train.max_steps)
 
 
 def _training_summary(ctx: Context, stage: str, model_dir: Path, max_steps: int | None) -> dict[str, Any]:
-    from scratchllm.train.tracking import read_metrics
-
     metrics = ctx.dir(stage) / "metrics.jsonl"
     rows = read_metrics(metrics) if metrics.exists() else []
     train = [r for r in rows if r.get("kind") == "train"]
@@ -170,8 +176,6 @@ def _median(xs: list[float]) -> float | None:
 
 
 def verify_pretrain(ctx: Context) -> None:
-    from scratchllm.train.checkpoint import read_json, verify_checkpoint
-
     path = base_model_dir(ctx)
     verify_checkpoint(path)
     cfg = ctx.cfg.train_config()
@@ -189,14 +193,10 @@ def verify_pretrain(ctx: Context) -> None:
 
 def run_ablation(ctx: Context) -> dict[str, Any]:
     """Retrain the pretrain config for ablation.steps steps per position scheme; compare val losses."""
-    from scratchllm.train.pretrain import run
-
     out: dict[str, Any] = {"steps": ctx.cfg.ablation.steps, "schemes": {}}
     for scheme in ctx.cfg.ablation.pos_emb:
-        result = run(ctx.cfg.ablation_config(scheme), resume=True, resume_command=ctx.resume_command)
+        result = pretrain_run(ctx.cfg.ablation_config(scheme), resume=True, resume_command=ctx.resume_command)
         if result.reason != "done":
-            from scratchllm.pipeline.runner import StageInterrupted
-
             raise StageInterrupted(f"ablation run {scheme} stopped by {result.reason} at step {result.step}")
         s = _training_summary(ctx, f"ablation/{scheme}", result.checkpoint, ctx.cfg.ablation.steps)
         out["schemes"][scheme] = {k: s.get(k) for k in ("final_val_loss", "final_train_loss", "tokens_per_s", "tokens")}
@@ -204,8 +204,6 @@ def run_ablation(ctx: Context) -> dict[str, Any]:
 
 
 def verify_ablation(ctx: Context) -> None:
-    from scratchllm.train.checkpoint import latest_checkpoint
-
     for scheme in ctx.cfg.ablation.pos_emb:
         if latest_checkpoint(ctx.dir("ablation") / scheme / "checkpoints") is None:
             raise ScratchError(f"ablation run {scheme} has no checkpoint")
@@ -216,13 +214,9 @@ def verify_ablation(ctx: Context) -> None:
 
 
 def run_sft(ctx: Context) -> dict[str, Any]:
-    from scratchllm.finetune.run import run
-
     cfg = ctx.cfg.sft_config()
-    stopped, report = run(cfg, resume=True, progress=True)
+    stopped, report = finetune_run(cfg, resume=True, progress=True)
     if stopped.reason != "done":
-        from scratchllm.pipeline.runner import StageInterrupted
-
         raise StageInterrupted(f"fine-tuning stopped by {stopped.reason} at step {stopped.step}")
     out = _training_summary(ctx, "sft", ctx.dir("sft") / "model", cfg.train.max_steps)
     out.update({k: report[k] for k in ("method", "trainable_params", "total_params", "before", "after") if k in report})
@@ -232,8 +226,6 @@ def run_sft(ctx: Context) -> dict[str, Any]:
 
 
 def verify_sft(ctx: Context) -> None:
-    from scratchllm.model.model import Transformer
-
     d = ctx.dir("sft")
     _need(d / "report.json", "fine-tuning report")
     Transformer.from_pretrained(d / "model")
@@ -247,13 +239,9 @@ def verify_sft(ctx: Context) -> None:
 
 
 def run_dpo(ctx: Context) -> dict[str, Any]:
-    from scratchllm.align.run import run_dpo as align_dpo
-
     cfg = ctx.cfg.dpo_config()
     report = align_dpo(cfg, resume=True)
     if report["stopped"] != "done":
-        from scratchllm.pipeline.runner import StageInterrupted
-
         raise StageInterrupted(f"DPO stopped by {report['stopped']} at step {report['steps']}")
     out = _training_summary(ctx, "dpo", Path(report["model"]), cfg.train.max_steps)
     out.update(before=report.get("heldout_before"), after=report.get("heldout_after"))
@@ -261,8 +249,6 @@ def run_dpo(ctx: Context) -> dict[str, Any]:
 
 
 def verify_dpo(ctx: Context) -> None:
-    from scratchllm.model.model import Transformer
-
     _need(ctx.dir("dpo") / "report.json", "DPO report")
     Transformer.from_pretrained(ctx.dir("dpo") / "model")
 
@@ -273,9 +259,6 @@ def verify_dpo(ctx: Context) -> None:
 
 def heldout_task(ctx: Context) -> Path:
     """Write the val split's documents as a perplexity task (``scratchllm eval --tasks <it>`` reruns it)."""
-    from scratchllm.corpus.shards import iter_documents
-    from scratchllm.io import atomic_write_text
-
     tok = load_tokenizer(ctx)
     limit = ctx.cfg.eval.heldout_documents
     lines = []
@@ -298,8 +281,6 @@ def heldout_task(ctx: Context) -> Path:
 
 def baseline_texts(ctx: Context) -> list[str]:
     """The train split's documents (up to eval.baseline_train_tokens): what the n-gram baselines fit."""
-    from scratchllm.corpus.shards import iter_documents
-
     tok = load_tokenizer(ctx)
     budget = ctx.cfg.eval.baseline_train_tokens
     texts, n = [], 0
@@ -313,12 +294,6 @@ def baseline_texts(ctx: Context) -> list[str]:
 
 
 def run_eval(ctx: Context) -> dict[str, Any]:
-    from scratchllm.eval.lm import ScratchLM
-    from scratchllm.eval.report import write_results
-    from scratchllm.eval.runner import EvalSettings, evaluate
-    from scratchllm.tasks.specs import resolve_tasks
-    from scratchllm.model.model import Transformer
-
     e = ctx.cfg.eval
     tok = load_tokenizer(ctx)
     device = _device(ctx)
@@ -354,7 +329,6 @@ def run_eval(ctx: Context) -> dict[str, Any]:
     ppl = {k: v["tasks"]["heldout"]["token_perplexity"] for k, v in summary["models"].items()}
     base = {k: v["token_perplexity"] for k, v in summary["baselines"].items()}
     summary["beats_baselines"] = {m: all(p < b for b in base.values()) if base else None for m, p in ppl.items()}
-    from scratchllm.io import atomic_write_text
 
     atomic_write_text(ctx.dir("eval") / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
     return {"heldout_ppl": ppl, "baseline_ppl": base, "beats_baselines": summary["beats_baselines"]}
@@ -362,8 +336,6 @@ def run_eval(ctx: Context) -> dict[str, Any]:
 
 def sample_generations(model: Any, tok: Any, label: str, e: Any, device: str, seed: int) -> list[dict[str, str]]:
     """Continuations of the sample prompts: plain text for the base model, a user turn for chat models."""
-    from scratchllm.infer.generate import sample
-
     chat = label != "pretrain"
     model = model.to(device).eval()
     prompts = []
@@ -398,8 +370,6 @@ def verify_eval(ctx: Context) -> None:
 def run_export_hf(ctx: Context) -> dict[str, Any]:
     import torch
 
-    from scratchllm.model.hf import export_hf
-    from scratchllm.model.model import Transformer
 
     src = final_model_dir(ctx)
     model = Transformer.from_pretrained(src).eval()
@@ -435,12 +405,6 @@ def verify_export_hf(ctx: Context) -> None:
 
 def run_quantize(ctx: Context) -> dict[str, Any]:
     """Quantize the final model's linears (INT8 per channel / INT4 per group); score it on the held-out set."""
-    from scratchllm.eval.lm import ScratchLM
-    from scratchllm.eval.runner import EvalSettings, evaluate
-    from scratchllm.tasks.specs import resolve_tasks
-    from scratchllm.model.model import Transformer
-    from scratchllm.infer.quantize import load_model, quantize, save_quantized, weight_bytes
-
     q = ctx.cfg.quantize
     src = final_model_dir(ctx)
     tok = load_tokenizer(ctx)
@@ -463,8 +427,6 @@ def run_quantize(ctx: Context) -> dict[str, Any]:
 
 
 def verify_quantize(ctx: Context) -> None:
-    from scratchllm.infer.quantize import QUANT_FILE, load_model
-
     _need(ctx.dir("quantize") / QUANT_FILE, "quantization info")
     load_model(ctx.dir("quantize"))
 
@@ -474,8 +436,6 @@ def verify_quantize(ctx: Context) -> None:
 
 
 def _free_port(host: str) -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -489,8 +449,6 @@ def served_model_dir(ctx: Context) -> Path:
 
 def serve_command(ctx: Context, model_dir: Path, host: str, port: int) -> list[str]:
     """``scratchllm serve key=value ...``, the command a user runs."""
-    from scratchllm.config import parse_override
-
     settings = {"model": str(model_dir), "tokenizer": str(ctx.dir("tokenizer")), "host": host,
                 "device": _device(ctx), "model_name": ctx.cfg.serve.model_name}
     # Quote a value only where it would otherwise be read as a TOML number, boolean, ...
@@ -500,13 +458,8 @@ def serve_command(ctx: Context, model_dir: Path, host: str, port: int) -> list[s
 
 def run_serve(ctx: Context) -> dict[str, Any]:
     """Start `scratchllm serve` in a child process, query it with the openai client, stop it."""
-    import shlex
-    import subprocess
-    import time
-
     from openai import OpenAI
 
-    from scratchllm.io import atomic_write_text
 
     s = ctx.cfg.serve
     port = s.port or _free_port(s.host)
@@ -574,8 +527,6 @@ def verify_serve(ctx: Context) -> None:
 
 
 def run_report(ctx: Context) -> dict[str, Any]:
-    from scratchllm.pipeline.report import write_report
-
     return write_report(ctx)
 
 
