@@ -230,7 +230,6 @@ class PPORolloutSource:
 
     @torch.no_grad()
     def _make_rollout(self) -> list[dict[str, torch.Tensor]]:
-
         t0 = time.perf_counter()
         r, c = self.rollout, self.cfg
         picked = self.prompts.take(self.rollout.prompts_per_step)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from scratchllm.errors import ScratchError
 from scratchllm.infer.quantize import load_model
 from scratchllm.model.checkpoint import check_vocab
@@ -14,8 +16,6 @@ from scratchllm.tokenizer import Tokenizer
 
 def check_device(device: str) -> str:
     """The device string, if torch can place a model there; else a ScratchError (not a traceback mid-load)."""
-    import torch
-
     hint = "use device=cpu" + (f" or cuda:0..cuda:{torch.cuda.device_count() - 1}" if torch.cuda.is_available() else "")
     try:
         dev = torch.device(device)

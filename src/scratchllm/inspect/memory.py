@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from scratchllm.config import from_dict, parse_override, read_toml
 from scratchllm.errors import ScratchError
 from scratchllm.inspect import report
@@ -345,9 +347,6 @@ def _status(field_name: str) -> int:
 
 
 def _probe(arg: str) -> dict[str, int]:
-    import torch
-
-
     a = json.loads(arg)
     torch.set_num_threads(1)
     torch.manual_seed(0)

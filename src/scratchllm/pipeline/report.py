@@ -43,7 +43,6 @@ def versions() -> dict[str, str]:
     import numpy
     import torch
 
-
     out = {"scratchllm": __version__, "git commit": git_commit(Path(__file__).parent) or "unknown (not a git checkout)",
            "python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
            "platform": platform.platform(), "cpu cores": str(os.cpu_count())}

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from scratchllm.align.run import run_dpo as align_dpo
 from scratchllm.config import parse_override, to_toml
 from scratchllm.corpus.shards import iter_documents, verify
@@ -85,8 +87,6 @@ def load_tokenizer(ctx: Context):
 def _device(ctx: Context) -> str:
     if ctx.cfg.device != "auto":
         return ctx.cfg.device
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -368,9 +368,6 @@ def verify_eval(ctx: Context) -> None:
 
 
 def run_export_hf(ctx: Context) -> dict[str, Any]:
-    import torch
-
-
     src = final_model_dir(ctx)
     model = Transformer.from_pretrained(src).eval()
     out = export_hf(model, ctx.dir("export_hf"), load_tokenizer(ctx))
@@ -459,7 +456,6 @@ def serve_command(ctx: Context, model_dir: Path, host: str, port: int) -> list[s
 def run_serve(ctx: Context) -> dict[str, Any]:
     """Start `scratchllm serve` in a child process, query it with the openai client, stop it."""
     from openai import OpenAI
-
 
     s = ctx.cfg.serve
     port = s.port or _free_port(s.host)

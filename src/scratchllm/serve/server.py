@@ -38,6 +38,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+import torch
 
 from scratchllm.errors import ScratchError
 from scratchllm.infer.background import BackgroundEngine, QueueFull, deltas
@@ -820,8 +821,6 @@ def serve(cfg: ServeConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     check_config(cfg)
     if cfg.threads:
-        import torch
-
         torch.set_num_threads(cfg.threads)  # small models decode faster on fewer threads (per-op overhead)
 
     model, tokenizer = load_for_inference(cfg.model, cfg.tokenizer or None, cfg.device)

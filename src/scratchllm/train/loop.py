@@ -471,7 +471,6 @@ class Trainer:
             set_optimizer_state_dict,
         )
 
-
         path = Path(path) if path is not None else ckpt.latest_checkpoint(self.ckpt_root)
         if path is None:
             return None

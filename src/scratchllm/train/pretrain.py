@@ -6,6 +6,8 @@ import math
 import sys
 from pathlib import Path
 
+import torch
+
 from scratchllm.corpus.shards import load_manifest
 from scratchllm.errors import ScratchError
 from scratchllm.model.checkpoint import check_vocab
@@ -41,9 +43,6 @@ def load_tokenizer_for_samples(cfg: TrainConfig, manifest: dict) -> object | Non
 
 
 def build_trainer(cfg: TrainConfig, d: Dist, resume: bool = False, resume_from: Path | None = None) -> Trainer:
-    import torch
-
-
     device = select_device(cfg.train.device, d)
     model_cfg = cfg.model_config()
     _, manifest = load_manifest(cfg.data.path)
