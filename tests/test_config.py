@@ -98,7 +98,7 @@ def test_nested_preset_resolves_relative_to_the_file_naming_it(tmp_path, monkeyp
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     cfg = load_config(TrainConfig, tmp_path / "presets" / "train.toml")
-    assert cfg.model["d_model"] == 32 and cfg.model["vocab_size"] == 300
+    assert cfg.model.d_model == 32 and cfg.model.vocab_size == 300
 
 
 def test_missing_nested_preset_names_the_file_that_pointed_there(tmp_path, monkeypatch):
@@ -121,7 +121,7 @@ def test_shipped_pipeline_preset_by_name_from_another_directory(tmp_path, monkey
     # validate() resolves every stage table, with their nested presets (train -> model/1m.toml).
     cfg = load_config(PipelineConfig, name, ["pretrain.train.max_steps=3"])
     assert cfg.train_config().train.max_steps == 3
-    assert cfg.train_config().model["d_model"] == 128  # from configs/model/1m.toml via configs/train/cpu-tiny.toml
+    assert cfg.train_config().model.d_model == 128  # from configs/model/1m.toml via configs/train/cpu-tiny.toml
 
 
 def test_ambiguous_or_unknown_preset_name(tmp_path, monkeypatch):
@@ -142,7 +142,7 @@ def test_preset_override_on_the_command_line_is_relative_to_the_working_director
         "d_model = 16\nn_layers = 1\nn_heads = 2\nn_kv_heads = 2\nd_ff = 32\nvocab_size = 300\ncontext_length = 128\n")
     monkeypatch.chdir(tmp_path)
     cfg = load_config(TrainConfig, "train/cpu-tiny", ["model.preset=m.toml"])
-    assert cfg.model["d_model"] == 16
+    assert cfg.model.d_model == 16
 
 
 def test_shipped_preset_runs_from_a_temporary_working_directory(tmp_path):
@@ -155,7 +155,7 @@ def test_shipped_preset_runs_from_a_temporary_working_directory(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(src)}
     r = subprocess.run(
         [sys.executable, "-m", "scratchllm", "tokenizer", "train", "corpus.max_bytes_per_domain=20000",
-         "tokenizer.vocab_size=300", "output=tok"],
+         "tokenizer.vocab_size=300", "out_dir=tok"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "tok" / "tokenizer.json").is_file()
@@ -172,7 +172,7 @@ def test_help_example_override_is_valid_for_every_command():
     from scratchllm.model.model import ModelConfig
     from scratchllm.pipeline.config import PipelineConfig
     from scratchllm.serve.server import ServeConfig
-    from scratchllm.tokenizer.cli import TokenizerTrainConfig
+    from scratchllm.tokenizer.config import TokenizerTrainConfig
     from scratchllm.train.config import TrainConfig
 
     classes = {"tokenizer train": TokenizerTrainConfig, "model info": ModelConfig, "model init": ModelConfig,

@@ -8,10 +8,15 @@ wrong type fails early with the offending key named::
 
 Override values are parsed as TOML literals (``3e-4``, ``true``, ``[1, 2]``, ``"text"``); anything
 that is not a TOML literal is taken as a bare string (``tokenizer.pattern=gpt4``).
+
+Any table may start from a preset: ``preset = "configs/model/1m.toml"`` plus keys to change on top of
+it (``[model]`` in a training config, a stage's table in the pipeline's, a whole file). The merge is
+written once, :func:`apply_preset`, and ``from_dict`` applies it to every table it builds.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tomllib
 import types
@@ -37,7 +42,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         if key.split(".")[-1] == "preset" and isinstance(value, str):
             # A preset named on the command line is relative to where the command runs.
             value = str(find_config(value, named_by=f"the override {item!r}").resolve())
-        _set_dotted(data, key, value)
+        set_dotted(data, key, value)
     return from_dict(cls, data)
 
 
@@ -121,7 +126,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = data
     for part in parts[:-1]:
@@ -138,6 +143,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
         raise ScratchError(f"config key {where or '<root>'!r} must be a table, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    if "preset" in data and "preset" not in fields:
+        data = apply_preset(cls, data, where)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         name = _join(where, unknown[0])
@@ -154,6 +161,47 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     if callable(validate):
         validate()
     return obj
+
+
+def apply_preset(cls: type, data: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """``data`` with the file named by its ``preset`` key underneath (and that file's own preset, ...).
+
+    Sections (dataclass fields) merge key by key; a value that is itself a table, such as
+    ``mix.weights`` (typed ``dict[str, X]``), replaces the preset's whole, as an override does."""
+    out = copy.deepcopy(dict(data))
+    for _ in range(16):  # a preset may name another; a cycle is a user error, not a hang
+        preset = out.pop("preset", None)
+        if preset is None:
+            return out
+        if not isinstance(preset, str):
+            raise ScratchError(f"config key {_join(where, 'preset')!r} must be a path string, got {preset!r}")
+        out = merge_tables(read_toml(preset, named_by=f"the key {_join(where, 'preset')!r}"), out, cls)
+    raise ScratchError(f"config key {_join(where, 'preset')!r}: presets name each other in a cycle")
+
+
+def merge_tables(base: Mapping[str, Any], top: Mapping[str, Any], cls: type | None = None) -> dict[str, Any]:
+    """``top`` over ``base``: sections of ``cls`` (and tables of unknown type) merge, other values replace."""
+    out = copy.deepcopy(dict(base))
+    hints = typing.get_type_hints(cls) if cls is not None and dataclasses.is_dataclass(cls) else {}
+    for k, v in top.items():
+        tp = _section_type(hints.get(k))
+        # Open tables (dict[str, Any], e.g. a pipeline's stage table) merge too; value maps replace.
+        section = k not in hints or tp is not None or hints[k] == dict[str, Any]
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and section:
+            out[k] = merge_tables(out[k], v, tp)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _section_type(tp: Any) -> type | None:
+    """The dataclass behind a field's type (``X`` or ``X | None``), or None for a plain value or map."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        return inner[0] if len(inner) == 1 else None
+    return None
 
 
 def _join(where: str, name: str) -> str:

@@ -45,13 +45,13 @@ def base_run(tok_dir, tmp_path_factory):
     """Full fine-tuning of a fresh tiny model on the arithmetic and corpus tasks: the base for LoRA/QLoRA."""
     out = tmp_path_factory.mktemp("base")
     cfg = make_cfg(tok_dir, out, "method=full", "train.max_steps=40", 'data.kinds=["add", "sub", "mul", "corpus_qa"]')
-    stopped, report = run(cfg, progress=False)
-    return out, stopped, report
+    result = run(cfg, progress=False)
+    return out, result, result.metrics
 
 
 def test_full_finetune_improves_heldout(base_run):
-    out, stopped, report = base_run
-    assert stopped.reason == "done" and stopped.step == 40
+    out, result, report = base_run
+    assert result.stopped is None and result.step == 40
     before, after = report["before"]["heldout_loss"], report["after"]["heldout_loss"]
     assert after < before - 2.0, (before, after)
     assert report["after"]["heldout_accuracy"] >= report["before"]["heldout_accuracy"]
@@ -66,7 +66,7 @@ def test_adapters_learn_new_tasks_on_the_base(tok_dir, tmp_path, base_run, metho
     """LoRA/QLoRA on the fine-tuned base, trained on the string tasks it has not seen."""
     cfg = make_cfg(tok_dir, tmp_path, f"method={method}", f'base.checkpoint="{base_run[0] / "model"}"',
                    'data.kinds=["reverse", "upper", "count", "length"]')
-    stopped, report = run(cfg, progress=False)
+    report = run(cfg, progress=False).metrics
     before, after = report["before"]["heldout_loss"], report["after"]["heldout_loss"]
     assert after < before - 0.4, (before, after)
     assert report["trainable_params"] < report["total_params"] / 3
@@ -130,6 +130,6 @@ def test_longer_finetune_raises_heldout_accuracy(tok_dir, tmp_path):
     cfg = make_cfg(tok_dir, tmp_path, "method=full", "model.d_model=64", "model.d_ff=192", "train.max_steps=400",
                    "train.batch_size=16", "optim.lr=3e-3", "schedule.warmup_steps=20", "data.n_train=3000",
                    "data.n_heldout=80", 'data.kinds=["length", "count", "upper"]', "eval.max_new_tokens=8")
-    _, report = run(cfg, progress=False)
+    report = run(cfg, progress=False).metrics
     assert report["before"]["heldout_accuracy"] == 0.0
     assert report["after"]["heldout_accuracy"] >= 0.3, report["after"]

@@ -29,7 +29,7 @@ def test_every_preset_resolves_with_paths_in_run_dir(preset, tmp_path):
     cfg = load_config(PipelineConfig, preset, [f"run_dir={tmp_path}"])
     tables = stage_tables(cfg)
     assert set(tables) == set(STAGE_NAMES)
-    assert tables["tokenizer"]["output"] == str(tmp_path / "tokenizer")
+    assert tables["tokenizer"]["out_dir"] == str(tmp_path / "tokenizer")
     assert tables["data"]["out_dir"] == str(tmp_path / "data")
     assert tables["data"]["tokenizer"] == str(tmp_path / "tokenizer")
     assert tables["pretrain"]["out_dir"] == str(tmp_path / "pretrain")
@@ -100,7 +100,7 @@ def test_a_table_override_replaces_as_in_data_prepare():
     assert pipe.data_config().mix.weights == alone.mix.weights == {"prose": 1.0}
     # Sections still merge key by key, and the model table merges with its preset.
     assert pipe.data_config().mix.max_upsample == alone.mix.max_upsample
-    assert pipe.train_config().model["n_layers"] == 5 and pipe.train_config().model["d_model"] == 128
+    assert pipe.train_config().model.n_layers == 5 and pipe.train_config().model.d_model == 128
 
 
 def test_weights_for_a_domain_no_source_gives_fail_before_anything_runs():

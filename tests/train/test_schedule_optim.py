@@ -100,8 +100,8 @@ def test_optimizer_is_fused_on_cuda_only():
 
 def test_train_config_resolves_model_preset(make_cfg):
     cfg = load_config(TrainConfig, None, ['model.preset="configs/model/1m.toml"', "model.vocab_size=300"])
-    assert cfg.model["d_model"] == 128 and cfg.model["vocab_size"] == 300 and "preset" not in cfg.model
-    assert cfg.model["n_kv_heads"] == 4  # every field resolved, so the saved config is self-contained
+    assert cfg.model.d_model == 128 and cfg.model.vocab_size == 300 and isinstance(cfg.model, ModelConfig)
+    assert cfg.model.n_kv_heads == 4  # every field resolved, so the saved config is self-contained
     with pytest.raises(ScratchError, match="seq_len"):
         make_cfg("data.seq_len=65")
     with pytest.raises(ScratchError, match="unknown config key 'model.d_modle'"):
@@ -112,6 +112,6 @@ def test_train_config_resolves_model_preset(make_cfg):
                          ids=lambda p: p.stem)
 def test_presets_load_and_resolve_their_model(preset):
     cfg = load_config(TrainConfig, preset, [])
-    model = cfg.model_config()  # the model preset resolved and valid
+    model = cfg.model  # the model preset resolved and valid
     assert cfg.data.seq_len <= model.context_length and model.vocab_size >= 4096
     assert (cfg.train.precision == "bf16") == preset.stem.startswith("gpu")  # CPU preset stays fp32

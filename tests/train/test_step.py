@@ -23,7 +23,7 @@ class NoData:
 
 def make_trainer(cfg, **kw) -> Trainer:
     torch.manual_seed(0)
-    return Trainer(cfg, Transformer(cfg.model_config()), NoData(), **kw)
+    return Trainer(cfg, Transformer(cfg.model), NoData(), **kw)
 
 
 def grads(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -81,11 +81,11 @@ def test_activation_checkpointing_same_grads_less_memory(make_cfg, make_batch, m
     results = {}
     for m in ("none", mode):
         torch.manual_seed(0)
-        model = Transformer(cfg.model_config())
+        model = Transformer(cfg.model)
         n = apply_ac(model, m)
         peak = peak_memory(model, x, y)
         results[m] = (n, peak, {k: p.grad for k, p in model.named_parameters()})
-        assert [k for k, _ in model.named_parameters()] == [k for k, _ in Transformer(cfg.model_config())
+        assert [k for k, _ in model.named_parameters()] == [k for k, _ in Transformer(cfg.model)
                                                              .named_parameters()]  # names unchanged
     assert results["none"][0] == 0 and results[mode][0] == (4 if mode == "full" else 2)
     for name, g in results["none"][2].items():

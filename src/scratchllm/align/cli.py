@@ -46,10 +46,9 @@ def cmd_align(args: argparse.Namespace) -> int:
     if args.align_command == "constitutional":
         from scratchllm.align.constitutional import run_constitutional
 
-        run_constitutional(cfg)
-        return 0
+        return run_constitutional(cfg).exit_code
     from scratchllm.align import run
 
     runner = {"dpo": run.run_dpo, "reward": run.run_reward, "ppo": run.run_ppo, "grpo": run.run_grpo,
               "rloo": run.run_rloo}[args.align_command]
-    return int(runner(cfg, resume=args.resume)["exit_code"])
+    return runner(cfg, resume=args.resume).exit_code

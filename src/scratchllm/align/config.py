@@ -25,14 +25,7 @@ from scratchllm.align.dpo import check_dpo_settings
 from scratchllm.errors import ScratchError
 from scratchllm.finetune.lora import LoraConfig
 from scratchllm.tasks.instruct import KINDS
-from scratchllm.train.config import (
-    CheckpointSection,
-    EvalSection,
-    LogSection,
-    OptimConfig,
-    ScheduleConfig,
-    TrainSection,
-)
+from scratchllm.train.config import TrainingConfig
 
 
 @dataclass
@@ -216,9 +209,8 @@ class ConstitutionalSection:
 
 
 @dataclass
-class AlignConfig:
+class AlignConfig(TrainingConfig):
     out_dir: Path = Path("runs/align")
-    seed: int = 1337
     models: ModelsSection = field(default_factory=ModelsSection)
     data: DataSection = field(default_factory=DataSection)
     dpo: DPOSection = field(default_factory=DPOSection)
@@ -229,11 +221,3 @@ class AlignConfig:
     rloo: RLOOSection = field(default_factory=RLOOSection)
     lora: LoraConfig = field(default_factory=LoraConfig)  # ppo.lora = true
     constitutional: ConstitutionalSection = field(default_factory=ConstitutionalSection)
-    # The training sections of `scratchllm train`, with its defaults; the presets set alignment values
-    # (a small constant lr, no sample generations).
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    train: TrainSection = field(default_factory=TrainSection)
-    eval: EvalSection = field(default_factory=EvalSection)
-    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
-    log: LogSection = field(default_factory=LogSection)

@@ -37,6 +37,7 @@ from scratchllm.client import ChatClient
 from scratchllm.config import read_toml
 from scratchllm.errors import ScratchError
 from scratchllm.io import atomic_write_text, read_jsonl
+from scratchllm.stage import StageResult
 
 Messages = list[dict[str, str]]
 
@@ -196,7 +197,7 @@ def traces_to_pairs(traces: Sequence[Trace]) -> tuple[list[PreferencePair], int]
     return pairs, dropped
 
 
-def run_constitutional(cfg: Any) -> dict[str, Any]:
+def run_constitutional(cfg: Any) -> StageResult:
     """``scratchllm align constitutional``: write preference pairs (and the full traces) for DPO."""
     c = cfg.constitutional
     constitution = load_constitution(c.constitution)
@@ -227,4 +228,5 @@ def run_constitutional(cfg: Any) -> dict[str, Any]:
     if not pairs:
         raise ScratchError("no preference pairs: every revision was empty or equal to the first answer",
                            "use a stronger model or endpoint, more rounds, or a higher temperature")
-    return {"pairs": len(pairs), "dropped": dropped, "out": str(out)}
+    return StageResult(outputs={"pairs": out, "traces": out.with_suffix(".traces.jsonl")},
+                       metrics={"pairs": len(pairs), "dropped": dropped})

@@ -52,12 +52,13 @@ from scratchllm.finetune.lora import apply_lora, merged_model
 from scratchllm.io import atomic_write_text
 from scratchllm.model.model import Transformer
 from scratchllm.model.paths import resolve_model_dir
+from scratchllm.stage import StageResult
 from scratchllm.tasks.instruct import embedded_instructions
 from scratchllm.tokenizer import Tokenizer
 from scratchllm.tokenizer.chat import CHAT_SPECIAL_TOKENS
-from scratchllm.train import checkpoint as ckpt
 from scratchllm.train.loop import Trainer, configure_torch, select_device
 from scratchllm.train.parallel import Dist
+from scratchllm.train.tracking import training_metrics
 
 
 def log(msg: str) -> None:
@@ -103,16 +104,10 @@ def make_trainer(cfg: AlignConfig, model: nn.Module, source: Any, loss_fn: Calla
     """The one Trainer, single process, with this run's loss and batch source; resumes if asked."""
     if cfg.train.max_tokens:
         raise ScratchError("train.max_tokens is not used by alignment runs", "set train.max_steps instead")
-    configure_torch(cfg)  # type: ignore[arg-type]
+    configure_torch(cfg)
     device = select_device(cfg.train.device, Dist())
-    trainer = Trainer(cfg, model, source, loss_fn=loss_fn, device=device)  # type: ignore[arg-type]
-    existing = ckpt.latest_checkpoint(trainer.ckpt_root)
-    if resume:
-        if trainer.resume() is None:
-            log(f"note: --resume: no checkpoint in {trainer.ckpt_root} yet, starting from step 0")
-    elif existing is not None:
-        raise ScratchError(f"{cfg.out_dir} already holds a run (latest checkpoint: {existing.name})",
-                           "continue it with --resume, or choose a new out_dir=... (or delete the old run)")
+    trainer = Trainer(cfg, model, source, loss_fn=loss_fn, device=device)
+    trainer.start(resume)
     return trainer
 
 
@@ -177,7 +172,7 @@ def preference_data(cfg: AlignConfig, tokenizer: Any, policy: nn.Module, example
 # --- the trainers -------------------------------------------------------------------------------
 
 
-def run_dpo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> dict[str, Any]:
+def run_dpo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> StageResult:
     """DPO; ``examples`` (train, held-out) replaces the embedded checkable tasks with your own
     (objects with ``prompt``, ``answer``, ``kind``, checked by ``is_correct``)."""
     torch.manual_seed(cfg.seed)
@@ -202,7 +197,7 @@ def run_dpo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = 
     return _train_and_report(cfg, trainer, "dpo", measure, policy, tokenizer)
 
 
-def run_reward(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> dict[str, Any]:
+def run_reward(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> StageResult:
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.models.tokenizer)
     policy = load_model(cfg.models.policy, "policy", tokenizer)
@@ -263,7 +258,7 @@ def _rl_setup(cfg: AlignConfig, examples: Examples | None) -> tuple[Any, nn.Modu
     return tokenizer, policy, reference, train_ex, heldout_ex, reward_model, reward_fn
 
 
-def run_ppo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> dict[str, Any]:
+def run_ppo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> StageResult:
     """PPO with a value function (align/ppo.py): one reply per prompt, GAE, several epochs of minibatches."""
     tokenizer, policy, reference, train_ex, heldout_ex, reward_model, reward_fn = _rl_setup(cfg, examples)
     p = cfg.ppo
@@ -300,7 +295,7 @@ def run_ppo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = 
                              source=source)
 
 
-def run_grpo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> dict[str, Any]:
+def run_grpo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> StageResult:
     """GRPO (align/grpo.py): group-relative advantages, per-token KL penalty."""
     tokenizer, policy, reference, train_ex, heldout_ex, reward_model, reward_fn = _rl_setup(cfg, examples)
     g = cfg.grpo
@@ -321,7 +316,7 @@ def run_grpo(cfg: AlignConfig, resume: bool = False, examples: Examples | None =
     return _train_and_report(cfg, trainer, "grpo", measure, policy, tokenizer, source=source)
 
 
-def run_rloo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> dict[str, Any]:
+def run_rloo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> StageResult:
     """RLOO (align/rloo.py): leave-one-out baseline, sequence-level KL penalty in the reward."""
     tokenizer, policy, reference, train_ex, heldout_ex, reward_model, reward_fn = _rl_setup(cfg, examples)
     r = cfg.rloo
@@ -341,7 +336,11 @@ def run_rloo(cfg: AlignConfig, resume: bool = False, examples: Examples | None =
 
 def _train_and_report(cfg: AlignConfig, trainer: Trainer, method: str, measure: Callable[[], dict[str, float]],
                       model: nn.Module, tokenizer: Any, trainable: nn.Module | None = None,
-                      export: Callable[[], nn.Module] | None = None, source: Any = None) -> dict[str, Any]:
+                      export: Callable[[], nn.Module] | None = None, source: Any = None) -> StageResult:
+    """Measure, train, measure again, save: every alignment command's result.
+
+    outputs: "run", "model" and "report" (once complete); metrics: the report (held-out metrics before
+    and after, steps) and the training figures of metrics.jsonl."""
     n = sum(p.numel() for p in (trainable or model).parameters() if p.requires_grad)
     log(f"align {method}: {n / 1e6:.2f}M trainable parameters on {trainer.device}, "
         f"{cfg.train.max_steps} steps -> {cfg.out_dir}")
@@ -352,10 +351,11 @@ def _train_and_report(cfg: AlignConfig, trainer: Trainer, method: str, measure: 
                               "exit_code": result.exit_code, "heldout_before": before}
     if hasattr(source, "generated_tokens"):  # RL methods: reply tokens sampled in this process (since a resume)
         report.update(generated_tokens=source.generated_tokens, rollout_seconds=round(source.rollout_seconds, 3))
+    run_dir = Path(cfg.out_dir)
     if result.reason != "done":
         log(f"stopped by {result.reason} after step {result.step}; checkpoint {result.checkpoint}\n"
             "continue with the same command plus --resume")
-        return report
+        return result.result({"run": run_dir}, {**report, **training_metrics(run_dir)})
     after = measure()
     log(f"held-out after:  {_fmt(after)}")
     out = Path(cfg.out_dir) / "model"
@@ -363,8 +363,9 @@ def _train_and_report(cfg: AlignConfig, trainer: Trainer, method: str, measure: 
     tokenizer.save_pretrained(out, model_max_length=model.cfg.context_length)
     report.update(heldout_after=after, model=str(out))
     write_report(cfg, report)
-    log(f"done: model -> {out}, report -> {Path(cfg.out_dir) / 'report.json'}")
-    return report
+    log(f"done: model -> {out}, report -> {run_dir / 'report.json'}")
+    return result.result({"run": run_dir, "model": out, "report": run_dir / "report.json"},
+                         {**report, **training_metrics(run_dir)})
 
 
 def _fmt(metrics: dict[str, float]) -> str:

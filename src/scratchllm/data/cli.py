@@ -35,14 +35,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _prepare(args: argparse.Namespace) -> int:
     from scratchllm.data.config import DataConfig
-    from scratchllm.data.prepare import format_summary, prepare
+    from scratchllm.data.prepare import format_summary, run
+    from scratchllm.data.shards import load_manifest
 
     cfg = load_config(DataConfig, args.config, args.overrides)
-    manifest = prepare(cfg, force=args.force, progress=False if args.no_progress else None,
-                       log=lambda m: print(m, file=sys.stderr))
-    print(format_summary(manifest))
-    print(f"\nwrote {cfg.out_dir}/manifest.json")
-    return 0
+    result = run(cfg, force=args.force, progress=False if args.no_progress else None,
+                 log=lambda m: print(m, file=sys.stderr))
+    print(format_summary(load_manifest(result.outputs["manifest"])[1]))
+    print(f"\nwrote {result.outputs['manifest']}")
+    return result.exit_code
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -54,6 +54,7 @@ from scratchllm.data.continuations import model_documents
 from scratchllm.data.workers import DocumentProcessor, add_stats, process_batches
 from scratchllm.errors import ScratchError
 from scratchllm.io import atomic_write, atomic_write_bytes, atomic_write_text, sha256_file
+from scratchllm.stage import StageResult
 from scratchllm.tokenizer import Tokenizer
 
 STAGING = ".staging"
@@ -459,6 +460,24 @@ def prepare(cfg: DataConfig, force: bool = False, progress: bool | None = None, 
 
 # ----------------------------------------------------------------------------------------------
 # The summary table
+
+
+def run(cfg: DataConfig, force: bool = False, progress: bool | None = None, log=print) -> StageResult:
+    """The data stage (``scratchllm data prepare`` and the pipeline): :func:`prepare`, then its result.
+
+    outputs: "data" (out_dir) and "manifest"; metrics: domains, vocab_size, per split tokens/documents/
+    shards, the decontamination counts and the seconds of each step."""
+    manifest = prepare(cfg, force=force, progress=progress, log=log)
+    out = Path(cfg.out_dir)
+    metrics = {
+        "domains": manifest["domains"], "vocab_size": manifest["vocab_size"],
+        "splits": {k: {"tokens": v["tokens"], "documents": v["documents"], "shards": len(v["shards"])}
+                   for k, v in manifest["splits"].items()},
+        "decontam": {k: v for k, v in manifest["summary"].get("decontam", {}).items()
+                     if k in ("enabled", "action", "ngram", "checked", "contaminated", "per_set")},
+        "seconds": manifest["summary"].get("seconds", {}),
+    }
+    return StageResult(outputs={"data": out, "manifest": out / MANIFEST}, metrics=metrics)
 
 
 def _n(x: float) -> str:

@@ -33,10 +33,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from scratchllm.finetune.run import run
 
     cfg = load_config(FinetuneConfig, args.config, args.overrides)
-    stopped, report = run(cfg, resume=args.resume)
-    if stopped.reason != "done":
-        print(f"stopped by {stopped.reason} after step {stopped.step}; continue with --resume", file=sys.stderr)
-        return stopped.exit_code
+    result = run(cfg, resume=args.resume)
+    if result.stopped:
+        print(f"stopped by {result.stopped} after step {result.step}; continue with --resume", file=sys.stderr)
+        return result.exit_code
+    report = result.metrics
     summary = {k: report[k] for k in ("method", "trainable_params", "total_params", "before", "after") if k in report}
     print(json.dumps(summary, indent=2))
     print(f"done: merged model in {cfg.out_dir}/model"

@@ -14,20 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from scratchllm.errors import ScratchError
 from scratchllm.tasks.instruct import KINDS
 from scratchllm.finetune.lora import LoraConfig
-from scratchllm.train.config import (
-    CheckpointSection,
-    EvalSection,
-    LogSection,
-    OptimConfig,
-    ScheduleConfig,
-    TrainSection,
-    _resolve_model,
-)
+from scratchllm.model.model import ModelConfig
+from scratchllm.train.config import EvalSection, TrainingConfig
 
 
 @dataclass
@@ -77,25 +70,19 @@ class FinetuneEvalSection(EvalSection):
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(TrainingConfig):
     out_dir: Path = Path("runs/finetune")
-    seed: int = 1337
+    eval: FinetuneEvalSection = field(default_factory=FinetuneEvalSection)
     method: Literal["full", "lora", "qlora"] = "lora"
     base: BaseSection = field(default_factory=BaseSection)
-    model: dict[str, Any] = field(default_factory=dict)
+    model: ModelConfig | None = None  # only for a fresh base (base.checkpoint = ""); None there: defaults
     data: SFTDataSection = field(default_factory=SFTDataSection)
     lora: LoraConfig = field(default_factory=LoraConfig)
     qlora: QLoraSection = field(default_factory=QLoraSection)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    train: TrainSection = field(default_factory=TrainSection)
-    eval: FinetuneEvalSection = field(default_factory=FinetuneEvalSection)
-    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
-    log: LogSection = field(default_factory=LogSection)
 
     def validate(self) -> None:
         if not self.base.checkpoint:
-            self.model = _resolve_model(self.model)
-        elif self.model:
+            self.model = self.model or ModelConfig()
+        elif self.model is not None:
             raise ScratchError("[model] is only for a fresh base model, but base.checkpoint is set",
                                "remove the [model] table, or set base.checkpoint=\"\"")

@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from scratchllm.config import from_dict
 from scratchllm.errors import ScratchError
 from scratchllm.finetune.chat_files import load_chat_jsonl
 from scratchllm.finetune.config import FinetuneConfig
@@ -45,11 +44,15 @@ from scratchllm.finetune.sft import (
 from scratchllm.io import atomic_write_text
 from scratchllm.model.model import ModelConfig, Transformer
 from scratchllm.model.paths import resolve_model_dir
+from scratchllm.stage import StageResult
 from scratchllm.tasks.instruct import InstructExample, embedded_instructions
 from scratchllm.tokenizer import Tokenizer
 from scratchllm.train import checkpoint as ckpt
-from scratchllm.train.loop import Stopped, Trainer, configure_torch, seed_everything, select_device
+from scratchllm.train.loop import Trainer, configure_torch, seed_everything, select_device
 from scratchllm.train.parallel import Dist
+from scratchllm.train.tracking import training_metrics
+
+WHAT = "fine-tuning run"  # what an out_dir holding checkpoints already holds, in the refusal
 
 
 def resolve_base(path: str) -> Path:
@@ -65,9 +68,8 @@ def load_base(cfg: FinetuneConfig, tokenizer: Any) -> Transformer:
     if cfg.base.checkpoint:
         model = Transformer.from_pretrained(resolve_base(cfg.base.checkpoint))
     else:
-
         seed_everything(cfg.seed)
-        model = Transformer(from_dict(ModelConfig, cfg.model, "model"))
+        model = Transformer(cfg.model or ModelConfig())
     if tokenizer.vocab_size > model.cfg.vocab_size:
         raise ScratchError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but the base model's vocab_size is "
@@ -135,19 +137,21 @@ def evaluate(model: nn.Module, tokenizer: Any, data: SFTData, cfg: FinetuneConfi
     return out
 
 
-def run(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -> tuple[Stopped, dict[str, Any]]:
-    """Fine-tune as configured; returns how training ended and the report (also out_dir/report.json)."""
-    configure_torch(cfg)  # type: ignore[arg-type]  (uses cfg.train and cfg.seed only)
+def run(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -> StageResult:
+    """Fine-tune as configured: the fine-tuning stage.
+
+    outputs: "run", "model" (merged), "adapter" and "peft_adapter" (lora/qlora), "report"; metrics: the
+    report (also out_dir/report.json: held-out loss/accuracy before and after, parameter counts) and the
+    training figures of metrics.jsonl. A run stopped by a signal has no model and no "after" yet."""
+    configure_torch(cfg)
     log = print if progress else (lambda *a, **k: None)
     device = select_device(cfg.train.device, Dist())
     tokenizer = Tokenizer.load(cfg.base.tokenizer)
     model = load_base(cfg, tokenizer)
     data = load_sft_data(cfg, tokenizer, model.cfg.context_length)
     out_dir = Path(cfg.out_dir)
-    existing = ckpt.latest_checkpoint(out_dir / "checkpoints")
-    if existing is not None and not resume:
-        raise ScratchError(f"{out_dir} already holds a fine-tuning run (latest checkpoint: {existing.name})",
-                           "continue it with --resume, or choose a new out_dir=... (or delete the old run)")
+    if not resume:  # before the slow evaluation of the base model
+        ckpt.refuse_existing_run(out_dir / "checkpoints", out_dir, WHAT)
 
     model.to(device)
     report: dict[str, Any] = {"method": cfg.method, "base": cfg.base.checkpoint or "fresh",
@@ -165,9 +169,8 @@ def run(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -> tup
     val = fixed_sft_batches(data.heldout[: cfg.eval.batches * cfg.train.batch_size], cfg.train.batch_size,
                             tokenizer.pad_id) if cfg.eval.batches else []
     cfg.log.progress = cfg.log.progress and progress
-    trainer = Trainer(cfg, model, source, loss_fn=sft_loss, val_batches=val, device=device)  # type: ignore[arg-type]
-    if resume and trainer.resume() is None:
-        log(f"note: --resume: no checkpoint in {trainer.ckpt_root} yet, starting from step 0", file=sys.stderr)
+    trainer = Trainer(cfg, model, source, loss_fn=sft_loss, val_batches=val, device=device)
+    trainer.start(resume, what=WHAT)
     log(f"finetune ({cfg.method}): {trainable:,} trainable of {total:,} parameters, {len(data.train)} "
         f"conversations, {cfg.train.max_steps} steps -> {out_dir}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -175,12 +178,15 @@ def run(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -> tup
     report["train_seconds"] = round(time.perf_counter() - t0, 2)
     report["steps"] = stopped.step
     if stopped.reason != "done":
-        return stopped, report
+        return stopped.result({"run": out_dir}, {**report, **training_metrics(out_dir)})
 
     report["after"] = evaluate(model, tokenizer, data, cfg, device)
     save_outputs(model, tokenizer, cfg, out_dir)
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
-    return stopped, report
+    outputs = {"run": out_dir, "model": out_dir / "model", "report": out_dir / "report.json"}
+    if cfg.method != "full":
+        outputs.update(adapter=out_dir / "adapter", peft_adapter=out_dir / "peft_adapter")
+    return stopped.result(outputs, {**report, **training_metrics(out_dir)})
 
 
 def save_outputs(model: Transformer, tokenizer: Any, cfg: FinetuneConfig, out_dir: Path) -> None:

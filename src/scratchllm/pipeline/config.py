@@ -16,19 +16,18 @@ and overwritten. Unknown keys and wrong types fail before anything runs, naming 
 
 from __future__ import annotations
 
-# The stages' config classes are imported where used: several import the model (torch), and
-# `scratchllm --help` loads this module (pipeline/cli.py builds its parser from it).
-
-import copy
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scratchllm.config import from_dict, read_toml, to_dict
+from scratchllm.align.config import AlignConfig
+from scratchllm.config import set_dotted, apply_preset, from_dict, to_dict
+from scratchllm.data.config import DataConfig
 from scratchllm.errors import ScratchError
-from scratchllm.tokenizer.cli import TokenizerTrainConfig
+from scratchllm.finetune.config import FinetuneConfig
+from scratchllm.model.model import ModelConfig
+from scratchllm.tokenizer.config import TokenizerTrainConfig
+from scratchllm.train.config import TrainConfig
 
 STAGE_NAMES = ("tokenizer", "data", "pretrain", "ablation", "sft", "dpo", "eval", "quantize", "export_hf", "serve", "report")
 
@@ -146,11 +145,10 @@ class PipelineConfig:
         """A training stage's config: its table with the run's paths, seed, device and thread count."""
         table = merged(table, {k: v if isinstance(v, int | str) else str(v) for k, v in paths.items()}, cls)
         table.setdefault("seed", self.seed)
-        if name == "pretrain" and "vocab_size" not in (model := table.setdefault("model", {})):
-            # The model's vocabulary follows the tokenizer's.
-            if "preset" in model:
-                model.update({k: v for k, v in read_toml(model["preset"]).items() if k not in model})
-            model["vocab_size"] = self.tokenizer_config().tokenizer.vocab_size
+        if name == "pretrain" and "vocab_size" not in table.get("model", {}):
+            # The model's vocabulary follows the tokenizer's (over a model preset's), unless set here.
+            table["model"] = {**apply_preset(ModelConfig, table.get("model", {}), "model"),
+                              "vocab_size": self.tokenizer_config().tokenizer.vocab_size}
         train = table.setdefault("train", {})
         if self.device != "auto":
             train["device"] = self.device
@@ -158,33 +156,27 @@ class PipelineConfig:
             train.setdefault("num_threads", self.threads)
         return _section(name, cls, table)
 
-    def tokenizer_config(self):  # -> TokenizerTrainConfig
+    def tokenizer_config(self) -> TokenizerTrainConfig:
         own = self.tokenizer.get("corpus", {})
         if isinstance(own, dict) and ({"files", "sources", "domains"} & set(own)):
             raise ScratchError("[tokenizer] the pipeline's tokenizer trains on the run's corpus, data.sources",
                                "set data.sources instead of tokenizer.corpus.files/sources/domains")
         # One corpus per run: the tokenizer reads the data stage's sources (its byte cap still applies).
         sources = [to_dict(s) for s in self.data_config().sources]
-        forced = {"output": str(self.run_dir / "tokenizer"), "corpus.sources": sources, "corpus.files": []}
+        forced = {"out_dir": str(self.run_dir / "tokenizer"), "corpus.sources": sources, "corpus.files": []}
         return _section("tokenizer", TokenizerTrainConfig, merged(self.tokenizer, forced, TokenizerTrainConfig))
 
-    def data_config(self):  # -> DataConfig
-        from scratchllm.data.config import DataConfig
-
+    def data_config(self) -> DataConfig:
         forced = {"out_dir": str(self.run_dir / "data"), "tokenizer": str(self.run_dir / "tokenizer")}
         return _section("data", DataConfig, merged(self.data, forced, DataConfig))
 
-    def train_config(self):  # -> TrainConfig
-        from scratchllm.train.config import TrainConfig
-
+    def train_config(self) -> TrainConfig:
         r = self.run_dir
         return self._training("pretrain", TrainConfig, self.pretrain, {
             "out_dir": r / "pretrain", "data.path": r / "data", "data.tokenizer": r / "tokenizer"})
 
-    def ablation_config(self, scheme: str):  # -> TrainConfig
+    def ablation_config(self, scheme: str) -> TrainConfig:
         """The pretrain config, shortened to ablation.steps, with positions ``scheme``, in its own folder."""
-        from scratchllm.train.config import TrainConfig
-
         r, steps = self.run_dir, self.ablation.steps
         return self._training("pretrain", TrainConfig, self.pretrain, {
             "out_dir": r / "ablation" / scheme, "data.path": r / "data", "data.tokenizer": r / "tokenizer",
@@ -192,16 +184,12 @@ class PipelineConfig:
             "eval.interval": max(1, steps // 4), "eval.sample_interval": 0, "eval.sample_tokens": 0,
             "checkpoint.interval": max(1, steps // 4)})
 
-    def sft_config(self):  # -> FinetuneConfig
-        from scratchllm.finetune.config import FinetuneConfig
-
+    def sft_config(self) -> FinetuneConfig:
         r = self.run_dir
         return self._training("sft", FinetuneConfig, self.sft, {
             "out_dir": r / "sft", "base.checkpoint": r / "pretrain", "base.tokenizer": r / "tokenizer"})
 
-    def dpo_config(self):  # -> AlignConfig
-        from scratchllm.align.config import AlignConfig
-
+    def dpo_config(self) -> AlignConfig:
         r = self.run_dir
         paths: dict[str, Any] = {
             "out_dir": r / "dpo", "models.policy": r / "sft" / "model", "models.tokenizer": r / "tokenizer"}
@@ -212,39 +200,11 @@ class PipelineConfig:
 
 
 def merged(table: dict[str, Any], forced: dict[str, Any] | None = None, cls: type | None = None) -> dict[str, Any]:
-    """A stage table with its ``preset`` file underneath and ``forced`` (dotted keys) on top.
-
-    Sections merge key by key; a value that is itself a table (``mix.weights``, typed ``dict[str, X]``
-    in ``cls``) replaces the preset's whole, as an override does in the stage's own command."""
-    table = copy.deepcopy(table)
-    preset = table.pop("preset", None)
-    base: dict[str, Any] = {}
-    if preset is not None:
-        if not isinstance(preset, str):
-            raise ScratchError(f"'preset' must be a path string, got {preset!r}")
-        base = read_toml(preset)
-    out = _deep_merge(base, table, cls)
+    """A stage table with its ``preset`` file underneath (config.apply_preset, the one merge every
+    command uses) and ``forced`` (dotted keys: the run's paths) on top."""
+    out = apply_preset(cls, table) if cls is not None else dict(table)
     for key, value in (forced or {}).items():
-        node = out
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return out
-
-
-def _deep_merge(base: dict[str, Any], top: dict[str, Any], cls: type | None = None) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    hints = typing.get_type_hints(cls) if cls is not None and dataclasses.is_dataclass(cls) else {}
-    for k, v in top.items():
-        tp = hints.get(k)
-        # Merge into sections (dataclasses) and open tables (dict[str, Any], e.g. a model preset plus
-        # overrides); replace value maps such as mix.weights.
-        section = tp is None or dataclasses.is_dataclass(tp) or tp == dict[str, Any]
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and section:
-            out[k] = _deep_merge(out[k], v, tp if dataclasses.is_dataclass(tp) else None)
-        else:
-            out[k] = copy.deepcopy(v)
+        set_dotted(out, key, value)
     return out
 
 

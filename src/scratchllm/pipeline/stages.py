@@ -15,7 +15,6 @@ The tokenizer comes before the data stage because the data stage writes *token* 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shlex
 import socket
@@ -28,14 +27,14 @@ from typing import Any
 import torch
 
 from scratchllm.align.run import run_dpo as align_dpo
-from scratchllm.config import parse_override, to_toml
-from scratchllm.corpus.shards import iter_documents, verify
-from scratchllm.data.prepare import prepare
+from scratchllm.config import parse_override
+from scratchllm.corpus.shards import iter_documents, verify as verify_shards
+from scratchllm.data.prepare import run as prepare_data
 from scratchllm.errors import ScratchError
 from scratchllm.eval.lm import ScratchLM
 from scratchllm.eval.report import write_results
 from scratchllm.eval.runner import EvalSettings, evaluate
-from scratchllm.finetune.run import run as finetune_run
+from scratchllm.finetune.run import run as finetune
 from scratchllm.infer.generate import sample
 from scratchllm.infer.quantize import QUANT_FILE, load_model, quantize, save_quantized, weight_bytes
 from scratchllm.io import atomic_write_text
@@ -43,14 +42,13 @@ from scratchllm.model.hf import export_hf
 from scratchllm.model.model import Transformer
 from scratchllm.pipeline.report import write_report
 from scratchllm.pipeline.runner import Context, Stage, StageInterrupted
+from scratchllm.stage import StageResult
 from scratchllm.tasks.specs import resolve_tasks
 from scratchllm.tokenizer import Tokenizer
-from scratchllm.tokenizer.bpe import train_bpe
-from scratchllm.tokenizer.chat import DEFAULT_SPECIAL_TOKENS, END, encode_chat
-from scratchllm.tokenizer.cli import training_texts
+from scratchllm.tokenizer.chat import END, encode_chat
+from scratchllm.tokenizer.run import run as train_tokenizer
 from scratchllm.train.checkpoint import latest_checkpoint, read_json, verify_checkpoint
-from scratchllm.train.pretrain import run as pretrain_run
-from scratchllm.train.tracking import read_metrics
+from scratchllm.train.pretrain import run as pretrain
 
 # ------------------------------------------------------------------------------------------------
 # Where each model lives
@@ -96,22 +94,30 @@ def _need(path: Path, what: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# The training stages: each calls its stage's run(config) and keeps the figures the report shows.
+
+TRAINING_METRICS = ("max_steps", "final_train_loss", "steps", "tokens", "tokens_per_s", "mfu", "final_val_loss")
+
+
+def _complete(result: StageResult, what: str) -> StageResult:
+    """A stage stopped by a signal (its checkpoint saved) stops the pipeline, resumably."""
+    if result.stopped:
+        raise StageInterrupted(f"{what} stopped by {result.stopped} at step {result.step}")
+    return result
+
+
+def _training_summary(result: StageResult, **extra: Any) -> dict[str, Any]:
+    m = result.metrics
+    return {"model_dir": str(result.outputs["model"]), **{k: m[k] for k in TRAINING_METRICS if k in m}, **extra}
+
+
+# ------------------------------------------------------------------------------------------------
 # tokenizer
 
 
 def run_tokenizer(ctx: Context) -> dict[str, Any]:
-    cfg = ctx.cfg.tokenizer_config()
-    texts, _ = training_texts(cfg.corpus)
-    t = cfg.tokenizer
-    tok = train_bpe(texts, t.vocab_size, t.pattern, t.special_tokens or list(DEFAULT_SPECIAL_TOKENS),
-                    t.min_frequency, progress=sys.stderr.isatty())
-    out = tok.save_pretrained(cfg.output)
-    atomic_write_text(Path(out) / "train_config.toml", to_toml(cfg))
-    sample = texts[:200]
-    n_bytes = sum(len(x.encode("utf-8")) for x in sample)
-    n_tokens = sum(len(tok.encode_ordinary(x)) for x in sample)
-    return {"vocab_size": tok.vocab_size, "documents": len(texts),
-            "bytes": sum(len(x.encode("utf-8")) for x in texts), "bytes_per_token": n_bytes / max(1, n_tokens)}
+    result = train_tokenizer(ctx.cfg.tokenizer_config(), progress=sys.stderr.isatty())
+    return {k: result.metrics[k] for k in ("vocab_size", "documents", "bytes", "bytes_per_token")}
 
 
 def verify_tokenizer(ctx: Context) -> None:
@@ -126,18 +132,12 @@ def verify_tokenizer(ctx: Context) -> None:
 
 
 def run_data(ctx: Context) -> dict[str, Any]:
-    manifest = prepare(ctx.cfg.data_config(), progress=None, log=ctx.log)
-    return {"domains": manifest["domains"], "vocab_size": manifest["vocab_size"],
-            "splits": {k: {"tokens": v["tokens"], "documents": v["documents"], "shards": len(v["shards"])}
-                       for k, v in manifest["splits"].items()},
-            "decontam": {k: v for k, v in manifest["summary"].get("decontam", {}).items()
-                         if k in ("enabled", "action", "ngram", "checked", "contaminated", "per_set")},
-            "seconds": manifest["summary"].get("seconds", {})}
+    return prepare_data(ctx.cfg.data_config(), progress=None, log=ctx.log).metrics
 
 
 def verify_data(ctx: Context) -> None:
     _need(ctx.dir("data") / "manifest.json", "data manifest")
-    problems = verify(ctx.dir("data"))
+    problems = verify_shards(ctx.dir("data"))
     if problems:
         raise ScratchError(f"data shards in {ctx.dir('data')} are damaged: {problems[0]}")
 
@@ -147,41 +147,15 @@ def verify_data(ctx: Context) -> None:
 
 
 def run_pretrain(ctx: Context) -> dict[str, Any]:
-    cfg = ctx.cfg.train_config()
     # resume=True: an interrupted attempt continues from its last checkpoint (none: from step 0).
-    result = pretrain_run(cfg, resume=True, resume_command=ctx.resume_command)
-    if result.reason != "done":
-        raise StageInterrupted(f"training stopped by {result.reason} at step {result.step}")
-    return _training_summary(ctx, "pretrain", base_model_dir(ctx), cfg.train.max_steps)
-
-
-def _training_summary(ctx: Context, stage: str, model_dir: Path, max_steps: int | None) -> dict[str, Any]:
-    metrics = ctx.dir(stage) / "metrics.jsonl"
-    rows = read_metrics(metrics) if metrics.exists() else []
-    train = [r for r in rows if r.get("kind") == "train"]
-    val = [r for r in rows if r.get("kind") == "val"]
-    out: dict[str, Any] = {"model_dir": str(model_dir), "max_steps": max_steps}
-    if train:
-        out.update(final_train_loss=train[-1].get("loss"), steps=train[-1]["step"], tokens=train[-1].get("tokens"),
-                   tokens_per_s=_median([r["tokens_per_s"] for r in train if "tokens_per_s" in r]),
-                   mfu=_median([r["mfu"] for r in train if "mfu" in r]))
-    if val:
-        out["final_val_loss"] = val[-1]["loss"]
-    return out
-
-
-def _median(xs: list[float]) -> float | None:
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if xs else None
+    result = pretrain(ctx.cfg.train_config(), resume=True, resume_command=ctx.resume_command)
+    return _training_summary(_complete(result, "training"))
 
 
 def verify_pretrain(ctx: Context) -> None:
     path = base_model_dir(ctx)
     verify_checkpoint(path)
-    cfg = ctx.cfg.train_config()
-    t = cfg.train
-    # max_tokens, when set, decides the steps (as in train.pretrain.build_trainer, one process).
-    want = math.ceil(t.max_tokens / (t.batch_size * cfg.data.seq_len * t.grad_accum)) if t.max_tokens else t.max_steps
+    want = ctx.cfg.train_config().total_steps()  # one process, as the pipeline trains
     state = read_json(path / "state.json")
     if int(state.get("step", -1)) < want:
         raise ScratchError(f"the last checkpoint {path} is at step {state.get('step')}, not {want}")
@@ -195,11 +169,9 @@ def run_ablation(ctx: Context) -> dict[str, Any]:
     """Retrain the pretrain config for ablation.steps steps per position scheme; compare val losses."""
     out: dict[str, Any] = {"steps": ctx.cfg.ablation.steps, "schemes": {}}
     for scheme in ctx.cfg.ablation.pos_emb:
-        result = pretrain_run(ctx.cfg.ablation_config(scheme), resume=True, resume_command=ctx.resume_command)
-        if result.reason != "done":
-            raise StageInterrupted(f"ablation run {scheme} stopped by {result.reason} at step {result.step}")
-        s = _training_summary(ctx, f"ablation/{scheme}", result.checkpoint, ctx.cfg.ablation.steps)
-        out["schemes"][scheme] = {k: s.get(k) for k in ("final_val_loss", "final_train_loss", "tokens_per_s", "tokens")}
+        result = pretrain(ctx.cfg.ablation_config(scheme), resume=True, resume_command=ctx.resume_command)
+        m = _complete(result, f"ablation run {scheme}").metrics
+        out["schemes"][scheme] = {k: m.get(k) for k in ("final_val_loss", "final_train_loss", "tokens_per_s", "tokens")}
     return out
 
 
@@ -214,14 +186,12 @@ def verify_ablation(ctx: Context) -> None:
 
 
 def run_sft(ctx: Context) -> dict[str, Any]:
-    cfg = ctx.cfg.sft_config()
-    stopped, report = finetune_run(cfg, resume=True, progress=True)
-    if stopped.reason != "done":
-        raise StageInterrupted(f"fine-tuning stopped by {stopped.reason} at step {stopped.step}")
-    out = _training_summary(ctx, "sft", ctx.dir("sft") / "model", cfg.train.max_steps)
-    out.update({k: report[k] for k in ("method", "trainable_params", "total_params", "before", "after") if k in report})
-    if cfg.method != "full":
-        out["adapter_dir"] = str(ctx.dir("sft") / "adapter")
+    result = _complete(finetune(ctx.cfg.sft_config(), resume=True, progress=True), "fine-tuning")
+    m = result.metrics
+    out = _training_summary(result, **{k: m[k] for k in ("method", "trainable_params", "total_params", "before",
+                                                          "after") if k in m})
+    if "adapter" in result.outputs:
+        out["adapter_dir"] = str(result.outputs["adapter"])
     return out
 
 
@@ -239,13 +209,9 @@ def verify_sft(ctx: Context) -> None:
 
 
 def run_dpo(ctx: Context) -> dict[str, Any]:
-    cfg = ctx.cfg.dpo_config()
-    report = align_dpo(cfg, resume=True)
-    if report["stopped"] != "done":
-        raise StageInterrupted(f"DPO stopped by {report['stopped']} at step {report['steps']}")
-    out = _training_summary(ctx, "dpo", Path(report["model"]), cfg.train.max_steps)
-    out.update(before=report.get("heldout_before"), after=report.get("heldout_after"))
-    return out
+    result = _complete(align_dpo(ctx.cfg.dpo_config(), resume=True), "DPO")
+    return _training_summary(result, before=result.metrics.get("heldout_before"),
+                             after=result.metrics.get("heldout_after"))
 
 
 def verify_dpo(ctx: Context) -> None:

@@ -2,85 +2,19 @@
 
 from __future__ import annotations
 
-# The stage's own modules are imported inside the commands: they load torch (or numpy, pyarrow...), and
-# `scratchllm --help` imports every command module (measured: --help stays at ~0.1 s, without torch).
-
 import argparse
 import sys
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-from tqdm import tqdm
 
 from scratchllm.cli import add_config_arguments
-from scratchllm.config import from_dict, load_config, to_toml
+from scratchllm.config import load_config
 from scratchllm.errors import ScratchError
-from scratchllm.io import atomic_write_text, read_text
-from scratchllm.tokenizer.bpe import Tokenizer, train_bpe
-from scratchllm.tokenizer.chat import DEFAULT_SPECIAL_TOKENS
+from scratchllm.io import read_text
+from scratchllm.tokenizer.bpe import Tokenizer
+from scratchllm.tokenizer.config import TokenizerTrainConfig
 from scratchllm.tokenizer.patterns import pattern_name
+from scratchllm.tokenizer.run import run
 
 DEFAULT_CONFIG = "configs/tokenizer/default.toml"
-
-
-@dataclass
-class CorpusConfig:
-    """What to train on: the embedded corpus, your own files, or data-stage sources.
-
-    Files are read by the data stage's ingest, exactly as ``data prepare`` reads them: every format it
-    knows (gzip, JSONL's text field, Markdown, HTML, ...), its cleaning, and unreadable or undecodable
-    files skipped and counted rather than trained on as bytes.
-    """
-
-    files: list[str] = field(default_factory=list)  # files, folders or globs (a data 'files' source)
-    format: str = "auto"  # as a data source's format: auto (by extension), text, jsonl, markdown, html
-    text_field: str = "text"  # JSONL: the field holding the text
-    domains: list[str] = field(default_factory=lambda: ["prose", "code"])  # embedded corpus, when no files
-    # Data-stage [[sources]] tables (embedded, files, synthetic); the pipeline puts data.sources here.
-    sources: list[dict[str, Any]] = field(default_factory=list)
-    max_bytes_per_domain: int = 2_000_000  # at most this much text of each domain (0: no cap)
-
-    def validate(self) -> None:
-        if self.files and self.sources:
-            raise ScratchError("corpus.files and corpus.sources are both set", "use one of them")
-        if self.max_bytes_per_domain < 0:
-            raise ScratchError("corpus.max_bytes_per_domain must be >= 0 (0: no cap)")
-        for src in self.source_configs():
-            if src.kind == "model":
-                raise ScratchError("corpus.sources: a 'model' source cannot train a tokenizer",
-                                   "leave it out of the tokenizer's sources")
-
-    def source_configs(self) -> list:  # -> list[SourceConfig]
-        """The corpus as data-stage sources (one mechanism for files, folders and the embedded corpus)."""
-        from scratchllm.corpus.config import SourceConfig
-
-        if self.sources:
-            return [from_dict(SourceConfig, s, f"corpus.sources[{i}]") for i, s in enumerate(self.sources)]
-        if self.files:
-            return [from_dict(SourceConfig, {"kind": "files", "paths": self.files, "format": self.format,
-                                             "text_field": self.text_field, "domain": "files"}, "corpus")]
-        return [from_dict(SourceConfig, {"kind": "embedded", "domains": self.domains}, "corpus")]
-
-
-@dataclass
-class BPEConfig:
-    vocab_size: int = 4096
-    pattern: str = "gpt4"
-    special_tokens: list[str] = field(default_factory=list)  # empty: the default set
-    min_frequency: int = 2
-
-    def validate(self) -> None:
-        if self.min_frequency < 1:
-            raise ScratchError("config key 'tokenizer.min_frequency' must be >= 1")
-
-
-@dataclass
-class TokenizerTrainConfig:
-    output: str = "runs/tokenizer"
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    tokenizer: BPEConfig = field(default_factory=BPEConfig)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -114,71 +48,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     i.set_defaults(func=cmd_info)
 
 
-def training_texts(cfg: CorpusConfig, progress: bool = False) -> tuple[list[str], str]:
-    """The cleaned documents to train on, and a one-line ingest summary (what was read and skipped)."""
-    from scratchllm.corpus.clean import Cleaner
-    from scratchllm.corpus.config import CleanConfig
-    from scratchllm.corpus.embedded import embedded_documents
-    from scratchllm.corpus.ingest import IngestStats, read_files, resolve_paths
-    from scratchllm.corpus.synthetic import synthetic_documents
-
-    stats, cleaner = IngestStats(), Cleaner(CleanConfig())
-    cap = cfg.max_bytes_per_domain or None
-    used: dict[str, int] = {}
-    texts: list[str] = []
-    bar = tqdm(desc="read corpus", unit="doc", disable=not progress)
-    for src in cfg.source_configs():
-        if src.kind == "embedded":
-            limits = [x for x in (cap, src.max_bytes_per_domain) if x]
-            docs = embedded_documents(src.domains, min(limits) if limits else None)  # capped per domain
-        elif src.kind == "files":
-            docs = read_files(resolve_paths(src.paths), src.domain, stats, src.format, src.text_field,
-                              src.max_document_bytes)
-        else:  # synthetic
-            docs = synthetic_documents(src.generators, src.count, src.seed, src.domain)
-        for doc in docs:
-            if cap is not None and used.get(doc.domain, 0) >= cap:
-                if src.kind == "embedded":
-                    continue  # its next domain may still have room
-                break  # a files or synthetic source is one domain: the rest would be dropped too
-            text = cleaner(doc.text, doc.domain)
-            if text:
-                used[doc.domain] = used.get(doc.domain, 0) + len(text.encode("utf-8"))
-                texts.append(text)
-                bar.update()
-    bar.close()
-    summary = f"{stats.files} files read" if stats.files else "embedded/synthetic text"
-    if stats.skipped:
-        summary += f", {stats.skipped} skipped ({'; '.join(stats.problems[:3])})"
-    if stats.files and not texts:
-        raise ScratchError("the training corpus is empty: no text survived ingest and cleaning",
-                           "every input was skipped: " + "; ".join(stats.problems[:3]) if stats.skipped
-                           else "check corpus.files")
-    return texts, summary
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(TokenizerTrainConfig, args.config, args.overrides)
     # Progress bars only on a terminal: in a log file they are hundreds of lines of noise.
-    progress = sys.stderr.isatty() and not args.no_progress
-    texts, summary = training_texts(cfg.corpus, progress)
-    size = sum(len(t.encode("utf-8")) for t in texts)
-    print(f"training BPE: vocab {cfg.tokenizer.vocab_size}, pattern {cfg.tokenizer.pattern}, "
-          f"{len(texts)} documents, {size / 1e6:.2f} MB ({summary})", file=sys.stderr)
-    start = time.perf_counter()
-    tok = train_bpe(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.pattern,
-                    cfg.tokenizer.special_tokens or list(DEFAULT_SPECIAL_TOKENS),
-                    cfg.tokenizer.min_frequency, progress=progress)
-    elapsed = time.perf_counter() - start
-    out = tok.save_pretrained(cfg.output)
-    atomic_write_text(out / "train_config.toml", to_toml(cfg))
-    if tok.vocab_size < cfg.tokenizer.vocab_size:
-        print(f"note: corpus too small for the vocab asked; stopped at {tok.vocab_size} "
-              f"(no pair occurs {cfg.tokenizer.min_frequency}+ times)", file=sys.stderr)
-    n_tokens = sum(len(tok.encode_ordinary(t)) for t in texts[:200])
-    n_bytes = sum(len(t.encode("utf-8")) for t in texts[:200])
-    print(f"trained {tok} in {elapsed:.1f}s; {n_bytes / max(n_tokens, 1):.2f} bytes/token; saved to {out}")
-    return 0
+    result = run(cfg, progress=sys.stderr.isatty() and not args.no_progress)
+    m = result.metrics
+    print(f"trained a tokenizer of {m['vocab_size']} tokens in {m['seconds']:.1f}s; {m['bytes_per_token']:.2f} "
+          f"bytes/token; saved to {result.outputs['tokenizer']}")
+    return result.exit_code
 
 
 def cmd_encode(args: argparse.Namespace) -> int:

@@ -75,6 +75,14 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def refuse_existing_run(root: Path, out_dir: Path, what: str = "run") -> None:
+    """A new (not resumed) run must not write over an earlier one's checkpoints in ``root``."""
+    existing = latest_checkpoint(root)
+    if existing is not None:
+        raise ScratchError(f"{out_dir} already holds a {what} (latest checkpoint: {existing.name})",
+                           "continue it with --resume, or choose a new out_dir=... (or delete the old run)")
+
+
 def remove_stale_temporaries(root: Path) -> None:
     """Delete half-written checkpoint directories left by a killed process."""
     if Path(root).is_dir():

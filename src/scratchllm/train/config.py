@@ -14,12 +14,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from scratchllm.config import from_dict, read_toml, to_dict
 from scratchllm.errors import ScratchError
 from scratchllm.model.model import ModelConfig
 
@@ -208,13 +208,15 @@ class LogSection:
 
 
 @dataclass
-class TrainConfig:
+class TrainingConfig:
+    """The sections every training stage shares and the one Trainer reads: where the run goes, its seed,
+    the optimizer, schedule, batch/precision/device/threads ([train]), evaluation, checkpoints and logs.
+
+    Pre-training (TrainConfig), fine-tuning (FinetuneConfig) and each alignment command extend it with
+    their own sections; the TOML keys stay top-level tables (``[optim]``, ``[train]``, ...)."""
+
     out_dir: Path = Path("runs/train")
     seed: int = 1337
-    # A model preset plus overrides: {"preset": "configs/model/1m.toml", "context_length": 128}.
-    # After validate() it holds every ModelConfig field (the resolved shape, saved with the run).
-    model: dict[str, Any] = field(default_factory=dict)
-    data: DataSection = field(default_factory=DataSection)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainSection = field(default_factory=TrainSection)
@@ -222,29 +224,28 @@ class TrainConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     log: LogSection = field(default_factory=LogSection)
 
+
+@dataclass
+class TrainConfig(TrainingConfig):
+    # A model preset plus overrides in TOML: [model] preset = "configs/model/1m.toml", context_length = 128.
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataSection = field(default_factory=DataSection)
+
     def validate(self) -> None:
-        self.model = _resolve_model(self.model)
-        ctx = self.model["context_length"]
+        ctx = self.model.context_length
         if not 1 <= self.data.seq_len <= ctx:
             raise ScratchError(
                 f"data.seq_len={self.data.seq_len} must be between 1 and the model's context_length={ctx}",
                 "lower data.seq_len or raise model.context_length",
             )
 
-    def model_config(self):  # -> ModelConfig
-        return from_dict(ModelConfig, self.model, "model")
+    def tokens_per_step(self, dp: int = 1) -> int:
+        """Tokens one optimizer step trains on, over ``dp`` data-parallel ranks."""
+        t = self.train
+        return t.batch_size * self.data.seq_len * t.grad_accum * dp
 
-
-def _resolve_model(table: dict[str, Any]) -> dict[str, Any]:
-    table = dict(table)
-    preset = table.pop("preset", None)
-    base: dict[str, Any] = {}
-    if preset is not None:
-        if not isinstance(preset, str):
-            raise ScratchError(f"model.preset must be a path string, got {preset!r}")
-        base = read_toml(preset)
-    try:
-        cfg = from_dict(ModelConfig, {**base, **table}, "model")
-    except ScratchError as e:
-        raise ScratchError(e.message, e.hint or "valid keys are those of configs/model/*.toml, plus 'preset'") from None
-    return to_dict(cfg)
+    def total_steps(self, dp: int = 1) -> int:
+        """The steps the run trains for: train.max_tokens, when set, decides them (rounded up)."""
+        if self.train.max_tokens:
+            return max(1, math.ceil(self.train.max_tokens / self.tokens_per_step(dp)))
+        return self.train.max_steps

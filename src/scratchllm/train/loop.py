@@ -42,8 +42,9 @@ from scratchllm.config import to_dict
 from scratchllm.errors import Interrupted, ScratchError
 from scratchllm.infer.generate import sample as sample_tokens
 from scratchllm.model.checkpoint import check_state
+from scratchllm.stage import StageResult
 from scratchllm.train import checkpoint as ckpt, runlock
-from scratchllm.train.config import TrainConfig
+from scratchllm.train.config import TrainingConfig
 from scratchllm.train.mesh import Layout, parallelize
 from scratchllm.train.optim import build_optimizer
 from scratchllm.train.parallel import Dist, all_reduce_sum, apply_ac, apply_compile, apply_ddp, apply_fsdp
@@ -95,6 +96,12 @@ class Stopped:
     def exit_code(self) -> int:
         return 0 if self.reason == "done" else 128 + int(getattr(signal, self.reason, signal.SIGTERM))
 
+    def result(self, outputs: dict[str, Path] | None = None, metrics: dict[str, Any] | None = None) -> StageResult:
+        """The training stage's result: stopped early (a signal) or complete, at which step, from where."""
+        return StageResult(outputs=outputs or {}, metrics=metrics or {},
+                           stopped=None if self.reason == "done" else self.reason, step=self.step,
+                           checkpoint=self.checkpoint)
+
 
 class NonFiniteLoss(ScratchError):
     pass
@@ -137,7 +144,7 @@ def auto_threads() -> int:
     return max(1, min(cores, cores - round(busy)))
 
 
-def configure_torch(cfg: TrainConfig) -> None:
+def configure_torch(cfg: TrainingConfig) -> None:
     """Threads, determinism and matmul precision; call before building the model."""
     t = cfg.train
     threads = t.num_threads or auto_threads()
@@ -154,7 +161,7 @@ def configure_torch(cfg: TrainConfig) -> None:
 class Trainer:
     def __init__(
         self,
-        cfg: TrainConfig,
+        cfg: TrainingConfig,
         model: nn.Module,
         train_source: Any,
         *,
@@ -462,6 +469,19 @@ class Trainer:
         if error is not None:
             raise error
         return path
+
+    def start(self, resume: bool = False, path: Path | None = None, what: str = "run") -> Path | None:
+        """Where the run starts: the checkpoint ``path``, the latest one in out_dir (``resume``; none yet:
+        step 0), or step 0 in an out_dir that holds no earlier run. Returns the checkpoint resumed."""
+        if path is not None:
+            return self.resume(path)
+        if not resume:
+            ckpt.refuse_existing_run(self.ckpt_root, self.out_dir, what)
+            return None
+        found = self.resume()
+        if found is None and self.dist.is_main:
+            print(f"note: --resume: no checkpoint in {self.ckpt_root} yet, starting from step 0", file=sys.stderr)
+        return found
 
     def resume(self, path: Path | None = None) -> Path | None:
         """Load ``path`` (default: the latest checkpoint in out_dir); returns it, or None if none exists."""

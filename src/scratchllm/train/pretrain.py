@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -12,21 +11,15 @@ from scratchllm.corpus.shards import load_manifest
 from scratchllm.errors import ScratchError
 from scratchllm.model.checkpoint import check_vocab
 from scratchllm.model.model import Transformer
+from scratchllm.stage import StageResult
 from scratchllm.tokenizer import Tokenizer
-from scratchllm.train import checkpoint as ckpt
 from scratchllm.train.config import TrainConfig
 from scratchllm.train.data import ShardBatchSource, fixed_batches
-from scratchllm.train.loop import (
-    Stopped,
-    Trainer,
-    configure_torch,
-    device_type,
-    seed_everything,
-    select_device,
-)
+from scratchllm.train.loop import Trainer, configure_torch, device_type, seed_everything, select_device
 from scratchllm.train.mesh import build_layout
 from scratchllm.train.packing import PackedBatchSource, fixed_packed_batches
 from scratchllm.train.parallel import Dist, destroy_distributed, init_distributed
+from scratchllm.train.tracking import training_metrics
 
 
 def load_tokenizer_for_samples(cfg: TrainConfig, manifest: dict) -> object | None:
@@ -44,7 +37,7 @@ def load_tokenizer_for_samples(cfg: TrainConfig, manifest: dict) -> object | Non
 
 def build_trainer(cfg: TrainConfig, d: Dist, resume: bool = False, resume_from: Path | None = None) -> Trainer:
     device = select_device(cfg.train.device, d)
-    model_cfg = cfg.model_config()
+    model_cfg = cfg.model
     _, manifest = load_manifest(cfg.data.path)
 
     # The data's vocabulary is its tokenizer's: a model of another size would fail in its sample
@@ -54,9 +47,7 @@ def build_trainer(cfg: TrainConfig, d: Dist, resume: bool = False, resume_from: 
     t = cfg.train
     # Mesh checks first (tp/pp against the world size and the model): a bad layout fails before any work.
     layout = build_layout(t, model_cfg, d, device.type)
-    if t.max_tokens:
-        per_step = t.batch_size * cfg.data.seq_len * t.grad_accum * layout.dp
-        t.max_steps = max(1, math.ceil(t.max_tokens / per_step))
+    t.max_steps = cfg.total_steps(layout.dp)
     # Data-parallel ranks read different rows; tp and pp peers of one dp rank read the same ones.
     packed = cfg.data.batching == "packed"
     if packed:
@@ -91,23 +82,16 @@ def build_trainer(cfg: TrainConfig, d: Dist, resume: bool = False, resume_from: 
     trainer = Trainer(cfg, model, train, val_batches=val, tokenizer=tokenizer, dist_info=d, device=device,
                       layout=layout)
 
-    existing = ckpt.latest_checkpoint(trainer.ckpt_root)
-    if resume_from is not None:
-        trainer.resume(resume_from)
-    elif resume:
-        if trainer.resume() is None and d.is_main:
-            print(f"note: --resume: no checkpoint in {trainer.ckpt_root} yet, starting from step 0", file=sys.stderr)
-    elif existing is not None:
-        raise ScratchError(
-            f"{cfg.out_dir} already holds a run (latest checkpoint: {existing.name})",
-            "continue it with --resume, or choose a new out_dir=... (or delete the old run)",
-        )
+    trainer.start(resume, resume_from)
     return trainer
 
 
 def run(cfg: TrainConfig, resume: bool = False, resume_from: Path | None = None,
-        resume_command: str = "scratchllm train ... --resume") -> Stopped:
-    """Train as configured (one process, or one of torchrun's); returns how the run ended."""
+        resume_command: str = "scratchllm train ... --resume") -> StageResult:
+    """Train as configured (one process, or one of torchrun's): the pre-training stage.
+
+    outputs: "run" (out_dir) and "model" (the last checkpoint, also a model directory); metrics: the final
+    losses, steps, tokens and throughput (rank 0); stopped: the signal that stopped it, if any."""
     configure_torch(cfg)
     d = init_distributed(device_type(cfg.train.device))
     try:
@@ -115,19 +99,23 @@ def run(cfg: TrainConfig, resume: bool = False, resume_from: Path | None = None,
         trainer.resume_command = resume_command
         if d.is_main:
             n = trainer.num_params
-            per_step = cfg.train.batch_size * cfg.data.seq_len * cfg.train.grad_accum * trainer.layout.dp
+            per_step = cfg.tokens_per_step(trainer.layout.dp)
             start = f"resuming at step {trainer.step}" if trainer.resumed_from else "starting"
             print(f"train: {start}: {n / 1e6:.2f}M parameters on {d.world_size} x {trainer.device} "
                   f"({trainer.parallel}), {per_step:,} tokens/step, {cfg.train.max_steps} steps -> {cfg.out_dir}",
                   file=sys.stderr)
-        result = trainer.fit()
+        stopped = trainer.fit()
         if d.is_main:
-            if result.reason == "done":
-                print(f"done: step {result.step}; last checkpoint {result.checkpoint} "
+            if stopped.reason == "done":
+                print(f"done: step {stopped.step}; last checkpoint {stopped.checkpoint} "
                       "(also a model directory for Transformer.from_pretrained)", file=sys.stderr)
             else:
-                print(f"stopped by {result.reason} after step {result.step}; checkpoint saved to "
-                      f"{result.checkpoint}\ncontinue with: {resume_command}", file=sys.stderr)
-        return result
+                print(f"stopped by {stopped.reason} after step {stopped.step}; checkpoint saved to "
+                      f"{stopped.checkpoint}\ncontinue with: {resume_command}", file=sys.stderr)
+        outputs = {"run": Path(cfg.out_dir)}
+        if stopped.checkpoint is not None:
+            outputs["model"] = Path(stopped.checkpoint)
+        metrics = {"max_steps": cfg.train.max_steps, **(training_metrics(cfg.out_dir) if d.is_main else {})}
+        return stopped.result(outputs, metrics)
     finally:
         destroy_distributed()

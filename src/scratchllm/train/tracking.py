@@ -71,6 +71,28 @@ def read_metrics(path: Path, kind: str | None = None) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
+def training_metrics(out_dir: Path) -> dict[str, Any]:
+    """A run's figures from its metrics.jsonl: final train and val loss, steps, tokens, median tokens/s
+    and MFU (what a stage's result and the pipeline's report show). Empty when there is no file."""
+    path = Path(out_dir) / METRICS_FILE
+    rows = read_metrics(path) if path.exists() else []
+    train = [r for r in rows if r.get("kind") == "train"]
+    val = [r for r in rows if r.get("kind") == "val"]
+    out: dict[str, Any] = {}
+    if train:
+        out.update(final_train_loss=train[-1].get("loss"), steps=train[-1]["step"], tokens=train[-1].get("tokens"),
+                   tokens_per_s=_median([r["tokens_per_s"] for r in train if "tokens_per_s" in r]),
+                   mfu=_median([r["mfu"] for r in train if "mfu" in r]))
+    if val:
+        out["final_val_loss"] = val[-1]["loss"]
+    return out
+
+
+def _median(xs: list[float]) -> float | None:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else None
+
+
 def _disk_full_as_error(what: str) -> Iterator[None]:
     try:
         yield
