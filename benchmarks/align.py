@@ -50,7 +50,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from scratchllm.align.config import AlignConfig  # noqa: E402
+from scratchllm.align.config import COMMAND_CONFIGS, AlignConfig, DPOConfig  # noqa: E402
 from scratchllm.align.data import PairBatchSource, checkable_pairs, collate_pairs, encode_pairs  # noqa: E402
 from scratchllm.align.dpo import DPOObjective  # noqa: E402
 from scratchllm.config import load_config, read_toml  # noqa: E402
@@ -75,8 +75,8 @@ def ours(args, model_cfg, tok, pairs, device) -> tuple[list[float], int]:
     reference.load_state_dict(policy.state_dict())
     encoded = encode_pairs(pairs, tok, model_cfg.context_length)
     with tempfile.TemporaryDirectory() as out:
-        cfg = load_config(AlignConfig, None, [f'out_dir="{out}"', f"optim.lr={LR}", "optim.weight_decay=0.0",
-                                              "schedule.kind=constant", "schedule.warmup_steps=0",
+        cfg = load_config(DPOConfig, None, [f'out_dir="{out}"', f"optim.lr={LR}", "optim.weight_decay=0.0",
+                                            "schedule.kind=constant", "schedule.warmup_steps=0",
                                               f"train.device={device.type}", "log.progress=false",
                                               "log.tensorboard=false"])
         src = PairBatchSource(encoded, args.pairs, tok.pad_id, 0)
@@ -184,13 +184,12 @@ def rl_parts(method: str, args, model_cfg, tok, device, out: str):
     reference.to(device).requires_grad_(False).eval()
     examples = embedded_instructions(256, "train", seed=0, kinds=("add", "reverse"), system_prompt=False)
     n, g = args.replies, args.group
-    cfg = load_config(AlignConfig, None, [f'out_dir="{out}"', f"optim.lr={LR}", "optim.weight_decay=0.0",
-                                          "schedule.kind=constant", "schedule.warmup_steps=0",
-                                          f"train.device={device.type}", "log.progress=false",
-                                          "log.tensorboard=false", f"rollout.max_new_tokens={args.new_tokens}",
-                                          f"rollout.prompts_per_step={n if method == 'ppo' else n // g}",
-                                          f"ppo.minibatch_size={n // args.ppo_minibatches}",
-                                          f"ppo.epochs={args.ppo_epochs}"])
+    ppo = [f"ppo.minibatch_size={n // args.ppo_minibatches}", f"ppo.epochs={args.ppo_epochs}"]
+    cfg = load_config(COMMAND_CONFIGS[method], None, [
+        f'out_dir="{out}"', f"optim.lr={LR}", "optim.weight_decay=0.0", "schedule.kind=constant",
+        "schedule.warmup_steps=0", f"train.device={device.type}", "log.progress=false", "log.tensorboard=false",
+        f"rollout.max_new_tokens={args.new_tokens}", f"rollout.prompts_per_step={n if method == 'ppo' else n // g}",
+        *(ppo if method == "ppo" else [])])
     if method == "ppo":
         critic = RewardModel.from_policy(policy)
         model = ActorCritic(policy, critic)
@@ -386,10 +385,10 @@ def compare_main(args) -> None:
         base = [f'models.policy="{root / "policy"}"', f'models.tokenizer="{root / "tokenizer"}"', *FAST]
         for m in chosen:
             fn, extra = methods[m]
-            cfg = load_config(AlignConfig, None, [*base, f'out_dir="{Path(tmp) / m}"', *extra])
+            cfg = load_config(COMMAND_CONFIGS[m], None, [*base, f'out_dir="{Path(tmp) / m}"', *extra])
             t0 = time.perf_counter()
             with contextlib.redirect_stderr(io.StringIO()):
-                report = fn(cfg, examples=(train, heldout))
+                report = fn(cfg, examples=(train, heldout)).metrics
             seconds = time.perf_counter() - t0
             trained = Transformer.from_pretrained(Path(tmp) / m / "model")
             d = drift(trained, sft, tok, heldout, 6, seed=1)

@@ -165,7 +165,7 @@ def test_help_example_override_is_valid_for_every_command():
     """Each config-driven command shows an override in --help that its own default preset accepts."""
     import argparse
 
-    from scratchllm.align.config import AlignConfig
+    from scratchllm.align.config import ConstitutionalConfig, DPOConfig, GRPOConfig, PPOConfig, RewardConfig, RLOOConfig
     from scratchllm.cli import build_parser
     from scratchllm.data.config import DataConfig
     from scratchllm.finetune.config import FinetuneConfig
@@ -177,9 +177,9 @@ def test_help_example_override_is_valid_for_every_command():
 
     classes = {"tokenizer train": TokenizerTrainConfig, "model info": ModelConfig, "model init": ModelConfig,
                "data prepare": DataConfig, "train": TrainConfig, "finetune": FinetuneConfig,
-               "align dpo": AlignConfig, "align reward": AlignConfig, "align ppo": AlignConfig,
-               "align grpo": AlignConfig, "align rloo": AlignConfig,
-               "align constitutional": AlignConfig, "serve": ServeConfig, "pipeline": PipelineConfig}
+               "align dpo": DPOConfig, "align reward": RewardConfig, "align ppo": PPOConfig,
+               "align grpo": GRPOConfig, "align rloo": RLOOConfig,
+               "align constitutional": ConstitutionalConfig, "serve": ServeConfig, "pipeline": PipelineConfig}
     seen = {}
 
     def walk(parser, prefix):

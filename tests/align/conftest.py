@@ -88,14 +88,15 @@ def sft_dirs(tokenizer, parity_sets, tmp_path_factory):
 
 @pytest.fixture
 def align_cfg(sft_dirs, tmp_path):
-    """align_cfg(*overrides, out=None) -> AlignConfig on the SFT parity model with fast settings."""
-    from scratchllm.align.config import AlignConfig
+    """align_cfg(*overrides, method=..., out=None) -> that align command's config (DPOConfig, ...) on the SFT
+    parity model with fast settings."""
+    from scratchllm.align.config import COMMAND_CONFIGS
 
-    def make(*overrides: str, out: Path | None = None):
+    def make(*overrides: str, method: str, out: Path | None = None):
         base = [f'out_dir="{out or tmp_path / "run"}"', f'models.policy="{sft_dirs["policy"]}"',
                 f'models.tokenizer="{sft_dirs["tokenizer"]}"', "train.batch_size=16", "rollout.max_new_tokens=6",
                 "rollout.eval_max_new_tokens=6", *FAST]
-        return load_config(AlignConfig, None, [*base, *overrides])
+        return load_config(COMMAND_CONFIGS[method], None, [*base, *overrides])
 
     return make
 

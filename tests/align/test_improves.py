@@ -15,7 +15,7 @@ from scratchllm.align.run import run_dpo, run_grpo, run_reward, run_rloo
 
 def test_dpo_raises_heldout_accuracy_over_sft(align_cfg, parity_sets):
     cfg = align_cfg("train.max_steps=100", "optim.lr=2e-3", "dpo.beta=0.1", "dpo.sft_coef=1.0",
-                    "data.policy_negatives=false")
+                    "data.policy_negatives=false", method="dpo")
     report = run_dpo(cfg, examples=parity_sets).metrics
     before, after = report["heldout_before"], report["heldout_after"]
     assert before["task_accuracy"] <= 0.6  # the SFT model guesses
@@ -27,7 +27,7 @@ def test_dpo_raises_heldout_accuracy_over_sft(align_cfg, parity_sets):
 
 
 def test_reward_model_heldout_pair_accuracy_well_above_chance(align_cfg, parity_sets):
-    cfg = align_cfg("train.max_steps=80", "optim.lr=3e-3", "data.policy_negatives=false")
+    cfg = align_cfg("train.max_steps=80", "optim.lr=3e-3", "data.policy_negatives=false", method="reward")
     report = run_reward(cfg, examples=parity_sets).metrics
     assert report["heldout_before"]["accuracy"] <= 0.7
     assert report["heldout_after"]["accuracy"] >= 0.9
@@ -46,7 +46,7 @@ def test_grpo_raises_heldout_reward_for_a_fixed_preference(align_cfg, parity_set
     target = "even" if greedy.count("odd") >= greedy.count("even") else "odd"
     train, heldout = ([make_parity(int(e.prompt[0]["content"].split()[-1]), target) for e in s] for s in parity_sets)
     cfg = align_cfg("train.max_steps=30", "optim.lr=5e-4", "grpo.group_size=4", "rollout.prompts_per_step=8",
-                    "grpo.kl_coef=0.02")
+                    "grpo.kl_coef=0.02", method="grpo")
     report = run_grpo(cfg, examples=(train, heldout)).metrics
     assert report["heldout_before"]["reward"] <= 0.5
     assert report["heldout_after"]["reward"] >= report["heldout_before"]["reward"] + 0.3
@@ -66,7 +66,7 @@ def test_rloo_raises_heldout_reward_for_a_fixed_preference(align_cfg, parity_set
     target = "even" if greedy.count("odd") >= greedy.count("even") else "odd"
     train, heldout = ([make_parity(int(e.prompt[0]["content"].split()[-1]), target) for e in s] for s in parity_sets)
     cfg = align_cfg("train.max_steps=30", "optim.lr=5e-4", "rloo.group_size=4", "rollout.prompts_per_step=8",
-                    "rloo.kl_coef=0.02")
+                    "rloo.kl_coef=0.02", method="rloo")
     report = run_rloo(cfg, examples=(train, heldout)).metrics
     assert report["heldout_before"]["reward"] <= 0.5
     assert report["heldout_after"]["reward"] >= report["heldout_before"]["reward"] + 0.3
@@ -81,7 +81,7 @@ def test_grpo_learns_parity_beyond_sft(align_cfg, parity_sets):
     then jumps), unlike DPO's direct contrast of the two answers; about 3 minutes on 2 CPU cores.
     """
     cfg = align_cfg("train.max_steps=400", "optim.lr=1e-3", "grpo.group_size=8", "rollout.prompts_per_step=8",
-                    "grpo.kl_coef=0.05")
+                    "grpo.kl_coef=0.05", method="grpo")
     report = run_grpo(cfg, examples=parity_sets).metrics
     assert report["heldout_before"]["task_accuracy"] <= 0.6
     assert report["heldout_after"]["task_accuracy"] >= 0.9

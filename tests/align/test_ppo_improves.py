@@ -26,7 +26,8 @@ def test_ppo_raises_heldout_reward_with_kl_under_target(align_cfg, parity_sets, 
     sets = _fixed_preference(sft_dirs, tokenizer, parity_sets, make_parity)
     target = 3.0
     cfg = align_cfg("train.max_steps=40", "optim.lr=5e-4", "rollout.prompts_per_step=16", "ppo.minibatch_size=8",
-                    "ppo.epochs=2", "ppo.kl_coef=0.05", f"ppo.target_kl={target}", "ppo.kl_horizon=200")
+                    "ppo.epochs=2", "ppo.kl_coef=0.05", f"ppo.target_kl={target}", "ppo.kl_horizon=200",
+                    method="ppo")
     report = run_ppo(cfg, examples=sets).metrics
     before, after = report["heldout_before"], report["heldout_after"]
     assert before["reward"] <= 0.5
@@ -44,9 +45,10 @@ def test_ppo_resumes_exactly_mid_rollout(align_cfg, tmp_path):
 
     common = ("optim.lr=1e-3", "rollout.prompts_per_step=4", "ppo.minibatch_size=2", "ppo.epochs=2",
               "data.n_train=16")
-    straight = run_ppo(align_cfg("train.max_steps=6", *common, out=tmp_path / "a")).metrics
-    run_ppo(align_cfg("train.max_steps=3", *common, out=tmp_path / "b"))
-    resumed = run_ppo(align_cfg("train.max_steps=6", "train.allow_schedule_change=true", *common, out=tmp_path / "b"),
+    straight = run_ppo(align_cfg("train.max_steps=6", *common, out=tmp_path / "a", method="ppo")).metrics
+    run_ppo(align_cfg("train.max_steps=3", *common, out=tmp_path / "b", method="ppo"))
+    resumed = run_ppo(align_cfg("train.max_steps=6", "train.allow_schedule_change=true", *common, out=tmp_path / "b",
+                                method="ppo"),
                       resume=True).metrics  # constant lr: a longer run keeps the same schedule
     assert resumed["steps"] == straight["steps"] == 6
     a = read_safetensors(tmp_path / "a" / "model" / "model.safetensors")

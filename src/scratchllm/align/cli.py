@@ -40,9 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from scratchllm.align.config import AlignConfig
+    from scratchllm.align.config import COMMAND_CONFIGS
 
-    cfg = load_config(AlignConfig, args.config, args.overrides)
+    cfg = load_config(COMMAND_CONFIGS[args.align_command], args.config, args.overrides)
     if args.align_command == "constitutional":
         from scratchllm.align.constitutional import run_constitutional
 

@@ -1,6 +1,8 @@
-"""The ``scratchllm align`` config: models, preference data, one section per method, and the training
-sections of ``scratchllm train`` (optim, schedule, train, eval, checkpoint, log), which the one
-Trainer reads. Presets: configs/align/{dpo,reward,ppo,grpo,rloo,constitutional}.toml.
+"""The ``scratchllm align`` configs, one per command: DPOConfig, RewardConfig, PPOConfig, GRPOConfig,
+RLOOConfig (each an AlignConfig: models, data, rollout and the training sections of ``scratchllm
+train`` that the one Trainer reads, plus its own method's section) and ConstitutionalConfig. A command
+reads only its own section, so ``align dpo`` refuses a ``[ppo]`` table instead of ignoring it.
+Presets: configs/align/{dpo,reward,ppo,grpo,rloo,constitutional}.toml.
 
     out_dir = "runs/align/dpo"
     [models]          policy (the SFT model directory), reference (default: the policy), tokenizer, reward_model
@@ -201,7 +203,7 @@ class ConstitutionalSection:
     rounds: int = 1  # critique -> revise rounds per prompt (each applies one principle)
     max_new_tokens: int = 64
     temperature: float = 0.7
-    out: Path = Path("runs/align/constitutional/pairs.jsonl")  # preference pairs (chosen = revision)
+    out: Path | None = None  # the preference pairs file (chosen = revision); None: out_dir/pairs.jsonl
 
     def validate(self) -> None:
         if self.rounds < 1 or self.n_prompts < 1 or self.max_new_tokens < 1:
@@ -210,14 +212,50 @@ class ConstitutionalSection:
 
 @dataclass
 class AlignConfig(TrainingConfig):
+    """What every training alignment command reads; each command's config adds its method's section."""
+
     out_dir: Path = Path("runs/align")
     models: ModelsSection = field(default_factory=ModelsSection)
     data: DataSection = field(default_factory=DataSection)
-    dpo: DPOSection = field(default_factory=DPOSection)
-    reward: RewardSection = field(default_factory=RewardSection)
     rollout: RolloutSection = field(default_factory=RolloutSection)
+
+
+@dataclass
+class DPOConfig(AlignConfig):
+    dpo: DPOSection = field(default_factory=DPOSection)
+
+
+@dataclass
+class RewardConfig(AlignConfig):
+    reward: RewardSection = field(default_factory=RewardSection)
+
+
+@dataclass
+class PPOConfig(AlignConfig):
     ppo: PPOSection = field(default_factory=PPOSection)
-    grpo: GRPOSection = field(default_factory=GRPOSection)
-    rloo: RLOOSection = field(default_factory=RLOOSection)
     lora: LoraConfig = field(default_factory=LoraConfig)  # ppo.lora = true
+
+
+@dataclass
+class GRPOConfig(AlignConfig):
+    grpo: GRPOSection = field(default_factory=GRPOSection)
+
+
+@dataclass
+class RLOOConfig(AlignConfig):
+    rloo: RLOOSection = field(default_factory=RLOOSection)
+
+
+@dataclass
+class ConstitutionalConfig:
+    """``align constitutional`` trains nothing: the model that answers (or an endpoint) and the pairs file."""
+
+    out_dir: Path = Path("runs/align/constitutional")
+    seed: int = 1337
+    models: ModelsSection = field(default_factory=ModelsSection)
     constitutional: ConstitutionalSection = field(default_factory=ConstitutionalSection)
+
+
+# The config each `scratchllm align <command>` loads.
+COMMAND_CONFIGS: dict[str, type] = {"dpo": DPOConfig, "reward": RewardConfig, "ppo": PPOConfig, "grpo": GRPOConfig,
+                                    "rloo": RLOOConfig, "constitutional": ConstitutionalConfig}

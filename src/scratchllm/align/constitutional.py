@@ -218,7 +218,7 @@ def run_constitutional(cfg: Any) -> StageResult:
           f"principles, backend {c.backend}", file=sys.stderr)
     traces = critique_and_revise(chat, prompts, constitution, c.rounds, cfg.seed)
     pairs, dropped = traces_to_pairs(traces)
-    out = Path(c.out)
+    out = Path(c.out) if c.out is not None else Path(cfg.out_dir) / "pairs.jsonl"
     atomic_write_text(out.with_suffix(".traces.jsonl"),
                       "".join(json.dumps(t.__dict__, ensure_ascii=False) + "\n" for t in traces))
     if pairs:

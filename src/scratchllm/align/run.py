@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from scratchllm.align.config import AlignConfig
+from scratchllm.align.config import AlignConfig, DPOConfig, GRPOConfig, PPOConfig, RewardConfig, RLOOConfig
 from scratchllm.align.data import (
     PairBatchSource,
     PreferencePair,
@@ -172,7 +172,7 @@ def preference_data(cfg: AlignConfig, tokenizer: Any, policy: nn.Module, example
 # --- the trainers -------------------------------------------------------------------------------
 
 
-def run_dpo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> StageResult:
+def run_dpo(cfg: DPOConfig, resume: bool = False, examples: Examples | None = None) -> StageResult:
     """DPO; ``examples`` (train, held-out) replaces the embedded checkable tasks with your own
     (objects with ``prompt``, ``answer``, ``kind``, checked by ``is_correct``)."""
     torch.manual_seed(cfg.seed)
@@ -197,7 +197,7 @@ def run_dpo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = 
     return _train_and_report(cfg, trainer, "dpo", measure, policy, tokenizer)
 
 
-def run_reward(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> StageResult:
+def run_reward(cfg: RewardConfig, resume: bool = False, examples: Examples | None = None) -> StageResult:
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.models.tokenizer)
     policy = load_model(cfg.models.policy, "policy", tokenizer)
@@ -258,7 +258,7 @@ def _rl_setup(cfg: AlignConfig, examples: Examples | None) -> tuple[Any, nn.Modu
     return tokenizer, policy, reference, train_ex, heldout_ex, reward_model, reward_fn
 
 
-def run_ppo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> StageResult:
+def run_ppo(cfg: PPOConfig, resume: bool = False, examples: Examples | None = None) -> StageResult:
     """PPO with a value function (align/ppo.py): one reply per prompt, GAE, several epochs of minibatches."""
     tokenizer, policy, reference, train_ex, heldout_ex, reward_model, reward_fn = _rl_setup(cfg, examples)
     p = cfg.ppo
@@ -295,7 +295,7 @@ def run_ppo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = 
                              source=source)
 
 
-def run_grpo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> StageResult:
+def run_grpo(cfg: GRPOConfig, resume: bool = False, examples: Examples | None = None) -> StageResult:
     """GRPO (align/grpo.py): group-relative advantages, per-token KL penalty."""
     tokenizer, policy, reference, train_ex, heldout_ex, reward_model, reward_fn = _rl_setup(cfg, examples)
     g = cfg.grpo
@@ -316,7 +316,7 @@ def run_grpo(cfg: AlignConfig, resume: bool = False, examples: Examples | None =
     return _train_and_report(cfg, trainer, "grpo", measure, policy, tokenizer, source=source)
 
 
-def run_rloo(cfg: AlignConfig, resume: bool = False, examples: Examples | None = None) -> StageResult:
+def run_rloo(cfg: RLOOConfig, resume: bool = False, examples: Examples | None = None) -> StageResult:
     """RLOO (align/rloo.py): leave-one-out baseline, sequence-level KL penalty in the reward."""
     tokenizer, policy, reference, train_ex, heldout_ex, reward_model, reward_fn = _rl_setup(cfg, examples)
     r = cfg.rloo

@@ -199,9 +199,9 @@ def load_model_config(cfg: MemoryConfig) -> ModelConfig:
             data = read_json(resolve_model_dir(p) / "config.json")
         else:
             data = read_toml(p)
-            data = dict(data.get("model", data))  # a stage preset with a [model] table, or a model preset
-            if "preset" in data:  # a stage preset's [model] names a model preset, plus overrides
-                data = {**read_toml(data.pop("preset")), **data}
+            # A stage preset with a [model] table (a model preset plus overrides: from_dict merges them),
+            # or a model preset.
+            data = dict(data.get("model", data))
     for item in cfg.overrides:
         key, value = parse_override(item)
         data[key.removeprefix("model.")] = value

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scratchllm.align.config import AlignConfig
+from scratchllm.align.config import DPOConfig
 from scratchllm.config import set_dotted, apply_preset, from_dict, to_dict
 from scratchllm.data.config import DataConfig
 from scratchllm.errors import ScratchError
@@ -189,14 +189,14 @@ class PipelineConfig:
         return self._training("sft", FinetuneConfig, self.sft, {
             "out_dir": r / "sft", "base.checkpoint": r / "pretrain", "base.tokenizer": r / "tokenizer"})
 
-    def dpo_config(self) -> AlignConfig:
+    def dpo_config(self) -> DPOConfig:
         r = self.run_dir
         paths: dict[str, Any] = {
             "out_dir": r / "dpo", "models.policy": r / "sft" / "model", "models.tokenizer": r / "tokenizer"}
-        if "system_prompt" not in merged(self.dpo, None, AlignConfig).get("data", {}):
+        if "system_prompt" not in merged(self.dpo, None, DPOConfig).get("data", {}):
             # Prompts the way the SFT stage taught the chat format: with its system message or without.
             paths["data.system_prompt"] = self.sft_config().data.system_prompt
-        return self._training("dpo", AlignConfig, self.dpo, paths)
+        return self._training("dpo", DPOConfig, self.dpo, paths)
 
 
 def merged(table: dict[str, Any], forced: dict[str, Any] | None = None, cls: type | None = None) -> dict[str, Any]:

@@ -70,7 +70,6 @@ def read_metrics(path: Path, kind: str | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-@contextlib.contextmanager
 def training_metrics(out_dir: Path) -> dict[str, Any]:
     """A run's figures from its metrics.jsonl: final train and val loss, steps, tokens, median tokens/s
     and MFU (what a stage's result and the pipeline's report show). Empty when there is no file."""
@@ -93,6 +92,7 @@ def _median(xs: list[float]) -> float | None:
     return xs[len(xs) // 2] if xs else None
 
 
+@contextlib.contextmanager
 def _disk_full_as_error(what: str) -> Iterator[None]:
     try:
         yield
