@@ -61,17 +61,18 @@ def test_reward_and_ppo_on_the_embedded_tasks(run_cli, tmp_path):
         assert (tmp_path / method / "model" / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["dpo.beta=-1"], "dpo.beta must be > 0"),
-    (["data.kinds=[\"poetry\"]"], "data.kinds: unknown"),
-    (["data.source=jsonl"], "needs data.path"),
-    (["grpo.group_size=1"], "grpo.group_size must be >= 2"),
-    (["rloo.group_size=1"], "rloo.group_size must be >= 2"),
-    (["ppo.lam=2"], "ppo.gamma and ppo.lam must be in [0, 1]"),
-    (["models.policy=/nonexistent"], "model directory not found"),
+@pytest.mark.parametrize(("command", "overrides", "message"), [
+    ("dpo", ["dpo.beta=-1"], "dpo.beta must be > 0"),
+    ("dpo", ["data.kinds=[\"poetry\"]"], "data.kinds: unknown"),
+    ("dpo", ["data.source=jsonl"], "needs data.path"),
+    ("grpo", ["grpo.group_size=1"], "grpo.group_size must be >= 2"),
+    ("rloo", ["rloo.group_size=1"], "rloo.group_size must be >= 2"),
+    ("ppo", ["ppo.lam=2"], "ppo.gamma and ppo.lam must be in [0, 1]"),
+    ("dpo", ["models.policy=/nonexistent"], "model directory not found"),
+    ("dpo", ["ppo.lam=0.9"], "unknown config key 'ppo'"),  # each command reads its own section only
 ])
-def test_config_errors(run_cli, tmp_path, overrides, message):
-    code, err = run_cli("dpo", f"out_dir={tmp_path / 'x'}", *overrides)
+def test_config_errors(run_cli, tmp_path, command, overrides, message):
+    code, err = run_cli(command, f"out_dir={tmp_path / 'x'}", *overrides)
     assert code == 2 and message in err and "fix:" in err
 
 

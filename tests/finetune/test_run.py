@@ -92,9 +92,9 @@ def test_resume_continues_with_adapters(tok_dir, tmp_path):
     assert any(k.endswith("packed") for k in first.model_state)  # NF4 codes are part of the state
     with pytest.raises(ScratchError, match="already holds a fine-tuning run"):
         run(make_cfg(tok_dir, out, "method=qlora", "train.max_steps=8"), progress=False)
-    stopped, _ = run(make_cfg(tok_dir, out, "method=qlora", "train.max_steps=8", "checkpoint.interval=3",
-                              "train.allow_schedule_change=true"), resume=True, progress=False)
-    assert stopped.step == 8
+    result = run(make_cfg(tok_dir, out, "method=qlora", "train.max_steps=8", "checkpoint.interval=3",
+                          "train.allow_schedule_change=true"), resume=True, progress=False)
+    assert result.step == 8
 
 
 def test_cli_bad_jsonl(tok_dir, tmp_path, capsys):

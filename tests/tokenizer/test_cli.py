@@ -16,7 +16,7 @@ def train(tmp_path, *overrides, files=None):
     out = tmp_path / "tok"
     files_toml = "[" + ", ".join(f'"{f}"' for f in corpus) + "]"
     code = main(["tokenizer", "train", "--config", PRESET,
-                 f"output={out}", f"corpus.files={files_toml}", "tokenizer.vocab_size=300", *overrides])
+                 f"out_dir={out}", f"corpus.files={files_toml}", "tokenizer.vocab_size=300", *overrides])
     return code, out
 
 
@@ -88,7 +88,7 @@ def test_reads_files_through_data_ingest(tmp_path, capsys):
 def test_progress_bars_only_on_a_terminal(tmp_path, capsys, monkeypatch, tty, flag, bars):
     corpus = write(tmp_path / "c.txt", "the quick brown fox jumps over the lazy dog\n" * 50)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
-    code = main(["tokenizer", "train", *flag, f"output={tmp_path / 'tok'}", f'corpus.files=["{corpus}"]',
+    code = main(["tokenizer", "train", *flag, f"out_dir={tmp_path / 'tok'}", f'corpus.files=["{corpus}"]',
                  "tokenizer.vocab_size=300"])
     assert code == 0
     assert ("merges" in capsys.readouterr().err) == bars

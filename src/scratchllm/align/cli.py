@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="align_command", metavar="<command>", required=True)
     for name, (help_text, default) in COMMANDS.items():
         c = sub.add_parser(name, help=help_text, description=help_text)
-        add_config_arguments(c, default, "optim.lr=1e-5")
+        add_config_arguments(c, default, "constitutional.rounds=2" if name == "constitutional" else "optim.lr=1e-5")
         if name != "constitutional":
             c.add_argument("--resume", action="store_true",
                            help="continue from the latest checkpoint in out_dir (start fresh if there is none)")
