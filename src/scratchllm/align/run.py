@@ -355,7 +355,8 @@ def _train_and_report(cfg: AlignConfig, trainer: Trainer, method: str, measure: 
     if result.reason != "done":
         log(f"stopped by {result.reason} after step {result.step}; checkpoint {result.checkpoint}\n"
             "continue with the same command plus --resume")
-        return result.result({"run": run_dir}, {**report, **training_metrics(run_dir)})
+        return result.result({"run": run_dir}, {**report, **training_metrics(run_dir),
+                                                "max_steps": cfg.train.max_steps})
     after = measure()
     log(f"held-out after:  {_fmt(after)}")
     out = Path(cfg.out_dir) / "model"
@@ -365,7 +366,7 @@ def _train_and_report(cfg: AlignConfig, trainer: Trainer, method: str, measure: 
     write_report(cfg, report)
     log(f"done: model -> {out}, report -> {run_dir / 'report.json'}")
     return result.result({"run": run_dir, "model": out, "report": run_dir / "report.json"},
-                         {**report, **training_metrics(run_dir)})
+                         {**report, **training_metrics(run_dir), "max_steps": cfg.train.max_steps})
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -178,7 +178,8 @@ def run(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -> Sta
     report["train_seconds"] = round(time.perf_counter() - t0, 2)
     report["steps"] = stopped.step
     if stopped.reason != "done":
-        return stopped.result({"run": out_dir}, {**report, **training_metrics(out_dir)})
+        return stopped.result({"run": out_dir}, {**report, **training_metrics(out_dir),
+                                                 "max_steps": cfg.train.max_steps})
 
     report["after"] = evaluate(model, tokenizer, data, cfg, device)
     save_outputs(model, tokenizer, cfg, out_dir)
@@ -186,7 +187,7 @@ def run(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -> Sta
     outputs = {"run": out_dir, "model": out_dir / "model", "report": out_dir / "report.json"}
     if cfg.method != "full":
         outputs.update(adapter=out_dir / "adapter", peft_adapter=out_dir / "peft_adapter")
-    return stopped.result(outputs, {**report, **training_metrics(out_dir)})
+    return stopped.result(outputs, {**report, **training_metrics(out_dir), "max_steps": cfg.train.max_steps})
 
 
 def save_outputs(model: Transformer, tokenizer: Any, cfg: FinetuneConfig, out_dir: Path) -> None:
