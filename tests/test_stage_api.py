@@ -78,3 +78,13 @@ def test_a_table_override_replaces_a_presets_value_map(tmp_path):
 
     merged = apply_preset(DataConfig, {"preset": "data/tiny", "mix": {"weights": {"prose": 1.0}}})
     assert merged["mix"]["weights"] == {"prose": 1.0}
+
+
+@pytest.mark.parametrize("command", [["tokenizer", "train"], ["data", "prepare"], ["train"], ["finetune"],
+                                     ["align", "dpo"], ["align", "constitutional"], ["pipeline"]])
+def test_a_missing_config_file_is_the_same_error_for_every_command(command, tmp_path, capsys):
+    from scratchllm.cli import main
+
+    assert main([*command, "--config", str(tmp_path / "nope.toml")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: config file not found: {tmp_path / 'nope.toml'}" in err and "fix: give a path" in err
