@@ -127,6 +127,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """``data["a"]["b"] = value`` for ``key = "a.b"``, making the tables on the way (overrides, forced paths)."""
     parts = key.split(".")
     node = data
     for part in parts[:-1]:
