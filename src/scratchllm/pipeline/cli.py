@@ -12,7 +12,7 @@ import sys
 from scratchllm.cli import add_config_arguments
 from scratchllm.config import load_config
 from scratchllm.io import atomic_write_text, read_text
-from scratchllm.pipeline.config import STAGE_NAMES, PipelineConfig, stage_tables
+from scratchllm.pipeline import STAGE_NAMES
 
 DEFAULT_CONFIG = "configs/pipeline/cpu-demo.toml"
 
@@ -30,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
+    from scratchllm.pipeline.config import PipelineConfig, stage_tables  # every stage's config: torch
     from scratchllm.pipeline.runner import LOG_FILE, Context, StageInterrupted, resume_command, run_stages
     from scratchllm.pipeline.stages import all_stages
 

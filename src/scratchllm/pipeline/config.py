@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from scratchllm.align.config import DPOConfig
-from scratchllm.config import set_dotted, apply_preset, from_dict, to_dict
+from scratchllm.config import apply_preset, from_dict, set_dotted, to_dict
 from scratchllm.data.config import DataConfig
 from scratchllm.errors import ScratchError
 from scratchllm.finetune.config import FinetuneConfig
 from scratchllm.model.model import ModelConfig
+from scratchllm.pipeline import STAGE_NAMES
 from scratchllm.tokenizer.config import TokenizerTrainConfig
 from scratchllm.train.config import TrainConfig
 
-STAGE_NAMES = ("tokenizer", "data", "pretrain", "ablation", "sft", "dpo", "eval", "quantize", "export_hf", "serve", "report")
 
 
 @dataclass
