@@ -88,3 +88,18 @@ def test_a_missing_config_file_is_the_same_error_for_every_command(command, tmp_
     assert main([*command, "--config", str(tmp_path / "nope.toml")]) == 2
     err = capsys.readouterr().err
     assert f"error: config file not found: {tmp_path / 'nope.toml'}" in err and "fix: give a path" in err
+
+
+def test_the_command_line_parser_does_not_import_torch():
+    """`scratchllm --help` stays quick: registering the commands imports no stage config that needs torch."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    code = "import sys; from scratchllm.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(src)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
