@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _prepare(args: argparse.Namespace) -> int:
     from scratchllm.data.config import DataConfig
     from scratchllm.data.prepare import format_summary, run
-    from scratchllm.data.shards import load_manifest
+    from scratchllm.corpus.shards import load_manifest
 
     cfg = load_config(DataConfig, args.config, args.overrides)
     result = run(cfg, force=args.force, progress=False if args.no_progress else None,
