@@ -220,3 +220,43 @@ def test_decode_out_of_range(small_tokenizer):
 def test_decode_inverts_encode_for_any_unicode(small_tokenizer, s):
     assert small_tokenizer.decode(small_tokenizer.encode(s)) == s
     assert small_tokenizer.decode(small_tokenizer.encode(s, allowed_special="all")) == s
+
+
+# Every ASCII character, weighted towards the ones the patterns treat specially.
+_ASCII_TEXT = st.lists(
+    st.one_of(st.characters(max_codepoint=127), st.sampled_from(["'s", "'LL", "'Re", " ", "\n", "\r\n", "\t", "123"])),
+    max_size=60,
+).map("".join)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gpt4"])
+@settings(max_examples=400, deadline=None)
+@given(text=_ASCII_TEXT)
+def test_ascii_pattern_splits_like_the_unicode_pattern(name, text):
+    # encode_ordinary splits pure-ASCII text with the `re` spelling of the pattern: it must agree.
+    from scratchllm.tokenizer.patterns import PATTERNS, compile_ascii_pattern, compile_pattern
+
+    fast = compile_ascii_pattern(PATTERNS[name])
+    assert fast is not None
+    assert fast.findall(text) == compile_pattern(name).findall(text)
+
+
+def test_ascii_pattern_on_every_ascii_character_and_real_text(small_corpus):
+    from scratchllm.tokenizer.patterns import PATTERNS, compile_ascii_pattern, compile_pattern
+
+    every = "".join(chr(c) + chr(d) for c in range(128) for d in (32, 10, 39, 65, 48, c))
+    texts = [every, "\n\n".join(d for d in small_corpus[:400] if d.isascii()), " \x1c\x1d\x1e\x1f \x0b\x0c x\r\n\r\n y\t\t\n"]
+    for name, pattern in PATTERNS.items():
+        for text in texts:
+            assert text.isascii()
+            assert compile_ascii_pattern(pattern).findall(text) == compile_pattern(name).findall(text)
+    assert compile_ascii_pattern(r"\w+|\s") is None  # a custom pattern has no fast spelling
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.one_of(_ASCII_TEXT, st.text(max_size=60)))
+def test_encode_matches_textbook_bpe_on_random_text(small_tokenizer, text):
+    # Whatever path a chunk takes (ASCII split, cache, whole token, cut pieces), ids are textbook BPE.
+    tok = small_tokenizer
+    expected = [i for c in tok._pat.findall(text) for i in _reference_bpe(tok, c.encode())]
+    assert tok.encode(text) == expected

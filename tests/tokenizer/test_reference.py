@@ -101,3 +101,27 @@ def test_transformers_autotokenizer_loads_our_export(tmp_path, trained):
     assert auto.decode(trained.encode(text, allowed_special="all")) == text
     assert auto.eos_token == "<|eos|>" and auto.eos_token_id == trained.eos_id
     assert auto.pad_token_id == trained.pad_id and auto.bos_token_id == trained.bos_id
+
+
+def test_same_ids_as_tiktoken_on_ascii_text(trained):
+    # Pure-ASCII text takes the `re` split (patterns.ASCII_PATTERNS): same ids as tiktoken.
+    from scratchllm.data.corpus import embedded_text
+
+    docs = embedded_text(max_bytes_per_domain=150_000).split("\n\n")
+    text = "\n\n".join(d for d in docs if d.isascii()) + " \x1c\x1d x\x0b\x0c\r\n 'S 'll 12345 ?!\t\n"
+    assert text.isascii()
+    assert Tokenizer.from_dict(trained.to_dict()).encode(text) == as_tiktoken(trained).encode_ordinary(text)
+
+
+def test_same_ids_as_tiktoken_on_random_unicode(trained):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    enc = as_tiktoken(trained)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(st.text(max_size=80), st.text(st.characters(max_codepoint=127), max_size=80)))
+    def check(text):
+        assert trained.encode(text) == enc.encode_ordinary(text)
+
+    check()

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from scratchllm.errors import ScratchError
 from scratchllm.io import atomic_write_text, read_text
 from scratchllm.tokenizer.chat import BOS, DEFAULT_SPECIAL_TOKENS, EOS, PAD
-from scratchllm.tokenizer.patterns import compile_pattern, resolve_pattern
+from scratchllm.tokenizer.patterns import compile_ascii_pattern, compile_pattern, resolve_pattern
 
 FORMAT = "scratchllm-bpe"
 FORMAT_VERSION = 1
@@ -66,6 +66,7 @@ class Tokenizer:
     ) -> None:
         self.pattern = resolve_pattern(pattern)
         self._pat = compile_pattern(self.pattern)
+        self._ascii_pat = compile_ascii_pattern(self.pattern)  # None for patterns we have no spelling of
         self.byte_ids = list(byte_ids) if byte_ids is not None else list(range(256))
         self.merges = [tuple(m) for m in merges]
         self.special_tokens = dict(special_tokens or {})
@@ -74,6 +75,9 @@ class Tokenizer:
             raise ValueError("byte_ids must map the 256 byte values to distinct ids")
         id_bytes: dict[int, bytes] = {i: bytes([b]) for b, i in enumerate(self.byte_ids)}
         self._ranks: dict[tuple[int, int], int] = {}
+        # _right[a][b] is the rank of merge (a, b): a list index and a small-int dict lookup, no
+        # (a, b) tuple to build and hash on the hot path of _encode_chunk.
+        self._right: list[dict[int, int]] = []
         self._merged_id: list[int] = []  # rank -> id of the merged token
         # _joinable[x][y] is 1 if byte y follows byte x somewhere inside a token (see _split_encode).
         # Every byte pair inside a token is inside one of its two halves or at their junction, so
@@ -97,9 +101,15 @@ class Tokenizer:
         if len(id_bytes) != self.vocab_size:
             raise ValueError("token ids are not contiguous")
         self._id_bytes: list[bytes] = [id_bytes[i] for i in range(self.vocab_size)]
+        no_merges: dict[int, int] = {}  # shared by every token that starts no merge
+        self._right = [no_merges] * self.vocab_size
+        for (a, b), rank in self._ranks.items():
+            if self._right[a] is no_merges:
+                self._right[a] = {}
+            self._right[a][b] = rank
         self._identity_bytes = self.byte_ids == list(range(256))
         self._special_pat: regex.Pattern[str] | None = None
-        self._cache: dict[str, list[int]] = {}  # chunk -> ids
+        self._cache = _ChunkCache(self._encode_new_chunk)  # chunk -> ids, filled on first lookup
         self._piece_cache: dict[bytes, list[int]] = {}  # piece of a chunk (see _split_encode) -> ids
         # Many chunks are one whole token. Its own bytes encode to that token when the merges that
         # build it win over every competing merge, which holds for all tokens of a trained vocab
@@ -142,16 +152,17 @@ class Tokenizer:
         if len(cache) + len(self._piece_cache) > _CACHE_LIMIT:
             cache.clear()
             self._piece_cache.clear()
-        chunks = self._pat.findall(text)
-        # Encode each new chunk once. The set difference runs in C: with a cold cache every chunk
-        # misses, and a Python loop over all of them costs more than encoding the new ones.
+        pat = self._ascii_pat if self._ascii_pat is not None and text.isascii() else self._pat
+        chunks = pat.findall(text)
+        # One dict lookup per chunk, in C; a miss calls _encode_new_chunk through __missing__.
         with _gc_paused():
-            for chunk in set(chunks).difference(cache):
-                # A new non-ASCII chunk (a run of CJK, emoji, ...) is often made of pieces seen
-                # before; an ASCII chunk of a trained vocab seldom has a cut, so skip the scan.
-                data = chunk.encode("utf-8")
-                cache[chunk] = self._encode_chunk(data) if chunk.isascii() else self._split_encode(data)
-        return list(itertools.chain.from_iterable(map(cache.__getitem__, chunks)))
+            return list(itertools.chain.from_iterable(map(cache.__getitem__, chunks)))
+
+    def _encode_new_chunk(self, chunk: str) -> list[int]:
+        # A new non-ASCII chunk (a run of CJK, emoji, ...) is often made of pieces seen before; an
+        # ASCII chunk of a trained vocab seldom has a cut, so skip the scan.
+        data = chunk.encode("utf-8")
+        return self._encode_chunk(data) if chunk.isascii() else self._split_encode(data)
 
     def _split_encode(self, data: bytes) -> list[int]:
         """BPE of a chunk, done piece by piece where merges cannot reach across, with cached pieces.
@@ -188,19 +199,20 @@ class Tokenizer:
             return self._encode_long(ids)
         # Keep the rank of every adjacent pair; each step merges the leftmost lowest-rank pair
         # (min/index run in C) and recomputes only the two neighbouring ranks.
-        ranks, merged_id, inf = self._ranks, self._merged_id, _NO_MERGE
-        pair_ranks = list(map(ranks.get, zip(ids, ids[1:]), itertools.repeat(inf)))
+        right, merged_id, inf = self._right, self._merged_id, _NO_MERGE
+        pair_ranks = list(map(dict.get, map(right.__getitem__, ids[:-1]), ids[1:], itertools.repeat(inf)))
         while pair_ranks:
             best = min(pair_ranks)
             if best == inf:
                 break
             i = pair_ranks.index(best)
-            ids[i : i + 2] = (merged_id[best],)
+            new = merged_id[best]
+            ids[i : i + 2] = (new,)
             del pair_ranks[i]
             if i > 0:
-                pair_ranks[i - 1] = ranks.get((ids[i - 1], ids[i]), inf)
+                pair_ranks[i - 1] = right[ids[i - 1]].get(new, inf)
             if i < len(pair_ranks):
-                pair_ranks[i] = ranks.get((ids[i], ids[i + 1]), inf)
+                pair_ranks[i] = right[new].get(ids[i + 1], inf)
         return ids
 
     def _encode_long(self, ids: list[int]) -> list[int]:
@@ -400,6 +412,18 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+class _ChunkCache(dict[str, list[int]]):
+    """chunk -> ids; a missing chunk is encoded and stored on lookup, so a hit costs one C lookup."""
+
+    def __init__(self, encode: Any) -> None:
+        super().__init__()
+        self._encode = encode
+
+    def __missing__(self, chunk: str) -> list[int]:
+        ids = self[chunk] = self._encode(chunk)
+        return ids
 
 
 _worker_tok: Tokenizer | None = None
