@@ -4,7 +4,9 @@
 
 Feeds random fingerprints (every document distinct, so every band key is a new index entry: the
 worst case for memory) through ``Deduplicator.decide`` in batches of 512, the way ``data prepare``
-does, and prints the resident memory growth (VmRSS from /proc) and bytes per document at checkpoints.
+does, and prints the resident memory growth (VmRSS from /proc) and bytes per document at checkpoints,
+with the bytes the index's arrays hold (``Deduplicator.state_bytes``: signatures, band-key table,
+exact-key table; the tables double when 3/4 full, so this steps between ~0.9 and ~1.2 KB/doc).
 The signatures themselves are made with numpy (MinHash values are uniform 32-bit integers), since
 only the index's size is measured here.
 """
@@ -53,10 +55,11 @@ def main() -> None:
             while checkpoints and done >= checkpoints[0]:
                 checkpoints.pop(0)
             grown = rss() - base
+            held = dd.state_bytes()
             rows.append({"documents": done, "rss_growth_mb": grown / 2**20, "bytes_per_doc": grown / done,
-                         "seconds": time.perf_counter() - t0})
-            print(f"{done:>9,} docs: +{grown / 2**20:8.1f} MB resident, {grown / done:7.0f} bytes/doc, "
-                  f"{time.perf_counter() - t0:6.1f} s", flush=True)
+                         "state_bytes_per_doc": held / done, "seconds": time.perf_counter() - t0})
+            print(f"{done:>9,} docs: +{grown / 2**20:8.1f} MB resident, {grown / done:7.0f} bytes/doc "
+                  f"(arrays held: {held / done:5.0f} bytes/doc), {time.perf_counter() - t0:6.1f} s", flush=True)
     print(f"bands x rows = {dd.bands} x {dd.rows}, num_perm = {cfg.num_perm}")
     if args.json:
         with open(args.json, "w") as f:

@@ -149,3 +149,87 @@ def test_batches_do_not_change_the_result_and_first_occurrence_wins():
     # near-only mode also catches exact copies; empty documents are never near-duplicates
     near_only = D.Deduplicator(DedupConfig(exact=False))
     assert near_only([texts[0], texts[0], "", ""]) == [False, True, False, False]
+
+
+class DictIndexDedup:
+    """The decision rule with a plain set and dict (the index before it moved to numpy tables),
+    one document at a time: the reference the compact tables must reproduce exactly."""
+
+    def __init__(self, dd: D.Deduplicator, max_bucket: int) -> None:
+        self.dd, self.max_bucket = dd, max_bucket
+        self.exact: set[bytes] = set()
+        self.index: dict[int, list[int]] = {}
+        self.sigs: list[np.ndarray] = []
+        self.stats = D.DedupStats()
+
+    def __call__(self, texts):
+        fp = self.dd.fingerprints(texts)
+        out = []
+        for i in range(fp.n):
+            self.stats.seen += 1
+            if fp.exact is not None:
+                if fp.exact[i] in self.exact:
+                    self.stats.exact_removed += 1
+                    out.append(True)
+                    continue
+                self.exact.add(fp.exact[i])
+            dup = False
+            if fp.sigs is not None and not fp.empty[i]:
+                keys = fp.band_keys[i].tolist()
+                found = {d for k in keys for d in self.index.get(k, ())}
+                if found:
+                    est = [(self.sigs[d] == fp.sigs[i]).mean() for d in found]
+                    self.stats.candidates += len(found)
+                    self.stats.rejected_candidates += sum(e < self.dd.cfg.threshold for e in est)
+                    dup = max(est) >= self.dd.cfg.threshold
+                self.sigs.append(fp.sigs[i])
+                for k in keys:
+                    bucket = self.index.get(k)
+                    if bucket is None:
+                        self.index[k] = [len(self.sigs) - 1]
+                    elif not dup and len(bucket) < self.max_bucket:
+                        bucket.append(len(self.sigs) - 1)
+                self.stats.near_removed += dup
+            out.append(dup)
+        return out
+
+
+@pytest.mark.parametrize("batch,max_bucket", [(1, 64), (13, 2), (128, 3)])
+def test_compact_tables_decide_exactly_as_a_dict_index(batch, max_bucket, monkeypatch):
+    # Few bands of one row: most documents share band keys, so buckets fill up to their cap, probe
+    # runs are long, and the tables grow many times from a small start.
+    monkeypatch.setattr(D.Deduplicator, "MAX_BUCKET", max_bucket)
+    monkeypatch.setattr(D._MultiMap.__init__, "__defaults__", (16,))
+    monkeypatch.setattr(D._ExactSet.__init__, "__defaults__", (16,))
+    assert len(D._MultiMap().keys) == len(D._ExactSet().table) == 16
+    texts = planted_corpus(seed=3, n_base=120)
+    texts += texts[:40] + ["", "", "word"]  # exact copies across batches, empty documents
+    cfg = DedupConfig(threshold=0.5, num_perm=32, bands=8, rows=1, ngram=1)
+    ours = D.Deduplicator(cfg)
+    ref = DictIndexDedup(D.Deduplicator(cfg), max_bucket)
+    got = [f for i in range(0, len(texts), batch) for f in ours(texts[i : i + batch])]
+    assert got == ref(texts)
+    assert ours.stats == ref.stats and ours.stats.candidates > 1000 and ours.stats.exact_removed >= 40
+    assert ours._index.size == sum(map(len, ref.index.values())) and len(ours._index.keys) > 16
+
+
+def test_index_survives_pickling_and_old_checkpoints():
+    import pickle
+
+    texts = planted_corpus(seed=4, n_base=60)
+    half = len(texts) // 2
+    whole = D.Deduplicator(DedupConfig())
+    expected = whole(texts[:half]) + whole(texts[half:])
+    dd = D.Deduplicator(DedupConfig())
+    first = dd(texts[:half])
+    resumed = pickle.loads(pickle.dumps(dd))
+    assert first + resumed(texts[half:]) == expected
+    # A checkpoint from before the numpy tables held a set of exact keys and a dict of band keys.
+    ref = DictIndexDedup(D.Deduplicator(DedupConfig()), D.Deduplicator.MAX_BUCKET)
+    ref(texts[:half])
+    old = D.Deduplicator(DedupConfig())
+    state = dict(old.__dict__, _exact=set(ref.exact), _n=len(ref.sigs), stats=ref.stats,
+                 _index={k: v[0] if len(v) == 1 else v for k, v in ref.index.items()})
+    state["_sigs"] = np.array(ref.sigs)
+    old.__setstate__(state)
+    assert first + old(texts[half:]) == expected

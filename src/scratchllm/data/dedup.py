@@ -20,8 +20,10 @@ MinHash, from scratch and vectorised with numpy:
    Candidates are verified with the full-signature Jaccard estimate before a document is dropped.
 
 Streaming: documents arrive in batches and are compared with every earlier document (kept or not),
-so the first occurrence is kept. Memory grows with the number of documents (a signature of
-``4 * num_perm`` bytes plus ``bands`` dictionary entries each), not with their size.
+so the first occurrence is kept. Memory grows with the number of documents, not with their size:
+a signature of ``4 * num_perm`` bytes, ``bands`` entries of 12 bytes in an open-addressing table
+(64-bit band key, 32-bit document number) and one 16-byte exact key, tables kept at most 3/4 full:
+about 0.9-1.1 KB per document with the defaults (docs/data.md has the measured figure).
 """
 
 from __future__ import annotations
@@ -276,7 +278,7 @@ class Deduplicator:
     def __init__(self, cfg: DedupConfig) -> None:
         self.cfg = cfg
         self.stats = DedupStats()
-        self._exact: set[bytes] = set()
+        self._exact = _ExactSet()
         self.a, self.b = permutations(cfg.num_perm, cfg.seed, cfg.scheme)
         if cfg.bands:
             self.bands, self.rows = cfg.bands, cfg.rows
@@ -287,7 +289,7 @@ class Deduplicator:
         rng = np.random.RandomState(cfg.seed + 7919)
         self._mix = rng.randint(1, 1 << 62, self.rows, dtype=np.uint64) | np.uint64(1)
         self._salt = rng.randint(0, 1 << 62, self.bands, dtype=np.uint64)
-        self._index: dict[int, int | list[int]] = {}
+        self._index = _MultiMap()  # band key -> documents (at most MAX_BUCKET per key)
         self._sigs = np.empty((1024, cfg.num_perm), self.a.dtype if cfg.scheme == "legacy" else np.uint32)
         self._n = 0
 
@@ -314,51 +316,237 @@ class Deduplicator:
         """The global part: compare with every earlier document, in order; state is updated.
 
         Only this runs in the main process, so the result does not depend on how many workers made ``fp``.
+        The whole batch is looked up in the tables at once (numpy); what earlier documents of the same
+        batch add is kept in a small dict until the batch is done, so each decision sees exactly the
+        documents before it, as if they were decided one by one.
         """
         self.stats.seen += fp.n
         dup = [False] * fp.n
-        for i in range(fp.n):
-            if fp.exact is not None:
-                key = fp.exact[i]
-                if key in self._exact:
-                    dup[i] = True
-                    self.stats.exact_removed += 1
-                    continue
-                self._exact.add(key)
-            if fp.sigs is not None and not fp.empty[i] and self._near_duplicate(fp.sigs[i], fp.band_keys[i].tolist()):
+        if fp.exact is not None and fp.n:
+            for i in np.flatnonzero(self._exact.add(fp.exact)).tolist():  # an exact copy of an earlier document
+                dup[i] = True
+                self.stats.exact_removed += 1
+        if fp.sigs is None:
+            return dup
+        todo = [i for i in range(fp.n) if not dup[i] and not fp.empty[i]]
+        if not todo:
+            return dup
+        bands, index = self.bands, self._index
+        keys = np.ascontiguousarray(fp.band_keys[todo], dtype=np.uint64)
+        hit_query, hit_doc, counts = index.lookup(keys.ravel())
+        order = np.argsort(hit_query // bands, kind="stable")
+        hit_doc = hit_doc[order]
+        bounds = np.searchsorted((hit_query // bands)[order], np.arange(len(todo) + 1)).tolist()
+        counts = counts.reshape(len(todo), bands).tolist()
+        pending: dict[int, list[int]] = {}  # band key -> documents of this batch added to it
+        new_keys: list[int] = []
+        new_docs: list[int] = []
+        for r, (i, row) in enumerate(zip(todo, keys.tolist())):
+            found = set(hit_doc[bounds[r] : bounds[r + 1]].tolist())
+            for k in row:
+                v = pending.get(k)
+                if v is not None:
+                    found.update(v)
+            sig = fp.sigs[i]
+            is_dup = False
+            if found:
+                cand = np.fromiter(found, np.int64, len(found))
+                est = (self._sigs[cand] == sig).mean(axis=1)
+                self.stats.candidates += len(cand)
+                self.stats.rejected_candidates += int((est < self.cfg.threshold).sum())
+                is_dup = bool(est.max() >= self.cfg.threshold)
+            doc = self._store(sig)
+            # Duplicates only claim keys nobody has; originals join buckets of up to MAX_BUCKET.
+            for k, c in zip(row, counts[r]):
+                v = pending.get(k)
+                c += len(v) if v is not None else 0
+                if c == 0 or (not is_dup and c < self.MAX_BUCKET):
+                    if v is None:
+                        pending[k] = [doc]
+                    else:
+                        v.append(doc)
+                    new_keys.append(k)
+                    new_docs.append(doc)
+            if is_dup:
                 dup[i] = True
                 self.stats.near_removed += 1
+        index.insert(np.array(new_keys, np.uint64), np.array(new_docs, np.uint32))
         return dup
-
-    def _near_duplicate(self, sig: np.ndarray, keys: list[int]) -> bool:
-        index = self._index
-        found: set[int] = set()
-        for k in keys:
-            v = index.get(k)
-            if v is not None:
-                found.update(v) if isinstance(v, list) else found.add(v)
-        is_dup = False
-        if found:
-            cand = np.fromiter(found, np.int64, len(found))
-            est = (self._sigs[cand] == sig).mean(axis=1)
-            self.stats.candidates += len(cand)
-            self.stats.rejected_candidates += int((est < self.cfg.threshold).sum())
-            is_dup = bool(est.max() >= self.cfg.threshold)
-        doc = self._store(sig)
-        for k in keys:  # duplicates only claim keys nobody has; originals join buckets
-            v = index.get(k)
-            if v is None:
-                index[k] = doc
-            elif not is_dup:
-                if isinstance(v, int):
-                    index[k] = [v, doc]
-                elif len(v) < self.MAX_BUCKET:
-                    v.append(doc)
-        return is_dup
 
     def _store(self, sig: np.ndarray) -> int:
         if self._n == len(self._sigs):
-            self._sigs = np.concatenate([self._sigs, np.empty_like(self._sigs)])
+            # Copy only the rows in use: the fresh half stays untouched, so not resident, until written.
+            grown = np.empty((2 * len(self._sigs), self._sigs.shape[1]), self._sigs.dtype)
+            grown[: self._n] = self._sigs[: self._n]
+            self._sigs = grown
         self._sigs[self._n] = sig
         self._n += 1
         return self._n - 1
+
+    def state_bytes(self) -> int:
+        """Bytes held by the index (signatures in use, both hash tables)."""
+        return self._n * self._sigs.shape[1] * self._sigs.itemsize + self._index.nbytes + self._exact.nbytes
+
+    def __setstate__(self, state: dict) -> None:
+        # A checkpoint written before the tables were numpy (a set and a dict): convert it.
+        if isinstance(state.get("_exact"), set):
+            old_exact, exact = state["_exact"], _ExactSet()
+            if old_exact:
+                exact.add(list(old_exact))
+            state["_exact"] = exact
+        if isinstance(state.get("_index"), dict):
+            old_index, index = state["_index"], _MultiMap()
+            ks = [k for k, v in old_index.items() for _ in (v if isinstance(v, list) else (v,))]
+            ds = [d for v in old_index.values() for d in (v if isinstance(v, list) else (v,))]
+            index.insert(np.array(ks, np.uint64), np.array(ds, np.uint32))
+            state["_index"] = index
+        self.__dict__.update(state)
+
+
+# ----------------------------------------------------------------------------------------------
+# Compact hash tables: flat numpy arrays with linear probing, kept at most 3/4 full, probed for a
+# whole batch of keys at once. A Python dict entry costs ~100 bytes per key; these cost 12-16 bytes
+# per slot. Keys are already uniform 64-bit hashes, so their low bits pick the slot.
+
+_EMPTY = np.uint32(0xFFFFFFFF)
+_MAX_LOAD = 0.75
+
+
+class _MultiMap:
+    """uint64 key -> uint32 values; a key may hold several values (each its own slot, same probe run)."""
+
+    def __init__(self, capacity: int = 1 << 12) -> None:
+        self.keys = np.zeros(capacity, np.uint64)
+        self.vals = np.full(capacity, _EMPTY, np.uint32)
+        self.size = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.vals.nbytes
+
+    def lookup(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(query number, value) of every match, and the number of values per query."""
+        mask = len(self.keys) - 1
+        pos = (q & np.uint64(mask)).astype(np.int64)
+        active = np.arange(len(q))
+        hq: list[np.ndarray] = []
+        hv: list[np.ndarray] = []
+        while active.size:  # one step along every query's probe run; a run ends at an empty slot
+            p = pos[active]
+            v = self.vals[p]
+            occupied = v != _EMPTY
+            active, p, v = active[occupied], p[occupied], v[occupied]
+            match = self.keys[p] == q[active]
+            hq.append(active[match])
+            hv.append(v[match])
+            pos[active] = (p + 1) & mask
+        hit_q = np.concatenate(hq) if hq else np.zeros(0, np.int64)
+        hit_v = np.concatenate(hv) if hv else np.zeros(0, np.uint32)
+        return hit_q, hit_v, np.bincount(hit_q, minlength=len(q))
+
+    def insert(self, keys: np.ndarray, vals: np.ndarray) -> None:
+        if self.size + len(keys) > _MAX_LOAD * len(self.keys):
+            cap = len(self.keys)
+            while self.size + len(keys) > _MAX_LOAD * cap:
+                cap *= 2
+            used = self.vals != _EMPTY
+            old_keys, old_vals = self.keys[used], self.vals[used]
+            self.keys, self.vals = np.zeros(cap, np.uint64), np.full(cap, _EMPTY, np.uint32)
+            self.size = 0
+            self._place(old_keys, old_vals)
+        self._place(keys, vals)
+
+    def _place(self, keys: np.ndarray, vals: np.ndarray) -> None:
+        mask = len(self.keys) - 1
+        pos = (keys & np.uint64(mask)).astype(np.int64)
+        todo = np.arange(len(keys))
+        while todo.size:
+            p = pos[todo]
+            free = self.vals[p] == _EMPTY
+            # Of several keys wanting the same free slot, the first takes it; the others retry there
+            # (now taken) and move on, as does every key whose slot was taken already.
+            cand = todo[free]
+            _, first = np.unique(pos[cand], return_index=True)
+            won = cand[first]
+            self.keys[pos[won]] = keys[won]
+            self.vals[pos[won]] = vals[won]
+            taken = np.zeros(len(keys), np.bool_)
+            taken[won] = True
+            moving = todo[~free]
+            pos[moving] = (pos[moving] + 1) & mask
+            todo = todo[~taken[todo]]
+        self.size += len(keys)
+
+
+class _ExactSet:
+    """A set of 16-byte keys (two uint64 columns; the all-zero key is stored in a flag)."""
+
+    def __init__(self, capacity: int = 1 << 12) -> None:
+        self.table = np.zeros((capacity, 2), np.uint64)
+        self.size = 0
+        self.has_zero = False
+
+    @property
+    def nbytes(self) -> int:
+        return self.table.nbytes
+
+    def add(self, keys: Sequence[bytes]) -> np.ndarray:
+        """Add keys in order; True where the key was there already (before, or earlier in ``keys``)."""
+        k = np.frombuffer(b"".join(keys), np.uint64).reshape(len(keys), 2)
+        if k.shape[0] * 16 != sum(map(len, keys)):
+            raise ValueError("exact keys must be 16 bytes")
+        seen = np.zeros(len(k), np.bool_)
+        zero = (k == 0).all(axis=1)
+        for j, i in enumerate(np.flatnonzero(zero).tolist()):
+            seen[i] = self.has_zero or j > 0
+            self.has_zero = True
+        nz = np.flatnonzero(~zero)
+        _, first = np.unique(k[nz].view(np.dtype((np.void, 16))).ravel(), return_index=True)
+        later = np.ones(len(nz), np.bool_)
+        later[first] = False
+        seen[nz[later]] = True  # a repeat within this batch
+        firsts = nz[first]
+        found = self._contains(k[firsts])
+        seen[firsts[found]] = True
+        new = k[firsts[~found]]
+        if self.size + len(new) > _MAX_LOAD * len(self.table):
+            cap = len(self.table)
+            while self.size + len(new) > _MAX_LOAD * cap:
+                cap *= 2
+            old = self.table[(self.table != 0).any(axis=1)]
+            self.table, self.size = np.zeros((cap, 2), np.uint64), 0
+            self._place(old)
+        self._place(new)
+        return seen
+
+    def _contains(self, q: np.ndarray) -> np.ndarray:
+        mask = len(self.table) - 1
+        pos = (q[:, 0] & np.uint64(mask)).astype(np.int64)
+        found = np.zeros(len(q), np.bool_)
+        active = np.arange(len(q))
+        while active.size:
+            row = self.table[pos[active]]
+            occupied = (row != 0).any(axis=1)
+            match = occupied & (row == q[active]).all(axis=1)
+            found[active[match]] = True
+            active = active[occupied & ~match]
+            pos[active] = (pos[active] + 1) & mask
+        return found
+
+    def _place(self, keys: np.ndarray) -> None:  # distinct keys, none in the table yet
+        mask = len(self.table) - 1
+        pos = (keys[:, 0] & np.uint64(mask)).astype(np.int64)
+        todo = np.arange(len(keys))
+        while todo.size:
+            p = pos[todo]
+            free = ~(self.table[p] != 0).any(axis=1)
+            cand = todo[free]
+            _, first = np.unique(pos[cand], return_index=True)
+            won = cand[first]
+            self.table[pos[won]] = keys[won]
+            taken = np.zeros(len(keys), np.bool_)
+            taken[won] = True
+            moving = todo[~free]
+            pos[moving] = (pos[moving] + 1) & mask
+            todo = todo[~taken[todo]]
+        self.size += len(keys)
