@@ -1,6 +1,7 @@
 """`data prepare` at scale: a generated corpus of --mb megabytes, ours with 1 and 2 workers vs datatrove.
 
     python benchmarks/data_scale.py [--mb 400] [--workers 1,2] [--work /tmp/data_scale] [--json out.json] [--no-peer]
+                                    [--peer-mb 20 --peer-workers 1]
 
 Corpus: English-like prose sampled from a word bigram model of the plain words of the embedded prose
 corpus (vectorised over many chains at once, so 400 MB takes a minute or two), as JSONL files of
@@ -18,8 +19,14 @@ ours) -> MinHash dedup (signatures, buckets, clusters, filter; 20 bands x 6 rows
 ours) -> DocumentTokenizer with our tokenizer exported to tokenizer.json. datatrove has no
 decontamination step in its base install, so it does one step less.
 
+datatrove is an order of magnitude slower, so ``--peer-mb N`` gives it a corpus of its own of N MB
+(same generator, files of at most N/2 MB), on which ours runs too, so the ratio is always measured
+on the same input in the same run, never extrapolated. Order: ours on the big corpus with the first
+worker count, then the peer comparisons (``--peer-workers``), then ours with the other worker counts.
+
 Each run is a subprocess; wall time, MB/s of input, peak resident memory of the whole process tree
-(summed VmRSS, polled every 0.2 s) and tokens written are printed and compared.
+(summed VmRSS, polled every 0.2 s), the 1-minute load average during the run and tokens written are
+printed; with --json the results are written after every run, so a run cut short keeps what finished.
 """
 
 from __future__ import annotations
@@ -158,15 +165,23 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+LOADS: list[float] = []  # 1-minute load average, sampled every 10 s during the last timed() run
+
+
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
     peak = [0]
     done = threading.Event()
+    LOADS.clear()
 
     def poll() -> None:
+        k = 0
         while not done.is_set():
             peak[0] = max(peak[0], tree_rss(proc.pid))
+            if k % 50 == 0:
+                LOADS.append(os.getloadavg()[0])
+            k += 1
             done.wait(0.2)
 
     th = threading.Thread(target=poll, daemon=True)
@@ -181,9 +196,13 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int
     return wall, peak[0], out
 
 
-def run_ours(files: list[Path], tok: Path, work: Path, workers: int) -> dict:
-    out_dir = work / f"ours-{workers}"
-    cfg = work / f"ours-{workers}.toml"
+def load_summary() -> dict:
+    return {"min": min(LOADS), "median": float(np.median(LOADS)), "max": max(LOADS)} if LOADS else {}
+
+
+def run_ours(files: list[Path], tok: Path, work: Path, workers: int, tag: str = "") -> dict:
+    out_dir = work / f"ours{tag}-{workers}"
+    cfg = work / f"ours{tag}-{workers}.toml"
     paths = json.dumps([str(p) for p in files])
     cfg.write_text(f"""
 out_dir = "{out_dir}"
@@ -205,7 +224,7 @@ domain = "prose"
             "docs_in": sum(v["documents"] for v in s["input"].values()),
             "docs_out": sum(sp["documents"] for sp in m["splits"].values()),
             "near_removed": s["dedup"]["near_removed"], "exact_removed": s["dedup"]["exact_removed"],
-            "contaminated": s["decontam"]["contaminated"], "seconds": s["seconds"]}
+            "contaminated": s["decontam"]["contaminated"], "seconds": s["seconds"], "load": load_summary()}
 
 
 DATATROVE_SCRIPT = r'''
@@ -243,7 +262,8 @@ def run_datatrove(data: Path, tok: Path, work: Path, workers: int) -> dict:
     wall, peak, out = timed([sys.executable, "-c", DATATROVE_SCRIPT, str(data), str(tok / "tokenizer.json"),
                              str(work / f"datatrove-{workers}"), str(workers)])
     token_bytes = json.loads(out.strip().splitlines()[-1])["token_bytes"]
-    return {"wall_s": wall, "peak_rss_mb": peak / 2**20, "tokens": token_bytes // 2}  # uint16 tokens
+    return {"wall_s": wall, "peak_rss_mb": peak / 2**20, "tokens": token_bytes // 2,  # uint16 tokens
+            "load": load_summary()}
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -256,6 +276,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/data_scale")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--file-mb", type=int, default=FILE_MB, help="MB per corpus file (datatrove runs one task per file)")
+    ap.add_argument("--peer-mb", type=int, default=0, help="datatrove's own smaller corpus (0: the same as ours)")
+    ap.add_argument("--peer-workers", help="worker counts for the peer comparison (default: --workers)")
     ap.add_argument("--json")
     args = ap.parse_args()
     work = Path(args.work)
@@ -269,23 +291,57 @@ def main() -> None:
     except OSError:
         load = (float("nan"),) * 3
     print(f"python {platform.python_version()}, {os.cpu_count()} cores, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
-    results = {"mb": size / 1e6, "files": len(files), "load_before": load, "ours": {}, "datatrove": {}}
-    for w in [int(x) for x in args.workers.split(",")]:
+    results: dict = {"mb": size / 1e6, "files": len(files), "load_before": load, "ours": {}, "datatrove": {},
+                     "peer_corpus": {}}
+
+    def save() -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+
+    def show(name: str, w: int, r: dict, mb: float) -> None:
+        ld = r.get("load", {})
+        extra = (f"  (docs {r['docs_in']:,} -> {r['docs_out']:,}; dedup exact {r['exact_removed']}, near "
+                 f"{r['near_removed']}; contaminated {r['contaminated']})" if "docs_in" in r else "")
+        print(f"{name:28s} {w} worker(s): {r['wall_s']:7.1f} s  {mb / r['wall_s']:6.3f} MB/s  peak "
+              f"{r['peak_rss_mb']:7.0f} MB  {r['tokens']:,} tokens  load {ld.get('min', 0):.1f}-{ld.get('max', 0):.1f}"
+              f"{extra}", flush=True)
+
+    def big(w: int) -> None:
         r = run_ours(files, tok, work, w)
         results["ours"][w] = r
-        print(f"ours      {w} worker(s): {r['wall_s']:7.1f} s  {size / 1e6 / r['wall_s']:6.2f} MB/s  "
-              f"peak {r['peak_rss_mb']:7.0f} MB  {r['tokens']:,} tokens  (docs {r['docs_in']:,} -> {r['docs_out']:,}; "
-              f"dedup exact {r['exact_removed']}, near {r['near_removed']}; contaminated {r['contaminated']})", flush=True)
-        if not args.no_peer:
-            d = run_datatrove(files[0].parent, tok, work, w)
+        show(f"ours, {size / 1e6:.0f} MB", w, r, size / 1e6)
+        save()
+
+    worker_counts = [int(x) for x in args.workers.split(",")]
+    big(worker_counts[0])
+    if not args.no_peer:
+        if args.peer_mb:
+            peer_files = make_corpus(work / f"corpus-{args.peer_mb}-peer", args.peer_mb,
+                                     file_mb=max(1, min(args.file_mb, args.peer_mb // 2)))
+        else:
+            peer_files = files
+        peer_size = sum(p.stat().st_size for p in peer_files) / 1e6
+        results["peer_corpus"] = {"mb": peer_size, "files": len(peer_files)}
+        for w in [int(x) for x in (args.peer_workers or args.workers).split(",")]:
+            if args.peer_mb:
+                r = run_ours(peer_files, tok, work, w, tag="-peer-corpus")
+                results["ours"][f"peer-corpus-{w}"] = r
+                show(f"ours, {peer_size:.0f} MB", w, r, peer_size)
+            elif w not in results["ours"]:
+                big(w)
+            r = results["ours"][f"peer-corpus-{w}" if args.peer_mb else w]
+            d = run_datatrove(peer_files[0].parent, tok, work, w)
             results["datatrove"][w] = d
-            print(f"datatrove {w} worker(s): {d['wall_s']:7.1f} s  {size / 1e6 / d['wall_s']:6.2f} MB/s  "
-                  f"peak {d['peak_rss_mb']:7.0f} MB  {d['tokens']:,} tokens;  ours / datatrove throughput "
+            show(f"datatrove, {peer_size:.0f} MB", w, d, peer_size)
+            print(f"  ours / datatrove throughput on the same {peer_size:.0f} MB, {w} worker(s): "
                   f"{d['wall_s'] / r['wall_s']:.2f}x", flush=True)
+            save()
+    for w in worker_counts[1:]:
+        if w not in results["ours"]:
+            big(w)
     results["load_after"] = os.getloadavg()
     print(f"load average after: {results['load_after'][0]:.1f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    save()
 
 
 if __name__ == "__main__":
