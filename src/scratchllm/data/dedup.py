@@ -331,33 +331,42 @@ class Deduplicator:
         todo = [i for i in range(fp.n) if not dup[i] and not fp.empty[i]]
         if not todo:
             return dup
-        bands, index = self.bands, self._index
+        bands, index, m = self.bands, self._index, len(todo)
         keys = np.ascontiguousarray(fp.band_keys[todo], dtype=np.uint64)
-        hit_query, hit_doc, counts = index.lookup(keys.ravel())
-        order = np.argsort(hit_query // bands, kind="stable")
-        hit_doc = hit_doc[order]
-        bounds = np.searchsorted((hit_query // bands)[order], np.arange(len(todo) + 1)).tolist()
-        counts = counts.reshape(len(todo), bands).tolist()
+        flat = keys.ravel()
+        hit_query, hit_doc, counts = index.lookup(flat)
+        # A row whose keys are in no bucket and in no earlier row of this batch has no candidates:
+        # it is kept and joins all its buckets, which numpy does for all such rows at once. Only the
+        # other rows, and rows sharing a key with a later one, go through the loop below, in order.
+        _, inverse, repeats = np.unique(flat, return_inverse=True, return_counts=True)
+        shared = (repeats[inverse] > 1).reshape(m, bands).any(axis=1)
+        looped = counts.reshape(m, bands).any(axis=1) | shared
+        docs = self._store_all(fp.sigs[todo])  # row r is document docs[r], stored in row order
+        new_keys = [keys[~looped].ravel()]
+        new_docs = [np.repeat(docs[~looped], bands).astype(np.uint32)]
+        order = np.argsort(hit_query, kind="stable")
+        hit_doc, hit_row = hit_doc[order], hit_query[order] // bands
+        bounds = np.searchsorted(hit_row, np.arange(m + 1)).tolist()
+        counts = counts.reshape(m, bands)
         pending: dict[int, list[int]] = {}  # band key -> documents of this batch added to it
-        new_keys: list[int] = []
-        new_docs: list[int] = []
-        for r, (i, row) in enumerate(zip(todo, keys.tolist())):
+        more_keys: list[int] = []
+        more_docs: list[int] = []
+        for r in np.flatnonzero(looped).tolist():
+            row, doc = keys[r].tolist(), int(docs[r])
             found = set(hit_doc[bounds[r] : bounds[r + 1]].tolist())
             for k in row:
                 v = pending.get(k)
                 if v is not None:
                     found.update(v)
-            sig = fp.sigs[i]
             is_dup = False
             if found:
                 cand = np.fromiter(found, np.int64, len(found))
-                est = (self._sigs[cand] == sig).mean(axis=1)
+                est = (self._sigs[cand] == fp.sigs[todo[r]]).mean(axis=1)
                 self.stats.candidates += len(cand)
                 self.stats.rejected_candidates += int((est < self.cfg.threshold).sum())
                 is_dup = bool(est.max() >= self.cfg.threshold)
-            doc = self._store(sig)
             # Duplicates only claim keys nobody has; originals join buckets of up to MAX_BUCKET.
-            for k, c in zip(row, counts[r]):
+            for k, c in zip(row, counts[r].tolist()):
                 v = pending.get(k)
                 c += len(v) if v is not None else 0
                 if c == 0 or (not is_dup and c < self.MAX_BUCKET):
@@ -365,23 +374,31 @@ class Deduplicator:
                         pending[k] = [doc]
                     else:
                         v.append(doc)
-                    new_keys.append(k)
-                    new_docs.append(doc)
+                    more_keys.append(k)
+                    more_docs.append(doc)
             if is_dup:
-                dup[i] = True
+                dup[todo[r]] = True
                 self.stats.near_removed += 1
-        index.insert(np.array(new_keys, np.uint64), np.array(new_docs, np.uint32))
+        new_keys.append(np.array(more_keys, np.uint64))
+        new_docs.append(np.array(more_docs, np.uint32))
+        index.insert(np.concatenate(new_keys), np.concatenate(new_docs))
         return dup
 
-    def _store(self, sig: np.ndarray) -> int:
-        if self._n == len(self._sigs):
-            # Copy only the rows in use: the fresh half stays untouched, so not resident, until written.
-            grown = np.empty((2 * len(self._sigs), self._sigs.shape[1]), self._sigs.dtype)
+    def _store_all(self, sigs: np.ndarray) -> np.ndarray:
+        """Append signatures; their document numbers."""
+        n = self._n + len(sigs)
+        if n > len(self._sigs):
+            cap = len(self._sigs)
+            while cap < n:
+                cap *= 2
+            # Copy only the rows in use: the fresh part stays untouched, so not resident, until written.
+            grown = np.empty((cap, self._sigs.shape[1]), self._sigs.dtype)
             grown[: self._n] = self._sigs[: self._n]
             self._sigs = grown
-        self._sigs[self._n] = sig
-        self._n += 1
-        return self._n - 1
+        self._sigs[self._n : n] = sigs
+        docs = np.arange(self._n, n)
+        self._n = n
+        return docs
 
     def state_bytes(self) -> int:
         """Bytes held by the index (signatures in use, both hash tables)."""
