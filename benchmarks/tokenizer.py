@@ -4,8 +4,8 @@
 
 Prints encode throughput (MB/s, single-threaded) for ours, tiktoken and HF tokenizers with ratios,
 and training time for ours vs HF BpeTrainer. Measurements alternate between implementations and
-report medians, so background load affects all sides alike. Targets (issue #3): encode >= 0.3x
-tiktoken; training <= 5x HF's time at 8k vocab.
+report medians, so background load affects all sides alike. Targets: encode >= 0.5x tiktoken on the
+held-out corpus (issue #18; it was 0.3x in issue #3); training <= 5x HF's time at 8k vocab.
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ def main() -> None:
         print(f"\nencode {name} text (single-threaded, cold cache, same vocab, identical ids):")
         for impl in ("ours", "tiktoken", "hf"):
             print(f"  {impl:9s} {sizes[name] / med[f'{impl}/{name}']:7.2f} MB/s")
-        print(f"  ours / tiktoken = {med[f'tiktoken/{name}'] / med[f'ours/{name}']:.2f}x   (target >= 0.3x)")
+        target = "target >= 0.5x" if name == "corpus" else "no target; 0.3x in issue #3"
+        print(f"  ours / tiktoken = {med[f'tiktoken/{name}'] / med[f'ours/{name}']:.2f}x   ({target})")
         print(f"  ours / HF       = {med[f'hf/{name}'] / med[f'ours/{name}']:.2f}x")
     corpus = texts["corpus"]
     nb = len(corpus.encode())
