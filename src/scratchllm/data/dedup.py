@@ -480,18 +480,17 @@ class _MultiMap:
         while todo.size:
             p = pos[todo]
             free = self.vals[p] == _EMPTY
-            # Of several keys wanting the same free slot, the first takes it; the others retry there
-            # (now taken) and move on, as does every key whose slot was taken already.
-            cand = todo[free]
-            _, first = np.unique(pos[cand], return_index=True)
-            won = cand[first]
-            self.keys[pos[won]] = keys[won]
-            self.vals[pos[won]] = vals[won]
-            taken = np.zeros(len(keys), np.bool_)
-            taken[won] = True
+            # Of several keys wanting the same free slot one takes it (each writes its number there
+            # and the one read back won); the others retry there (now taken) and move on, as does
+            # every key whose slot was taken already.
+            cand, pc = todo[free], p[free]
+            self.vals[pc] = cand
+            won = self.vals[pc] == cand
+            self.keys[pc[won]] = keys[cand[won]]
+            self.vals[pc[won]] = vals[cand[won]]
             moving = todo[~free]
             pos[moving] = (pos[moving] + 1) & mask
-            todo = todo[~taken[todo]]
+            todo = np.concatenate([moving, cand[~won]])
         self.size += len(keys)
 
 
@@ -557,13 +556,11 @@ class _ExactSet:
         while todo.size:
             p = pos[todo]
             free = ~(self.table[p] != 0).any(axis=1)
-            cand = todo[free]
-            _, first = np.unique(pos[cand], return_index=True)
-            won = cand[first]
-            self.table[pos[won]] = keys[won]
-            taken = np.zeros(len(keys), np.bool_)
-            taken[won] = True
+            cand, pc = todo[free], p[free]
+            self.table[pc, 0] = cand + 1  # claim as in _MultiMap._place (+ 1: nonzero, so taken)
+            won = self.table[pc, 0] == cand + 1
+            self.table[pc[won]] = keys[cand[won]]
             moving = todo[~free]
             pos[moving] = (pos[moving] + 1) & mask
-            todo = todo[~taken[todo]]
+            todo = np.concatenate([moving, cand[~won]])
         self.size += len(keys)
