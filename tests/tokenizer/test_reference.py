@@ -105,7 +105,7 @@ def test_transformers_autotokenizer_loads_our_export(tmp_path, trained):
 
 def test_same_ids_as_tiktoken_on_ascii_text(trained):
     # Pure-ASCII text takes the `re` split (patterns.ASCII_PATTERNS): same ids as tiktoken.
-    from scratchllm.data.corpus import embedded_text
+    from scratchllm.corpus.embedded import embedded_text
 
     docs = embedded_text(max_bytes_per_domain=150_000).split("\n\n")
     text = "\n\n".join(d for d in docs if d.isascii()) + " \x1c\x1d x\x0b\x0c\r\n 'S 'll 12345 ?!\t\n"
