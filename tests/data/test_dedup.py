@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pickle
 import random
 from collections import defaultdict
 
@@ -214,8 +215,6 @@ def test_compact_tables_decide_exactly_as_a_dict_index(batch, max_bucket, monkey
 
 
 def test_index_survives_pickling_and_old_checkpoints():
-    import pickle
-
     texts = planted_corpus(seed=4, n_base=60)
     half = len(texts) // 2
     whole = D.Deduplicator(DedupConfig())

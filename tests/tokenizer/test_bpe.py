@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from scratchllm.errors import ScratchError
 from scratchllm.tokenizer import DEFAULT_SPECIAL_TOKENS, GPT2_PATTERN, Tokenizer, train_bpe
 from scratchllm.tokenizer import bpe
+from scratchllm.tokenizer.patterns import PATTERNS, compile_ascii_pattern, compile_pattern
 
 
 def naive_train(texts, num_merges, pattern, min_frequency=2):
@@ -234,16 +235,12 @@ _ASCII_TEXT = st.lists(
 @given(text=_ASCII_TEXT)
 def test_ascii_pattern_splits_like_the_unicode_pattern(name, text):
     # encode_ordinary splits pure-ASCII text with the `re` spelling of the pattern: it must agree.
-    from scratchllm.tokenizer.patterns import PATTERNS, compile_ascii_pattern, compile_pattern
-
     fast = compile_ascii_pattern(PATTERNS[name])
     assert fast is not None
     assert fast.findall(text) == compile_pattern(name).findall(text)
 
 
 def test_ascii_pattern_on_every_ascii_character_and_real_text(small_corpus):
-    from scratchllm.tokenizer.patterns import PATTERNS, compile_ascii_pattern, compile_pattern
-
     every = "".join(chr(c) + chr(d) for c in range(128) for d in (32, 10, 39, 65, 48, c))
     texts = [every, "\n\n".join(d for d in small_corpus[:400] if d.isascii()), " \x1c\x1d\x1e\x1f \x0b\x0c x\r\n\r\n y\t\t\n"]
     for name, pattern in PATTERNS.items():

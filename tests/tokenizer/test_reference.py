@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scratchllm.tokenizer import DEFAULT_SPECIAL_TOKENS, Tokenizer, train_bpe
 from scratchllm.tokenizer.hf import to_hf_dict
 
-from scratchllm.corpus.embedded import unicode_stress_text
+from scratchllm.corpus.embedded import embedded_text, unicode_stress_text
 
 tiktoken = pytest.importorskip("tiktoken")
 hf_tokenizers = pytest.importorskip("tokenizers")
@@ -105,8 +107,6 @@ def test_transformers_autotokenizer_loads_our_export(tmp_path, trained):
 
 def test_same_ids_as_tiktoken_on_ascii_text(trained):
     # Pure-ASCII text takes the `re` split (patterns.ASCII_PATTERNS): same ids as tiktoken.
-    from scratchllm.corpus.embedded import embedded_text
-
     docs = embedded_text(max_bytes_per_domain=150_000).split("\n\n")
     text = "\n\n".join(d for d in docs if d.isascii()) + " \x1c\x1d x\x0b\x0c\r\n 'S 'll 12345 ?!\t\n"
     assert text.isascii()
@@ -114,9 +114,6 @@ def test_same_ids_as_tiktoken_on_ascii_text(trained):
 
 
 def test_same_ids_as_tiktoken_on_random_unicode(trained):
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-
     enc = as_tiktoken(trained)
 
     @settings(max_examples=300, deadline=None)
