@@ -1,6 +1,6 @@
 """The engine on a thread of its own, fed from an asyncio server.
 
-    event loop: submit(prompt, params) -> Job (its Deltas arrive on an asyncio queue)
+    event loop: submit(prompt, params) -> Job (its Deltas arrive on an asyncio queue as (index, item))
     engine thread: add new jobs to the engine, step it while it has work, sleep when it has none
 
 Generation never runs on the web server's event loop, so health checks and new requests stay
@@ -29,7 +29,10 @@ class Job:
     params: SamplingParams
     deadline: float  # time.monotonic() after which the request is dropped
     loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue = field(default_factory=asyncio.Queue)  # Delta | Exception, then None
+    # (index, Delta | Exception), then (index, None). Jobs may share one queue (the n choices of a request),
+    # so their consumer wakes once per engine step for all of them, not once per job.
+    out: asyncio.Queue = field(default_factory=asyncio.Queue)
+    index: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def emit(self, item: Any) -> None:
@@ -64,15 +67,17 @@ class BackgroundEngine:
     def tokenizer(self) -> Any:
         return self.engine.tokenizer
 
-    def submit(self, prompt: list[int], params: SamplingParams, timeout_s: float) -> Job:
+    def submit(self, prompt: list[int], params: SamplingParams, timeout_s: float,
+               out: asyncio.Queue | None = None, index: int = 0) -> Job:
         """Queue a request (raises QueueFull when max_pending are waiting or running; ScratchError when
-        the request cannot run at all)."""
+        the request cannot run at all). out: the queue its items go to, tagged with index (default: its own)."""
         self.engine.check(prompt, params)
         with self._cv:
             if self._pending >= self.max_pending:
                 raise QueueFull
             self._pending += 1
-            job = Job(prompt, params, time.monotonic() + timeout_s, asyncio.get_running_loop())
+            job = Job(prompt, params, time.monotonic() + timeout_s, asyncio.get_running_loop(),
+                      asyncio.Queue() if out is None else out, index)
             self._inbox.append(job)
             self._cv.notify()
         return job
@@ -135,7 +140,7 @@ class BackgroundEngine:
 def _deliver(loop: asyncio.AbstractEventLoop, items: list[tuple[Job, Any]]) -> None:
     def put() -> None:
         for job, item in items:
-            job.out.put_nowait(item)
+            job.out.put_nowait((job.index, item))
 
     try:
         loop.call_soon_threadsafe(put)
@@ -145,9 +150,10 @@ def _deliver(loop: asyncio.AbstractEventLoop, items: list[tuple[Job, Any]]) -> N
 
 
 async def deltas(job: Job) -> Any:
-    """Async iterator over a job's Deltas; raises the job's error. Cancels the job if the consumer stops."""
+    """Async iterator over the Deltas of a job with a queue of its own; raises the job's error. Cancels the
+    job if the consumer stops."""
     try:
-        while (item := await job.out.get()) is not None:
+        while (item := (await job.out.get())[1]) is not None:
             if isinstance(item, Exception):
                 raise item
             yield item

@@ -67,8 +67,10 @@ class CacheView:
         B, T = positions.shape
         self.rows = None if first_slot is None else slice(first_slot, first_slot + B)
         self.cols = None if start is None or self.rows is None else slice(start, start + T)
-        write = slots[:, None].expand_as(positions)
-        self.write_slots = write if valid is None else torch.where(valid, write, scratch)
+        self.write_slots = None  # per-token slots to scatter into; not needed when writes are a slice copy
+        if self.cols is None:
+            write = slots[:, None].expand_as(positions)
+            self.write_slots = write if valid is None else torch.where(valid, write, scratch)
         if static:
             S = k.size(2)
         else:  # keys every row may need, at most

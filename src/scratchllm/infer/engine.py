@@ -127,6 +127,8 @@ class Engine:
         self.slot_tokens: dict[int, list[int]] = {}  # free slot -> the tokens its keys/values belong to
         self.metrics = EngineMetrics()
         self._ids = count()
+        self._positions: dict[int, torch.Tensor] = {}  # position -> tensor([[position]]) (decode steps)
+        self._all_slots = torch.arange(max_slots, device=self.device)
 
     # --- requests -----------------------------------------------------------------------------------
 
@@ -254,6 +256,8 @@ class Engine:
             return self._compiled_decode(reqs, [c[0] for c in chunks], starts)
         slot_list = [r.slot for r in reqs]
         lo, hi = min(slot_list), max(slot_list) + 1
+        if T == 1 and hi - lo == B and len(set(starts)) == 1 and slot_list == sorted(slot_list):
+            return self._decode_aligned(reqs, [c[0] for c in chunks], starts[0], lo)
         if T == 1 and B < hi - lo <= 2 * B and slot_list == sorted(slot_list):
             return self._decode_span(reqs, [c[0] for c in chunks], starts, lo, hi)
         idx = torch.tensor([c + [0] * (T - len(c)) for c in chunks], device=self.device)
@@ -269,6 +273,28 @@ class Engine:
         with self.autocast():
             logits = self.model(idx, input_pos=positions, cache=view)
         return logits[torch.arange(B, device=self.device), lengths - 1].float()
+
+    def _decode_aligned(self, reqs: list[Request], tokens: list[int], start: int, lo: int) -> torch.Tensor:
+        """Decode rows in consecutive slots lo, lo+1, ... all at position start (always so at batch 1): the
+        cache is read and written as slices and no mask is needed, so the step builds one small tensor
+        (per-step Python and tensor set-up is most of the cost of a small model's decode step)."""
+        B = len(reqs)
+        idx = torch.tensor(tokens, device=self.device).view(B, 1)
+        positions = self._position(start).expand(B, 1)
+        view = self.cache.view(self._slot_range(lo, B), positions, first_slot=lo, start=start, length=start + 1)
+        with self.autocast():
+            logits = self.model(idx, input_pos=positions, cache=view)
+        return logits[:, -1].float()
+
+    def _position(self, p: int) -> torch.Tensor:
+        """The (1, 1) tensor [[p]], made once per position (each decode step needs one)."""
+        t = self._positions.get(p)
+        if t is None:
+            t = self._positions[p] = torch.tensor([[p]], device=self.device)
+        return t
+
+    def _slot_range(self, lo: int, n: int) -> torch.Tensor:
+        return self._all_slots[lo : lo + n]
 
     def _decode_span(self, reqs: list[Request], tokens: list[int], starts: list[int], lo: int, hi: int
                      ) -> torch.Tensor:
@@ -358,8 +384,8 @@ class Engine:
                     seen = None if r.seen is None else r.seen[None]
                     counts = None if r.counts is None else r.counts[None]
                     processed[i] = apply_penalties(logits[i : i + 1], seen, counts, r.params)[0]
-        tokens = sample_rows(processed, [r.params for r in reqs], [r.generator for r in reqs]).tolist()
-        chosen = logprobs.gather(1, torch.tensor(tokens, device=logits.device)[:, None])[:, 0].tolist()
+        sampled = sample_rows(processed, [r.params for r in reqs], [r.generator for r in reqs])
+        tokens, chosen = sampled.tolist(), logprobs.gather(1, sampled[:, None])[:, 0].tolist()
         k = max(r.params.logprobs for r in reqs)
         top = logprobs.topk(min(k, logprobs.size(-1)), dim=-1) if k else None
         now = time.monotonic()

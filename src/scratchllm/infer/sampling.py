@@ -114,7 +114,8 @@ def apply_penalties(logits: torch.Tensor, seen: torch.Tensor | None, counts: tor
 
 def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Temperature, then top-k, top-p and min-p (the order Hugging Face applies them); removed tokens get -inf."""
-    logits = logits / params.temperature
+    if params.temperature != 1.0:  # dividing by 1 changes nothing: skip the op
+        logits = logits / params.temperature
     if params.top_k and params.top_k < logits.size(-1):
         kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -139,6 +140,8 @@ def sample(logits: torch.Tensor, params: SamplingParams, generators: list[torch.
     probs = filter_logits(logits, params).softmax(-1)
     if generators is None or all(g is None for g in generators):
         return torch.multinomial(probs, 1).squeeze(-1)
+    if len(generators) == 1:  # batch 1 (the same draw as below, without the row split and cat)
+        return torch.multinomial(probs, 1, generator=generators[0]).view(1)
     return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
 
 
@@ -153,10 +156,12 @@ def sample_rows(logits: torch.Tensor, params: list[SamplingParams], generators: 
     Rows that share temperature/top-k/top-p/min-p are processed as one batch; each row's draw uses its
     own generator, so a seeded row samples the same whatever else is in the batch.
     """
-    out = torch.empty(logits.size(0), dtype=torch.long, device=logits.device)
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
         groups.setdefault(_processing_key(p), []).append(i)
+    if len(groups) == 1:  # the common case (and always at batch 1): no gather/scatter of rows
+        return sample(logits, params[0], generators)
+    out = torch.empty(logits.size(0), dtype=torch.long, device=logits.device)
     for rows in groups.values():
         idx = torch.tensor(rows, device=logits.device)
         out[idx] = sample(logits[idx], params[rows[0]], [generators[i] for i in rows])

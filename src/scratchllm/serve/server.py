@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import torch
 
 from scratchllm.errors import ScratchError
-from scratchllm.infer.background import BackgroundEngine, QueueFull, deltas
+from scratchllm.infer.background import BackgroundEngine, QueueFull
 from scratchllm.infer.compile import warm_up
 from scratchllm.infer.engine import Engine, RequestCancelled, RequestTimeout
 from scratchllm.infer.load import check_device, load_for_inference
@@ -483,13 +483,14 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None, compi
             raise APIError(400, e.message) from None
         return params
 
-    def submit(prompt: list[int], params: SamplingParams, n: int) -> list[Any]:
-        """n jobs (choice i seeded with seed + i), all or none: 429 if the engine cannot take them all."""
+    def submit(prompt: list[int], params: SamplingParams, n: int, out: asyncio.Queue) -> list[Any]:
+        """n jobs (choice i seeded with seed + i) reporting to one queue as (i, item), all or none: 429 if the
+        engine cannot take them all."""
         jobs: list[Any] = []
         try:
             for i in range(n):
                 p = params if params.seed is None or i == 0 else replace(params, seed=params.seed + i)
-                jobs.append(engine().submit(prompt, p, cfg.timeout_s))
+                jobs.append(engine().submit(prompt, p, cfg.timeout_s, out, i))
         except QueueFull:
             for j in jobs:
                 j.cancel()
@@ -514,7 +515,8 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None, compi
                       chat: bool) -> Any:
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
-        jobs = submit(prompt, params, req.n)
+        queue: asyncio.Queue = asyncio.Queue()  # every choice's (i, Delta | Exception | None), in engine order
+        jobs = submit(prompt, params, req.n, queue)
         tok = engine().engine.tokenizer
         want_logprobs = (req.logprobs is True) if chat else (req.logprobs is not None)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -540,17 +542,6 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None, compi
 
         if req.stream:
             async def events() -> Any:
-                queue: asyncio.Queue = asyncio.Queue()
-
-                async def pump(i: int, job: Any) -> None:  # one task per choice, merged into one stream
-                    try:
-                        async for d in deltas(job):
-                            await queue.put((i, d))
-                    except Exception as e:  # noqa: BLE001 - sent to the client as an error event
-                        await queue.put((i, e))
-                    await queue.put((i, None))
-
-                tasks = [asyncio.create_task(pump(i, j)) for i, j in enumerate(jobs)]
                 held: list[list[Any]] = [[] for _ in jobs]  # tokens not yet sent (their logprobs go with the text)
 
                 def flush(i: int, parts: list[str]) -> list[str]:
@@ -593,21 +584,28 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None, compi
                 finally:  # also when the client disconnects (this generator is closed): stop generating
                     for j in jobs:
                         j.cancel()
-                    for t in tasks:
-                        t.cancel()
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-        async def collect(job: Any) -> tuple[str, str, list[Any]]:
-            parts, toks, finish = [], [], "length"
-            async for d in deltas(job):
-                parts.append(d.text)
-                if d.token_id is not None:
-                    toks.append(d)
-                finish = d.finish_reason or finish
-            return "".join(parts), finish, toks
+        async def collect() -> list[tuple[str, str, list[Any]]]:
+            parts: list[list[str]] = [[] for _ in jobs]
+            toks: list[list[Any]] = [[] for _ in jobs]
+            finish = ["length"] * len(jobs)
+            live = len(jobs)
+            while live:
+                i, d = await queue.get()
+                if d is None:
+                    live -= 1
+                elif isinstance(d, Exception):
+                    raise d
+                else:
+                    parts[i].append(d.text)
+                    if d.token_id is not None:
+                        toks[i].append(d)
+                    finish[i] = d.finish_reason or finish[i]
+            return [("".join(p), f, t) for p, f, t in zip(parts, finish, toks)]
 
         async def watch() -> None:  # a non-streaming client that goes away frees its slots too
             gone = request.scope.get(DISCONNECTED)
@@ -619,7 +617,7 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None, compi
 
         watcher = asyncio.create_task(watch())
         try:
-            results = await asyncio.gather(*(collect(j) for j in jobs))
+            results = await collect()
         except Exception as e:  # noqa: BLE001 - mapped to an OpenAI error body
             raise error_body(e) from None
         finally:
