@@ -1,7 +1,8 @@
 """The KV cache: a pool of slots, one sequence each, owned by the engine (not by the model).
 
-    k, v: (n_layers, n_slots + 1, max_len, n_kv_heads, head_dim)
+    k, v: (n_layers, n_slots + 1, n_kv_heads, max_len, head_dim)
     slot s, position p holds the key/value of the token fed at position p of the sequence in slot s
+    (heads before positions: attention's own layout, so a slot's keys are read without a transpose)
 
 A forward pass gets a view for its batch: which slot each row uses and each token's position. Rows
 of one batch may sit at any lengths (continuous batching): each row writes its own slot and reads its
@@ -23,7 +24,7 @@ class KVCache:
 
     def __init__(self, cfg: Any, n_slots: int, max_len: int, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu") -> None:
-        shape = (cfg.n_layers, n_slots + 1, max_len, cfg.n_kv_heads, cfg.head_dim)
+        shape = (cfg.n_layers, n_slots + 1, cfg.n_kv_heads, max_len, cfg.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.n_slots, self.max_len, self.scratch = n_slots, max_len, n_slots
@@ -53,8 +54,8 @@ class KVCache:
     def copy_prefix(self, src: int, dst: int, n: int) -> None:
         """Copy the first n positions of slot src into slot dst (prefix caching)."""
         if n > 0 and src != dst:
-            self.k[:, dst, :n] = self.k[:, src, :n]
-            self.v[:, dst, :n] = self.v[:, src, :n]
+            self.k[:, dst, :, :n] = self.k[:, src, :, :n]
+            self.v[:, dst, :, :n] = self.v[:, src, :, :n]
 
 
 class CacheView:
@@ -72,7 +73,7 @@ class CacheView:
             write = slots[:, None].expand_as(positions)
             self.write_slots = write if valid is None else torch.where(valid, write, scratch)
         if static:
-            S = k.size(2)
+            S = k.size(3)
         else:  # keys every row may need, at most
             S = length if length is not None else int(positions.max()) + 1
         self.S = S
@@ -84,15 +85,17 @@ class CacheView:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, KV, T, hd) at each token's slot and position; return each row's S keys/values."""
-        ck, cv = self.k[layer], self.v[layer]
+        ck, cv, dtype = self.k[layer], self.v[layer], k.dtype
+        if dtype != ck.dtype:
+            k, v = k.to(ck.dtype), v.to(cv.dtype)
         if self.cols is not None:
-            ck[self.rows, self.cols] = k.transpose(1, 2).to(ck.dtype)
-            cv[self.rows, self.cols] = v.transpose(1, 2).to(cv.dtype)
-        else:
-            ck[self.write_slots, self.positions] = k.transpose(1, 2).to(ck.dtype)
-            cv[self.write_slots, self.positions] = v.transpose(1, 2).to(cv.dtype)
+            ck[self.rows, :, self.cols] = k
+            cv[self.rows, :, self.cols] = v
+        else:  # advanced indices around a slice: the indexed shape is (B, T, KV, hd)
+            ck[self.write_slots, :, self.positions] = k.transpose(1, 2)
+            cv[self.write_slots, :, self.positions] = v.transpose(1, 2)
         rows = self.slots if self.rows is None else self.rows
-        out_k, out_v = ck[rows, : self.S].transpose(1, 2), cv[rows, : self.S].transpose(1, 2)
-        if out_k.dtype != k.dtype:  # e.g. bf16 activations under autocast, fp32 cache
-            out_k, out_v = out_k.to(k.dtype), out_v.to(k.dtype)
+        out_k, out_v = ck[rows, :, : self.S], cv[rows, :, : self.S]
+        if out_k.dtype != dtype:  # e.g. bf16 activations under autocast, fp32 cache
+            out_k, out_v = out_k.to(dtype), out_v.to(dtype)
         return out_k, out_v
