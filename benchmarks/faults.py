@@ -42,7 +42,8 @@ def health_during_stream(repeats: int) -> list[float]:
     import uvicorn
 
     from scratchllm.model.model import ModelConfig, Transformer
-    from scratchllm.serve.server import ServeConfig, create_app
+    from scratchllm.serve.config import ServeConfig
+    from scratchllm.serve.server import create_app
     from scratchllm.tokenizer import train_bpe
 
     tok = train_bpe(["hello world"], 256 + 7)

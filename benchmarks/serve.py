@@ -13,7 +13,12 @@ commit: ``git archive <commit> src | tar -x -C DIR``); both stay up and the leve
 them, --repeats times, so load from other processes hits both alike; medians and ratios (this engine /
 baseline) are printed.
 
+--peer-vllm PYTHON also starts vLLM's OpenAI server (its CPU build, installed in a virtual environment of
+its own outside this checkout: /work/shared/peers.md) on the same model exported with 'scratchllm export
+hf', fp32, and runs the same clients against it in the same alternation; its caches go to --peer-cache.
+
     python benchmarks/serve.py [--presets 1m,10m] [--concurrency 1,8,32,64] [--requests 2] [--baseline-src DIR]
+                               [--peer-vllm /work/peer-vllm/bin/python]
 """
 
 from __future__ import annotations
@@ -71,17 +76,22 @@ async def client_loop(http: httpx.AsyncClient, url: str, i: int, args: argparse.
         try:
             async with http.stream("POST", url + "/v1/completions", json=body, timeout=args.max_seconds) as resp:
                 resp.raise_for_status()
-                async for line in resp.aiter_lines():
-                    if not line.startswith("data: {"):
-                        continue
-                    event = json.loads(line[6:])
-                    if "error" in event:
-                        raise RuntimeError(event["error"]["message"])
-                    for c in event["choices"]:
-                        if c.get("text"):
-                            first = first or time.perf_counter()
-                            chunks += 1
-                        finish = c.get("finish_reason") or finish
+                buf = b""
+                # SSE lines end only at \n (or \r): not aiter_lines(), which also splits at U+2028 and
+                # the like, characters a random model's text contains raw inside the JSON
+                async for data in resp.aiter_raw():
+                    *lines, buf = (buf + data).split(b"\n")
+                    for line in lines:
+                        if not line.startswith(b"data: {"):
+                            continue
+                        event = json.loads(line[6:])
+                        if "error" in event:
+                            raise RuntimeError(event["error"]["message"])
+                        for c in event["choices"]:
+                            if c.get("text"):
+                                first = first or time.perf_counter()
+                                chunks += 1
+                            finish = c.get("finish_reason") or finish
             end = time.perf_counter()
             stats["ttft"].append((first or end) - t0)
             stats["latency"].append(end - t0)
@@ -162,6 +172,50 @@ def server(args: argparse.Namespace, model: str, src: Path, max_clients: int) ->
         proc.wait(timeout=20)
 
 
+@contextlib.contextmanager
+def vllm_server(args: argparse.Namespace, model: str, tmp: Path) -> Any:
+    """vLLM's OpenAI server (args.peer_vllm's Python) on model exported to Hugging Face format; yields its URL."""
+    hf = tmp / (Path(model).name + "-hf")
+    subprocess.run([sys.executable, "-m", "scratchllm", "export", "hf", model, "--out", str(hf)], check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, stdout=subprocess.DEVNULL)
+    cache = Path(args.peer_cache)
+    for d in ("vllm", "inductor", "tmp", "home"):
+        (cache / d).mkdir(parents=True, exist_ok=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+           "HF_HUB_OFFLINE": "1", "VLLM_CACHE_ROOT": str(cache / "vllm"),
+           "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"), "TMPDIR": str(cache / "tmp"),
+           "HF_HOME": str(cache / "home"), "XDG_CACHE_HOME": str(cache / "home")}
+    env.pop("PYTHONPATH", None)
+    log = open(cache / f"vllm-{Path(model).name}.log", "w")  # noqa: SIM115 - open while the server runs
+    proc = subprocess.Popen(
+        [args.peer_vllm, "-m", "vllm.entrypoints.openai.api_server", "--model", str(hf), "--host", "127.0.0.1",
+         "--port", str(port), "--dtype", "float32", "--max-model-len", "256", "--served-model-name", "bench"],
+        cwd=cache, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + args.peer_start_s  # it compiles at start-up: minutes on a busy machine
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"vLLM did not start; its log: {log.name}")
+            try:
+                if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model directory with its tokenizer (default: random --presets models)")
@@ -173,6 +227,10 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=240, help="per level")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the server")
     ap.add_argument("--baseline-src", help="another checkout (its src/) to compare against in the same run")
+    ap.add_argument("--peer-vllm", metavar="PYTHON", help="the Python of a virtual environment with vllm-cpu")
+    ap.add_argument("--peer-cache", default=str(Path(tempfile.gettempdir()) / "scratchllm-bench-vllm"),
+                    help="vLLM's caches and logs (outside the checkout)")
+    ap.add_argument("--peer-start-s", type=float, default=900, help="how long vLLM may take to start")
     args = ap.parse_args()
     import torch
 
@@ -186,7 +244,9 @@ def main() -> None:
         for name, model in models.items():
             with contextlib.ExitStack() as stack:
                 urls = {k: stack.enter_context(server(args, model, src, max(levels))) for k, src in servers.items()}
-                runs: dict[str, dict[int, list]] = {k: {c: [] for c in levels} for k in servers}
+                if args.peer_vllm:
+                    urls["vllm"] = stack.enter_context(vllm_server(args, model, Path(tmp)))
+                runs: dict[str, dict[int, list]] = {k: {c: [] for c in levels} for k in urls}
                 for _ in range(args.repeats):
                     for c in levels:
                         for k, url in urls.items():  # alternate: other processes' load hits both alike
@@ -200,11 +260,13 @@ def main() -> None:
                 for c, r in by_level.items():
                     print(f"| {k} | {c} | {r['ok']}/{r['errors']} | {r['tok_s']:.0f} | {r['req_s']:.2f} | "
                           f"{r['ttft50']:.3f} s | {r['ttft99']:.3f} s | {r['health_max_ms']:.0f} ms |")
-            if "baseline" in results:
-                for c in levels:
-                    e, b = results["engine"][c], results["baseline"][c]
-                    print(f"  {c} clients: engine/baseline tokens/s {e['tok_s'] / b['tok_s']:.2f}x, "
-                          f"TTFT p99 {e['ttft99'] / b['ttft99']:.2f}x of the baseline's")
+            for other in ("baseline", "vllm"):
+                if other in results:
+                    for c in levels:
+                        e, b = results["engine"][c], results[other][c]
+                        print(f"  {c} clients: engine/{other} tokens/s {e['tok_s'] / b['tok_s']:.2f}x, "
+                              f"requests/s {e['req_s'] / b['req_s']:.2f}x, "
+                              f"TTFT p99 {e['ttft99'] / b['ttft99']:.2f}x of {other}'s")
             for k, by_level in results.items():
                 for c, r in by_level.items():
                     if r["first_error"]:

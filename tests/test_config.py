@@ -171,7 +171,7 @@ def test_help_example_override_is_valid_for_every_command():
     from scratchllm.finetune.config import FinetuneConfig
     from scratchllm.model.model import ModelConfig
     from scratchllm.pipeline.config import PipelineConfig
-    from scratchllm.serve.server import ServeConfig
+    from scratchllm.serve.config import ServeConfig
     from scratchllm.tokenizer.config import TokenizerTrainConfig
     from scratchllm.train.config import TrainConfig
 

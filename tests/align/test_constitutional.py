@@ -125,7 +125,8 @@ def test_our_own_server_as_the_endpoint(tokenizer, loopback_server):
     import torch
 
     from scratchllm.model.model import ModelConfig, Transformer
-    from scratchllm.serve.server import ServeConfig, create_app
+    from scratchllm.serve.config import ServeConfig
+    from scratchllm.serve.server import create_app
 
     torch.manual_seed(0)  # a context long enough for the critique and revision requests
     model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, context_length=512, d_model=32, n_layers=1,

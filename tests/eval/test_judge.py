@@ -160,7 +160,8 @@ def test_our_own_server_as_judge_and_as_the_evaluated_model(tokenizer, tmp_path,
     from scratchllm.cli import main
     from scratchllm.eval.lm import EndpointLM, ScratchLM
     from scratchllm.model.model import ModelConfig, Transformer
-    from scratchllm.serve.server import ServeConfig, create_app
+    from scratchllm.serve.config import ServeConfig
+    from scratchllm.serve.server import create_app
 
     torch.manual_seed(0)  # a context long enough for the judge's rubric prompt
     model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, context_length=512, d_model=32, n_layers=1,

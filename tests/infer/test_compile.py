@@ -78,7 +78,8 @@ def test_server_compiles_before_ready(byte_tokenizer, traced_only):
     from fastapi.testclient import TestClient
 
     from scratchllm.infer.generate import complete
-    from scratchllm.serve.server import ServeConfig, create_app
+    from scratchllm.serve.config import ServeConfig
+    from scratchllm.serve.server import create_app
 
     model = tiny_model(vocab_size=byte_tokenizer.vocab_size)
     want = complete(model, [byte_tokenizer.encode("hi")], SamplingParams(max_new_tokens=5, temperature=0),

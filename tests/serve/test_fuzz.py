@@ -11,7 +11,9 @@ import httpx
 import pytest
 import torch
 
-from scratchllm.serve.server import ServeConfig, create_app
+from scratchllm.serve.config import ServeConfig
+
+from scratchllm.serve.server import create_app
 
 from .conftest import tiny_model
 

@@ -16,7 +16,8 @@ import torch
 
 from scratchllm.cli import main
 from scratchllm.errors import ScratchError
-from scratchllm.serve.server import ServeConfig, bind, build_server, create_app
+from scratchllm.serve.config import ServeConfig
+from scratchllm.serve.server import bind, build_server, create_app
 
 from .conftest import tiny_model
 

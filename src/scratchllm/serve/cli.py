@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     s = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions)",
                               description="Serve a model over HTTP with an OpenAI-compatible API. Settings: "
-                                          "ServeConfig in scratchllm.serve.server, e.g. model=runs/x port=8000.")
+                                          "ServeConfig in scratchllm.serve.config, e.g. model=runs/x port=8000.")
     add_config_arguments(s, DEFAULT_SERVE_CONFIG, "port=8001")
     s.set_defaults(func=cmd_serve)
 
@@ -216,7 +216,8 @@ def check_readable(paths: list[Path]) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from scratchllm.serve.server import ServeConfig, serve
+    from scratchllm.serve.config import ServeConfig
+    from scratchllm.serve.server import serve
 
     cfg = load_config(ServeConfig, args.config, args.overrides)  # a path or a preset's name, found from anywhere
     cfg.api_key = cfg.api_key or api_key_from_env()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import socket
 import sys
 import time
@@ -33,8 +32,9 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -44,7 +44,7 @@ from scratchllm.errors import ScratchError
 from scratchllm.infer.background import BackgroundEngine, QueueFull
 from scratchllm.infer.compile import warm_up
 from scratchllm.infer.engine import Engine, RequestCancelled, RequestTimeout
-from scratchllm.infer.load import check_device, load_for_inference
+from scratchllm.infer.load import load_for_inference
 from scratchllm.infer.sampling import (
     REPETITION_PENALTY_RANGE,
     SEED_MAX,
@@ -52,61 +52,10 @@ from scratchllm.infer.sampling import (
     SamplingParams,
 )
 from scratchllm.serve.chat_page import add_chat_page
+from scratchllm.serve.config import ServeConfig, check_config
 from scratchllm.tokenizer.chat import BOS, END, encode_chat
 
 log = logging.getLogger("scratchllm.serve")
-
-
-@dataclass
-class ServeConfig:
-    """Server settings. Preset: configs/serve/default.toml."""
-
-    model: str = ""  # model directory (or training run directory)
-    tokenizer: str = ""  # tokenizer directory/file; "" = look inside the model directory
-    model_name: str = "scratchllm"  # the id clients pass as "model"
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str = ""  # "" = no auth; else clients must send "Authorization: Bearer <api_key>"
-    max_pending: int = 64  # requests queued or running before 429
-    max_batch: int = 32  # KV-cache slots: requests decoded together (memory: max_batch x context_length)
-    prefill_chunk: int = 256  # prompt tokens prefilled per engine step (longer prompts take several steps)
-    timeout_s: float = 120.0  # per request, from arrival (queue wait included)
-    device: str = "cpu"
-    threads: int = 0  # torch CPU threads for generation; 0 = torch's default (one per core)
-    compile: bool = False  # torch.compile the decode step (compiled at startup, before the port opens)
-    max_body_bytes: int = 1 << 20  # larger request bodies get 413, checked while reading, before auth
-    header_timeout_s: float = 10.0  # a connection that has not sent a request's headers by then is closed
-    body_timeout_s: float = 30.0  # a request body not complete by then (from its headers) gets 408
-
-
-def check_config(cfg: ServeConfig) -> None:
-    """Every setting in range, with error/fix, before anything is loaded or bound."""
-    def finite_positive(x: float) -> bool:
-        return isinstance(x, int | float) and math.isfinite(x) and x > 0
-
-    checks = [
-        (bool(cfg.model), "no model to serve", "pass model=DIR (a model directory or a training run directory)"),
-        (0 <= cfg.port <= 65535, f"port={cfg.port} is not a TCP port", "use 1..65535 (0 picks a free port)"),
-        (bool(cfg.host), "host is empty", "use host=127.0.0.1 (this machine) or host=0.0.0.0 (every interface)"),
-        (bool(cfg.model_name), "model_name is empty", "set model_name=NAME, the id clients send as \"model\""),
-        (cfg.threads >= 0, f"threads={cfg.threads} is negative", "use threads=0 (torch's default) or a count"),
-        (cfg.max_pending >= 1, f"max_pending={cfg.max_pending} must be at least 1", "e.g. max_pending=64"),
-        (cfg.max_batch >= 1, f"max_batch={cfg.max_batch} must be at least 1", "e.g. max_batch=32"),
-        (cfg.prefill_chunk >= 1, f"prefill_chunk={cfg.prefill_chunk} must be at least 1", "e.g. prefill_chunk=256"),
-        (finite_positive(cfg.timeout_s), f"timeout_s={cfg.timeout_s} must be a positive number of seconds",
-         "e.g. timeout_s=120"),
-        (cfg.max_body_bytes >= 1024, f"max_body_bytes={cfg.max_body_bytes} is below 1024",
-         "e.g. max_body_bytes=1048576 (1 MiB)"),
-        (finite_positive(cfg.header_timeout_s), f"header_timeout_s={cfg.header_timeout_s} must be positive",
-         "e.g. header_timeout_s=10"),
-        (finite_positive(cfg.body_timeout_s), f"body_timeout_s={cfg.body_timeout_s} must be positive",
-         "e.g. body_timeout_s=30"),
-    ]
-    for ok, message, fix in checks:
-        if not ok:
-            raise ScratchError(f"serve: {message}", fix)
-
-    check_device(cfg.device)
 
 
 # --- request bodies ---------------------------------------------------------------------------------
@@ -383,8 +332,10 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None, compiled: bool = False) -> Any:
     """The ASGI app (FastAPI inside the guard). With model/tokenizer None they are loaded from cfg at
     startup (then /ready turns 200); serve() loads them before binding the port instead. compiled: the
-    cfg.compile warm-up was already done (serve() does it before binding, so its errors are exit 2 too)."""
-    state: dict[str, Any] = {"engine": None}
+    cfg.compile warm-up was already done (serve() does it before binding, so its errors are exit 2 too).
+
+    The routes are module-level functions (the router below); they reach the config and the engine
+    through request.app.state (cfg; engine: None while loading)."""
 
     async def lifespan(app: FastAPI):  # noqa: ANN202
         m, t = model, tokenizer
@@ -394,299 +345,349 @@ def create_app(cfg: ServeConfig, model: Any = None, tokenizer: Any = None, compi
             seconds = await asyncio.to_thread(warm_up, m)
             log.info(json.dumps({"event": "compiled", "seconds": round(seconds, 2)}))
         engine = Engine(m, t, max_slots=cfg.max_batch, prefill_chunk=cfg.prefill_chunk, compile=cfg.compile)
-        state["engine"] = BackgroundEngine(engine, cfg.max_pending)
+        app.state.engine = BackgroundEngine(engine, cfg.max_pending)
         log.info(json.dumps({"event": "ready", "model": cfg.model_name, "params": m.num_params()}))
         yield
-        state["engine"].close()
+        app.state.engine.close()
 
     # No /docs or /redoc: Swagger UI and ReDoc load their scripts from a CDN (blank offline) and no
     # installed package ships the assets; the OpenAPI document itself is at /openapi.json.
     app = FastAPI(title="scratchllm", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
-
-    add_chat_page(app, cfg.model_name, cfg.api_key, lambda: state["engine"])  # the web page at /
-
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
-        return APIError(400, message, param=param).response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return APIError(exc.status_code, str(exc.detail), type_).response()
-
-    @app.exception_handler(Exception)
-    async def internal(request: Request, exc: Exception) -> JSONResponse:
-        # Starlette's outermost middleware answers with this, then re-raises: the guard logs the traceback.
-        return _internal(exc).response()
-
+    app.state.cfg, app.state.engine = cfg, None
+    add_chat_page(app, cfg.model_name, cfg.api_key, lambda: app.state.engine)  # the web page at /
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    # Starlette's outermost middleware answers with this, then re-raises: the guard logs the traceback.
+    app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(DisconnectWatch)  # after the http middleware: outermost, it sees the server's receive
-
-    def engine() -> BackgroundEngine:
-        if state["engine"] is None:
-            raise APIError(503, "the model is still loading", "server_error", code="not_ready")
-        return state["engine"]
-
-    @app.get("/health", responses=_responses())
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/ready", responses={503: {"description": "the model is still loading"}, **_responses()})
-    async def ready() -> JSONResponse:
-        if state["engine"] is None:
-            return JSONResponse({"status": "loading"}, status_code=503)
-        return JSONResponse({"status": "ready", "pending": state["engine"].pending})
-
-    @app.get("/metrics", responses=_responses())
-    async def metrics() -> PlainTextResponse:
-        text = engine().engine.metrics.render()
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    @app.get("/v1/models", responses=_responses(401))
-    async def models() -> dict[str, Any]:
-        card = {"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "scratchllm"}
-        return {"object": "list", "data": [card]}
-
-    def prepare(req: _Sampling, prompt: list[int], default_max: int | None, extra_stop: list[int]
-                ) -> SamplingParams:
-        if req.model != cfg.model_name:
-            shown = req.model if len(req.model) <= 64 else req.model[:64] + "..."  # never echo a huge name
-            raise APIError(404, f"the model {shown!r} does not exist; this server serves {cfg.model_name!r}",
-                           "not_found_error", "model", "model_not_found")
-        if req.stream_options is not None and not req.stream:
-            raise APIError(400, "stream_options is only allowed with stream=true", param="stream_options")
-        ctx = engine().engine.model.cfg.context_length
-        if len(prompt) >= ctx:
-            raise APIError(400, f"the prompt has {len(prompt)} tokens; the model's context window is {ctx}",
-                           param="messages" if extra_stop else "prompt", code="context_length_exceeded")
-        room = ctx - len(prompt)
-        max_tokens = req.max_completion_tokens or req.max_tokens
-        if max_tokens is None:
-            max_tokens = min(room, default_max or room)
-        if max_tokens > room:
-            raise APIError(400, f"max_tokens={max_tokens} + {len(prompt)} prompt tokens exceed the model's context "
-                                f"window of {ctx} tokens", param="max_tokens", code="context_length_exceeded")
-        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        params = SamplingParams(
-            max_new_tokens=max_tokens, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
-            min_p=req.min_p, repetition_penalty=req.repetition_penalty, frequency_penalty=req.frequency_penalty,
-            presence_penalty=req.presence_penalty, stop=stop, stop_token_ids=[] if req.ignore_eos else extra_stop,
-            ignore_eos=req.ignore_eos, seed=req.seed, skip_special_tokens=req.skip_special_tokens,
-            logprobs=_top_logprobs(req))
-        try:
-            params.validate()  # the schema's ranges already hold; this keeps the two from drifting apart
-        except ScratchError as e:
-            raise APIError(400, e.message) from None
-        return params
-
-    def submit(prompt: list[int], params: SamplingParams, n: int, out: asyncio.Queue) -> list[Any]:
-        """n jobs (choice i seeded with seed + i) reporting to one queue as (i, item), all or none: 429 if the
-        engine cannot take them all."""
-        jobs: list[Any] = []
-        try:
-            for i in range(n):
-                p = params if params.seed is None or i == 0 else replace(params, seed=params.seed + i)
-                jobs.append(engine().submit(prompt, p, cfg.timeout_s, out, i))
-        except QueueFull:
-            for j in jobs:
-                j.cancel()
-            raise APIError(429, f"the server is busy ({cfg.max_pending} requests pending); retry later",
-                           "rate_limit_error", code="queue_full") from None
-        except ScratchError as e:
-            raise APIError(400, e.message) from None
-        return jobs
-
-    def error_body(e: Exception) -> APIError:
-        if isinstance(e, RequestTimeout):
-            return APIError(504, str(e), "timeout_error", code="timeout")
-        if isinstance(e, RequestCancelled):  # the client went away: nobody reads this
-            return APIError(499, str(e), code="client_closed_request")
-        if isinstance(e, ScratchError):
-            return APIError(400, e.message)
-        log.error(json.dumps({"event": "error", "error": f"{type(e).__name__}: {e}"}),
-                  exc_info=(type(e), e, e.__traceback__))
-        return _internal(e)
-
-    async def respond(request: Request, req: _Sampling, prompt: list[int], params: SamplingParams,
-                      chat: bool) -> Any:
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        created = int(time.time())
-        queue: asyncio.Queue = asyncio.Queue()  # every choice's (i, Delta | Exception | None), in engine order
-        jobs = submit(prompt, params, req.n, queue)
-        tok = engine().engine.tokenizer
-        want_logprobs = (req.logprobs is True) if chat else (req.logprobs is not None)
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        head = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
-                "model": cfg.model_name}
-
-        def usage(completion_tokens: int) -> dict[str, int]:
-            return {"prompt_tokens": len(prompt), "completion_tokens": completion_tokens,
-                    "total_tokens": len(prompt) + completion_tokens}
-
-        def choice_chunk(i: int, text: str | None, finish: str | None, lp: Any, first: bool = False) -> str:
-            if chat:
-                delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
-                if text:
-                    delta["content"] = text
-                choice = {"index": i, "delta": delta, "finish_reason": finish, "logprobs": lp}
-            else:
-                choice = {"index": i, "text": text or "", "finish_reason": finish, "logprobs": lp}
-            out = {**head, "choices": [choice]}
-            if include_usage:
-                out["usage"] = None  # as OpenAI: null on every chunk but the last
-            return _sse(out)
-
-        if req.stream:
-            async def events() -> Any:
-                held: list[list[Any]] = [[] for _ in jobs]  # tokens not yet sent (their logprobs go with the text)
-
-                def flush(i: int, parts: list[str]) -> list[str]:
-                    lp = _logprobs(tok, held[i], chat) if want_logprobs and held[i] else None
-                    held[i] = []
-                    return [choice_chunk(i, "".join(parts), None, lp)] if parts or lp is not None else []
-                try:
-                    if chat:
-                        for i in range(len(jobs)):
-                            yield choice_chunk(i, None, None, None, first=True)
-                    live, n_tokens = len(jobs), 0
-                    while live:
-                        items = [await queue.get()]
-                        while not queue.empty():  # behind the engine: merge what has piled up into one chunk
-                            items.append(queue.get_nowait())
-                        texts: dict[int, list[str]] = {}
-                        out: list[str] = []
-                        for i, d in items:
-                            if d is None:
-                                live -= 1
-                            elif isinstance(d, Exception):  # text that came before the error goes first
-                                out += flush(i, texts.pop(i, []))
-                                out.append(_sse(error_body(d).body()))
-                            else:
-                                if d.token_id is not None:
-                                    held[i].append(d)
-                                    n_tokens += 1
-                                if d.text:
-                                    texts.setdefault(i, []).append(d.text)
-                                if d.finish_reason or (d.text and want_logprobs):
-                                    out += flush(i, texts.pop(i, []))
-                                if d.finish_reason:
-                                    out.append(choice_chunk(i, None, d.finish_reason, None))
-                        for i, parts in texts.items():
-                            out += flush(i, parts)
-                        if out:
-                            yield "".join(out)
-                    if include_usage:
-                        yield _sse({**head, "choices": [], "usage": usage(n_tokens)})
-                finally:  # also when the client disconnects (this generator is closed): stop generating
-                    for j in jobs:
-                        j.cancel()
-                yield "data: [DONE]\n\n"
-
-            return StreamingResponse(events(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-        async def collect() -> list[tuple[str, str, list[Any]]]:
-            parts: list[list[str]] = [[] for _ in jobs]
-            toks: list[list[Any]] = [[] for _ in jobs]
-            finish = ["length"] * len(jobs)
-            live = len(jobs)
-            while live:
-                i, d = await queue.get()
-                if d is None:
-                    live -= 1
-                elif isinstance(d, Exception):
-                    raise d
-                else:
-                    parts[i].append(d.text)
-                    if d.token_id is not None:
-                        toks[i].append(d)
-                    finish[i] = d.finish_reason or finish[i]
-            return [("".join(p), f, t) for p, f, t in zip(parts, finish, toks)]
-
-        async def watch() -> None:  # a non-streaming client that goes away frees its slots too
-            gone = request.scope.get(DISCONNECTED)
-            if gone is None:
-                return
-            await gone.wait()
-            for j in jobs:
-                j.cancel()
-
-        watcher = asyncio.create_task(watch())
-        try:
-            results = await collect()
-        except Exception as e:  # noqa: BLE001 - mapped to an OpenAI error body
-            raise error_body(e) from None
-        finally:
-            watcher.cancel()
-            for j in jobs:
-                j.cancel()
-        choices = []
-        for i, (text, finish, toks) in enumerate(results):
-            lp = _logprobs(tok, toks, chat) if want_logprobs else None
-            if chat:
-                choices.append({"index": i, "message": {"role": "assistant", "content": text},
-                                "finish_reason": finish, "logprobs": lp})
-            else:
-                choices.append({"index": i, "text": text, "finish_reason": finish, "logprobs": lp})
-        obj = "chat.completion" if chat else "text_completion"
-        return {"id": rid, "object": obj, "created": created, "model": cfg.model_name, "choices": choices,
-                "usage": usage(sum(len(t) for _, _, t in results))}
-
-    generation_errors = _responses(400, 401, 404, 408, 413, 429, 503, 504)
-
-    @app.post("/v1/completions", responses=generation_errors)
-    async def completions(req: CompletionRequest, request: Request) -> Any:
-        tok = engine().engine.tokenizer
-        p = req.prompt
-        if isinstance(p, list) and p and isinstance(p[0], str):
-            p = p[0]  # the schema allows exactly one
-        if isinstance(p, str):
-            prompt = await asyncio.to_thread(_encode, lambda: tok.encode(p), "prompt")  # long prompts: off the loop
-        else:
-            vocab = engine().engine.model.cfg.vocab_size
-            if any(not 0 <= i < vocab for i in p):
-                raise APIError(400, f"prompt token ids must be in 0..{vocab - 1}", param="prompt")
-            prompt = list(p)
-        if not prompt:
-            prompt = [tok.bos_id] if BOS in tok.special_tokens else []
-        if not prompt:
-            raise APIError(400, "the prompt is empty", param="prompt")
-        return await respond(request, req, prompt, prepare(req, prompt, 16, []), chat=False)
-
-    @app.post("/v1/chat/completions", responses=generation_errors)
-    async def chat_completions(req: ChatRequest, request: Request) -> Any:
-        tok = engine().engine.tokenizer
-        messages = [m.model_dump() for m in req.messages]
-        try:
-            prompt, _ = await asyncio.to_thread(_encode, lambda: encode_chat(tok, messages, True), "messages")
-            end = tok.token_id(END)
-        except ScratchError as e:
-            raise APIError(400, e.message, param="messages") from None
-        return await respond(request, req, prompt, prepare(req, prompt, None, [end]), chat=True)
-
-    def openapi() -> dict[str, Any]:
-        """FastAPI's document, less the 422 it adds to every body route: this server answers 400 instead."""
-        if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
-
-            doc = get_openapi(title=app.title, version=app.version, routes=app.routes,
-                              description="OpenAI-compatible API; status codes and limits: docs/serve.md")
-            for ops in doc.get("paths", {}).values():
-                for op in ops.values():
-                    op.get("responses", {}).pop("422", None)
-            for name in ("HTTPValidationError", "ValidationError"):
-                doc.get("components", {}).get("schemas", {}).pop(name, None)
-            app.openapi_schema = doc
-        return app.openapi_schema
-
-    app.openapi = openapi
+    app.include_router(router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     guarded = _Guard(app, cfg)
     guarded.fastapi = app  # type: ignore[attr-defined]  # for callers that need the FastAPI object
     return guarded
+
+
+async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    return exc.response()
+
+
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    message, param = _validation_message(exc)
+    return APIError(400, message, param=param).response()
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return APIError(exc.status_code, str(exc.detail), type_).response()
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    return _internal(exc).response()
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, less the 422 it adds to every body route: this server answers 400 instead."""
+    if app.openapi_schema is None:
+        doc = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                          description="OpenAI-compatible API; status codes and limits: docs/serve.md")
+        for ops in doc.get("paths", {}).values():
+            for op in ops.values():
+                op.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            doc.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = doc
+    return app.openapi_schema
+
+
+# --- routes -------------------------------------------------------------------------------------------
+
+router = APIRouter()
+_GENERATION_ERRORS = _responses(400, 401, 404, 408, 413, 429, 503, 504)
+
+
+def _config(request: Request) -> ServeConfig:
+    return request.app.state.cfg
+
+
+def _engine(request: Request) -> BackgroundEngine:
+    """The loaded engine, or 503 while the model is still loading."""
+    engine = request.app.state.engine
+    if engine is None:
+        raise APIError(503, "the model is still loading", "server_error", code="not_ready")
+    return engine
+
+
+@router.get("/health", responses=_responses())
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready", responses={503: {"description": "the model is still loading"}, **_responses()})
+async def ready(request: Request) -> JSONResponse:
+    engine = request.app.state.engine
+    if engine is None:
+        return JSONResponse({"status": "loading"}, status_code=503)
+    return JSONResponse({"status": "ready", "pending": engine.pending})
+
+
+@router.get("/metrics", responses=_responses())
+async def metrics(request: Request) -> PlainTextResponse:
+    text = _engine(request).engine.metrics.render()
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@router.get("/v1/models", responses=_responses(401))
+async def models(request: Request) -> dict[str, Any]:
+    card = {"id": _config(request).model_name, "object": "model", "created": 0, "owned_by": "scratchllm"}
+    return {"object": "list", "data": [card]}
+
+
+@router.post("/v1/completions", responses=_GENERATION_ERRORS)
+async def completions(req: CompletionRequest, request: Request) -> Any:
+    engine = _engine(request)
+    tok = engine.tokenizer
+    p = req.prompt
+    if isinstance(p, list) and p and isinstance(p[0], str):
+        p = p[0]  # the schema allows exactly one
+    if isinstance(p, str):
+        prompt = await asyncio.to_thread(_encode, lambda: tok.encode(p), "prompt")  # long prompts: off the loop
+    else:
+        vocab = engine.model.cfg.vocab_size
+        if any(not 0 <= i < vocab for i in p):
+            raise APIError(400, f"prompt token ids must be in 0..{vocab - 1}", param="prompt")
+        prompt = list(p)
+    if not prompt:
+        prompt = [tok.bos_id] if BOS in tok.special_tokens else []
+    if not prompt:
+        raise APIError(400, "the prompt is empty", param="prompt")
+    params = _prepare(_config(request), engine, req, prompt, 16, [])
+    return await _respond(request, engine, req, prompt, params, chat=False)
+
+
+@router.post("/v1/chat/completions", responses=_GENERATION_ERRORS)
+async def chat_completions(req: ChatRequest, request: Request) -> Any:
+    engine = _engine(request)
+    tok = engine.tokenizer
+    messages = [m.model_dump() for m in req.messages]
+    try:
+        prompt, _ = await asyncio.to_thread(_encode, lambda: encode_chat(tok, messages, True), "messages")
+        end = tok.token_id(END)
+    except ScratchError as e:
+        raise APIError(400, e.message, param="messages") from None
+    params = _prepare(_config(request), engine, req, prompt, None, [end])
+    return await _respond(request, engine, req, prompt, params, chat=True)
+
+
+def _prepare(cfg: ServeConfig, engine: BackgroundEngine, req: _Sampling, prompt: list[int],
+             default_max: int | None, extra_stop: list[int]) -> SamplingParams:
+    """The request's SamplingParams, or the APIError (404 model, 400 context or range) that rejects it."""
+    if req.model != cfg.model_name:
+        shown = req.model if len(req.model) <= 64 else req.model[:64] + "..."  # never echo a huge name
+        raise APIError(404, f"the model {shown!r} does not exist; this server serves {cfg.model_name!r}",
+                       "not_found_error", "model", "model_not_found")
+    if req.stream_options is not None and not req.stream:
+        raise APIError(400, "stream_options is only allowed with stream=true", param="stream_options")
+    ctx = engine.model.cfg.context_length
+    if len(prompt) >= ctx:
+        raise APIError(400, f"the prompt has {len(prompt)} tokens; the model's context window is {ctx}",
+                       param="messages" if extra_stop else "prompt", code="context_length_exceeded")
+    room = ctx - len(prompt)
+    max_tokens = req.max_completion_tokens or req.max_tokens
+    if max_tokens is None:
+        max_tokens = min(room, default_max or room)
+    if max_tokens > room:
+        raise APIError(400, f"max_tokens={max_tokens} + {len(prompt)} prompt tokens exceed the model's context "
+                            f"window of {ctx} tokens", param="max_tokens", code="context_length_exceeded")
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    params = SamplingParams(
+        max_new_tokens=max_tokens, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
+        min_p=req.min_p, repetition_penalty=req.repetition_penalty, frequency_penalty=req.frequency_penalty,
+        presence_penalty=req.presence_penalty, stop=stop, stop_token_ids=[] if req.ignore_eos else extra_stop,
+        ignore_eos=req.ignore_eos, seed=req.seed, skip_special_tokens=req.skip_special_tokens,
+        logprobs=_top_logprobs(req))
+    try:
+        params.validate()  # the schema's ranges already hold; this keeps the two from drifting apart
+    except ScratchError as e:
+        raise APIError(400, e.message) from None
+    return params
+
+
+def _submit(cfg: ServeConfig, engine: BackgroundEngine, prompt: list[int], params: SamplingParams, n: int,
+            out: asyncio.Queue) -> list[Any]:
+    """n jobs (choice i seeded with seed + i) reporting to one queue as (i, item), all or none: 429 if the
+    engine cannot take them all."""
+    jobs: list[Any] = []
+    try:
+        for i in range(n):
+            p = params if params.seed is None or i == 0 else replace(params, seed=params.seed + i)
+            jobs.append(engine.submit(prompt, p, cfg.timeout_s, out, i))
+    except QueueFull:
+        for j in jobs:
+            j.cancel()
+        raise APIError(429, f"the server is busy ({cfg.max_pending} requests pending); retry later",
+                       "rate_limit_error", code="queue_full") from None
+    except ScratchError as e:
+        raise APIError(400, e.message) from None
+    return jobs
+
+
+def _error_body(e: Exception) -> APIError:
+    """The APIError for an exception a request's generation ended with."""
+    if isinstance(e, RequestTimeout):
+        return APIError(504, str(e), "timeout_error", code="timeout")
+    if isinstance(e, RequestCancelled):  # the client went away: nobody reads this
+        return APIError(499, str(e), code="client_closed_request")
+    if isinstance(e, ScratchError):
+        return APIError(400, e.message)
+    log.error(json.dumps({"event": "error", "error": f"{type(e).__name__}: {e}"}),
+              exc_info=(type(e), e, e.__traceback__))
+    return _internal(e)
+
+
+@dataclass
+class _Reply:
+    """What one completion request's response is made of (shared by the streaming and the whole form)."""
+
+    request: Request
+    tok: Any
+    prompt: list[int]
+    jobs: list[Any]
+    queue: asyncio.Queue  # every choice's (i, Delta | Exception | None), in engine order
+    chat: bool
+    want_logprobs: bool
+    include_usage: bool
+    head: dict[str, Any]  # id, object, created, model
+
+    def usage(self, completion_tokens: int) -> dict[str, int]:
+        return {"prompt_tokens": len(self.prompt), "completion_tokens": completion_tokens,
+                "total_tokens": len(self.prompt) + completion_tokens}
+
+    def chunk(self, i: int, text: str | None, finish: str | None, lp: Any, first: bool = False) -> str:
+        if self.chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
+            if text:
+                delta["content"] = text
+            choice = {"index": i, "delta": delta, "finish_reason": finish, "logprobs": lp}
+        else:
+            choice = {"index": i, "text": text or "", "finish_reason": finish, "logprobs": lp}
+        out = {**self.head, "choices": [choice]}
+        if self.include_usage:
+            out["usage"] = None  # as OpenAI: null on every chunk but the last
+        return _sse(out)
+
+
+async def _respond(request: Request, engine: BackgroundEngine, req: _Sampling, prompt: list[int],
+                   params: SamplingParams, chat: bool) -> Any:
+    cfg = _config(request)
+    queue: asyncio.Queue = asyncio.Queue()
+    jobs = _submit(cfg, engine, prompt, params, req.n, queue)
+    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+    head = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()),
+            "model": cfg.model_name}
+    reply = _Reply(request, engine.tokenizer, prompt, jobs, queue, chat,
+                   want_logprobs=(req.logprobs is True) if chat else (req.logprobs is not None),
+                   include_usage=bool(req.stream_options and req.stream_options.include_usage), head=head)
+    if req.stream:
+        return StreamingResponse(_events(reply), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return await _whole(reply)
+
+
+async def _events(r: _Reply) -> Any:
+    """The server-sent events of a streaming reply: each engine step's text of every choice in one write."""
+    held: list[list[Any]] = [[] for _ in r.jobs]  # tokens not yet sent (their logprobs go with the text)
+
+    def flush(i: int, parts: list[str]) -> list[str]:
+        lp = _logprobs(r.tok, held[i], r.chat) if r.want_logprobs and held[i] else None
+        held[i] = []
+        return [r.chunk(i, "".join(parts), None, lp)] if parts or lp is not None else []
+    try:
+        if r.chat:
+            for i in range(len(r.jobs)):
+                yield r.chunk(i, None, None, None, first=True)
+        live, n_tokens = len(r.jobs), 0
+        while live:
+            items = [await r.queue.get()]
+            while not r.queue.empty():  # behind the engine: merge what has piled up into one chunk
+                items.append(r.queue.get_nowait())
+            texts: dict[int, list[str]] = {}
+            out: list[str] = []
+            for i, d in items:
+                if d is None:
+                    live -= 1
+                elif isinstance(d, Exception):  # text that came before the error goes first
+                    out += flush(i, texts.pop(i, []))
+                    out.append(_sse(_error_body(d).body()))
+                else:
+                    if d.token_id is not None:
+                        held[i].append(d)
+                        n_tokens += 1
+                    if d.text:
+                        texts.setdefault(i, []).append(d.text)
+                    if d.finish_reason or (d.text and r.want_logprobs):
+                        out += flush(i, texts.pop(i, []))
+                    if d.finish_reason:
+                        out.append(r.chunk(i, None, d.finish_reason, None))
+            for i, parts in texts.items():
+                out += flush(i, parts)
+            if out:
+                yield "".join(out)
+        if r.include_usage:
+            yield _sse({**r.head, "choices": [], "usage": r.usage(n_tokens)})
+    finally:  # also when the client disconnects (this generator is closed): stop generating
+        for j in r.jobs:
+            j.cancel()
+    yield "data: [DONE]\n\n"
+
+
+async def _whole(r: _Reply) -> dict[str, Any]:
+    """The non-streaming reply; a client that goes away meanwhile frees its slots too."""
+    async def collect() -> list[tuple[str, str, list[Any]]]:
+        parts: list[list[str]] = [[] for _ in r.jobs]
+        toks: list[list[Any]] = [[] for _ in r.jobs]
+        finish = ["length"] * len(r.jobs)
+        live = len(r.jobs)
+        while live:
+            i, d = await r.queue.get()
+            if d is None:
+                live -= 1
+            elif isinstance(d, Exception):
+                raise d
+            else:
+                parts[i].append(d.text)
+                if d.token_id is not None:
+                    toks[i].append(d)
+                finish[i] = d.finish_reason or finish[i]
+        return [("".join(p), f, t) for p, f, t in zip(parts, finish, toks)]
+
+    async def watch() -> None:
+        gone = r.request.scope.get(DISCONNECTED)
+        if gone is None:
+            return
+        await gone.wait()
+        for j in r.jobs:
+            j.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        results = await collect()
+    except Exception as e:  # noqa: BLE001 - mapped to an OpenAI error body
+        raise _error_body(e) from None
+    finally:
+        watcher.cancel()
+        for j in r.jobs:
+            j.cancel()
+    choices = []
+    for i, (text, finish, toks) in enumerate(results):
+        lp = _logprobs(r.tok, toks, r.chat) if r.want_logprobs else None
+        if r.chat:
+            choices.append({"index": i, "message": {"role": "assistant", "content": text},
+                            "finish_reason": finish, "logprobs": lp})
+        else:
+            choices.append({"index": i, "text": text, "finish_reason": finish, "logprobs": lp})
+    obj = "chat.completion" if r.chat else "text_completion"
+    return {**r.head, "object": obj, "choices": choices, "usage": r.usage(sum(len(t) for _, _, t in results))}
 
 
 def _encode(fn: Any, param: str) -> Any:
@@ -820,7 +821,6 @@ def serve(cfg: ServeConfig) -> None:
     check_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # small models decode faster on fewer threads (per-op overhead)
-
     model, tokenizer = load_for_inference(cfg.model, cfg.tokenizer or None, cfg.device)
     if cfg.compile:
         log.info(json.dumps({"event": "compiled", "seconds": round(warm_up(model), 2)}))
