@@ -4,8 +4,10 @@ rollout step, this checkout vs a baseline checkout (e.g. the commit before the i
 
 A random model of the preset with a byte-level tokenizer (weights do not change the speed; the
 outputs are nonsense, so every request runs to max_tokens unless a random stop token comes up).
+Warm: each worker process first runs a small eval and a GRPO step untimed (imports, first-call
+allocations), then times --inner runs of each; the medians are over every timed run of a side.
 
-    python benchmarks/generation.py --baseline-src DIR [--preset 10m] [--max-tokens 64] [--repeats 3]
+    python benchmarks/generation.py --baseline-src DIR [--preset 10m] [--max-tokens 64] [--repeats 3] [--inner 2]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def worker(args: argparse.Namespace) -> None:
-    """Runs inside one checkout (PYTHONPATH): prints {"eval_s", "grpo_s"} as JSON."""
+    """Runs inside one checkout (PYTHONPATH): prints {"eval_s": [...], "grpo_s": [...]} (warm runs) as JSON."""
     import torch
 
     from scratchllm.config import load_config
@@ -41,17 +43,20 @@ def worker(args: argparse.Namespace) -> None:
     model = Transformer(cfg).eval()
     specs = [load_spec(builtin_tasks()[t]) for t in ("gsm8k", "humaneval")]
     settings = EvalSettings(max_tokens=args.max_tokens, limit=args.limit)
-    t0 = time.perf_counter()
-    evaluate(ScratchLM(model, tok), specs, settings)
-    eval_s = time.perf_counter() - t0
-
     from scratchllm.align.grpo import respond
 
     prompts = [tok.encode(f"question {i}: what is {i} + {i}?") for i in range(args.grpo_prompts)]
     group = [p for p in prompts for _ in range(args.grpo_group)]
-    t0 = time.perf_counter()
-    respond(model, tok, group, args.max_tokens, temperature=1.0, seed=0)
-    grpo_s = time.perf_counter() - t0
+    evaluate(ScratchLM(model, tok), specs, EvalSettings(max_tokens=args.max_tokens, limit=1))  # warm-up
+    respond(model, tok, group, args.max_tokens, temperature=1.0, seed=1)
+    eval_s, grpo_s = [], []
+    for _ in range(args.inner):
+        t0 = time.perf_counter()
+        evaluate(ScratchLM(model, tok), specs, settings)
+        eval_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        respond(model, tok, group, args.max_tokens, temperature=1.0, seed=0)
+        grpo_s.append(time.perf_counter() - t0)
     print(json.dumps({"eval_s": eval_s, "grpo_s": grpo_s}))
 
 
@@ -64,6 +69,7 @@ def main() -> None:
     ap.add_argument("--grpo-prompts", type=int, default=4)
     ap.add_argument("--grpo-group", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--inner", type=int, default=2, help="timed runs per worker process, after a warm-up")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -85,7 +91,10 @@ def main() -> None:
                 out = subprocess.run([sys.executable, __file__, *argv], env=env, cwd=tmp, capture_output=True,
                                      text=True, check=True)
                 runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    med = {k: {m: statistics.median(r[m] for r in v) for m in ("eval_s", "grpo_s")} for k, v in runs.items()}
+    med = {k: {m: statistics.median(x for r in v for x in r[m]) for m in ("eval_s", "grpo_s")}
+           for k, v in runs.items()}
+    n = args.repeats * args.inner
+    print(f"medians of {n} warm runs per side ({args.repeats} processes x {args.inner})")
     print("| | GSM8K + HumanEval wall | one GRPO rollout step |")
     print("|---|---|---|")
     for k, m in med.items():

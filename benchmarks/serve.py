@@ -247,6 +247,8 @@ def main() -> None:
                 if args.peer_vllm:
                     urls["vllm"] = stack.enter_context(vllm_server(args, model, Path(tmp)))
                 runs: dict[str, dict[int, list]] = {k: {c: [] for c in levels} for k in urls}
+                for url in urls.values():  # warm-up, not measured: first-request imports, allocations
+                    asyncio.run(run_level(argparse.Namespace(**{**vars(args), "requests": 1}), url, 2))
                 for _ in range(args.repeats):
                     for c in levels:
                         for k, url in urls.items():  # alternate: other processes' load hits both alike
