@@ -140,9 +140,24 @@ def sample(logits: torch.Tensor, params: SamplingParams, generators: list[torch.
     probs = filter_logits(logits, params).softmax(-1)
     if generators is None or all(g is None for g in generators):
         return torch.multinomial(probs, 1).squeeze(-1)
-    if len(generators) == 1:  # batch 1 (the same draw as below, without the row split and cat)
+    if len(generators) == 1:  # batch 1: multinomial itself is the cheaper call
         return torch.multinomial(probs, 1, generator=generators[0]).view(1)
-    return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
+    return draw(probs, generators)
+
+
+def draw(probs: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:
+    """One token per row of probs (B, V), row i from generators[i] (None: torch's global random state).
+
+    Exactly what torch.multinomial(probs[i], 1, generator=generators[i]) returns row by row (on CPU it
+    is argmax(p / q) with q ~ Exp(1) drawn from the generator, the Gumbel-max trick), but with only the
+    exponential draw per row: the division, the argmax and the validity check run once for the batch.
+    multinomial's own per-call checks cost more than the draw at a small vocabulary, once per row."""
+    if not bool(torch.isfinite(probs).all()) or bool((probs < 0).any()):
+        raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+    q = torch.empty_like(probs)
+    for i, g in enumerate(generators):
+        q[i].exponential_(1, generator=g)
+    return (probs / q).argmax(-1)
 
 
 def _processing_key(p: SamplingParams) -> tuple:
