@@ -42,6 +42,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+SERVER_PIDS: dict[str, int] = {}  # url -> server process (its CPU time is measured per level)
 
 
 def make_model_dir(preset: str, out: Path) -> Path:
@@ -57,6 +58,26 @@ def make_model_dir(preset: str, out: Path) -> Path:
     Transformer(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of process pid and every live descendant (vLLM runs three processes)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, seconds)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += stats.get(p, (0, 0.0))[1]
+        todo += [c for c, (parent, _) in stats.items() if parent == p]
+    return total
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -119,10 +140,13 @@ async def run_level(args: argparse.Namespace, url: str, clients: int, unseeded: 
                 stats["health"].append(time.perf_counter() - t)
                 await asyncio.sleep(0.25)
 
+    pid = SERVER_PIDS.get(url)
+    cpu0 = cpu_seconds(pid) if pid else 0.0
     t0 = time.perf_counter()
     prober = asyncio.create_task(probe())
     await asyncio.gather(*(client_loop(http, url, i, args, stats, deadline) for i in range(clients)))
     stats["wall"] = time.perf_counter() - t0
+    stats["cpu"] = cpu_seconds(pid) - cpu0 if pid else float("nan")
     done.set()
     await prober
     await http.aclose()
@@ -140,6 +164,8 @@ def summary(runs: list[dict]) -> dict:
             "req_s": med(lambda st: len(st["latency"]) / st["wall"]),
             "ttft50": med(lambda st: percentile(st["ttft"], 0.5)),
             "ttft99": med(lambda st: percentile(st["ttft"], 0.99)),
+            "cores": med(lambda st: st["cpu"] / st["wall"]),  # the server's CPU seconds per second
+            "cpu_ms_tok": med(lambda st: 1000 * st["cpu"] / max(1, sum(st["tokens"]))),
             "health_max_ms": 1000 * max((h for st in runs for h in st["health"]), default=float("nan")),
             "first_error": errors[0] if errors else ""}
 
@@ -169,6 +195,7 @@ def server(args: argparse.Namespace, model: str, src: Path, max_clients: int) ->
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
+        SERVER_PIDS[url] = proc.pid
         yield url
     finally:
         proc.terminate()
@@ -209,6 +236,7 @@ def vllm_server(args: argparse.Namespace, model: str, tmp: Path) -> Any:
             except httpx.TransportError:
                 pass
             time.sleep(1)
+        SERVER_PIDS[url] = proc.pid
         yield url
     finally:
         proc.terminate()
@@ -262,19 +290,22 @@ def main() -> None:
             results = {k: {c: summary(v) for c, v in by.items()} for k, by in runs.items()}
             print(f"\n{name}: {args.requests} streaming completions per client, max_tokens={args.max_tokens}, "
                   f"medians of {args.repeats} runs, load average {os.getloadavg()[0]:.1f} after")
-            print("| server | clients | ok/errors | tokens/s | requests/s | TTFT p50 | TTFT p99 | /health max |")
-            print("|---|---|---|---|---|---|---|---|")
+            print("| server | clients | ok/errors | tokens/s | requests/s | TTFT p50 | TTFT p99 | /health max | "
+                  "server cores busy | server CPU ms/token |")
+            print("|---|---|---|---|---|---|---|---|---|---|")
             for k, by_level in results.items():
                 for c, r in by_level.items():
                     print(f"| {k} | {c} | {r['ok']}/{r['errors']} | {r['tok_s']:.0f} | {r['req_s']:.2f} | "
-                          f"{r['ttft50']:.3f} s | {r['ttft99']:.3f} s | {r['health_max_ms']:.0f} ms |")
+                          f"{r['ttft50']:.3f} s | {r['ttft99']:.3f} s | {r['health_max_ms']:.0f} ms | "
+                          f"{r['cores']:.2f} | {r['cpu_ms_tok']:.2f} |")
             for other in ("baseline", "vllm"):
                 if other in results:
                     for c in levels:
                         e, b = results["engine"][c], results[other][c]
                         print(f"  {c} clients: engine/{other} tokens/s {e['tok_s'] / b['tok_s']:.2f}x, "
                               f"requests/s {e['req_s'] / b['req_s']:.2f}x, "
-                              f"TTFT p99 {e['ttft99'] / b['ttft99']:.2f}x of {other}'s")
+                              f"TTFT p99 {e['ttft99'] / b['ttft99']:.2f}x of {other}'s, "
+                              f"server CPU per token {e['cpu_ms_tok'] / b['cpu_ms_tok']:.2f}x of {other}'s")
             for k, by_level in results.items():
                 for c, r in by_level.items():
                     if r["first_error"]:
