@@ -32,8 +32,12 @@ def worker(args: argparse.Namespace) -> None:
     from scratchllm.config import load_config
     from scratchllm.eval.lm import ScratchLM
     from scratchllm.eval.runner import EvalSettings, evaluate
-    from scratchllm.tasks.specs import builtin_tasks, load_spec
     from scratchllm.model.model import ModelConfig, Transformer
+
+    try:
+        from scratchllm.tasks.specs import builtin_tasks, load_spec
+    except ImportError:  # the worker also runs in the baseline checkout, from before the tasks package (#16)
+        from scratchllm.eval.tasks import builtin_tasks, load_spec
     from scratchllm.tokenizer import train_bpe
 
     torch.set_num_threads(args.threads)
