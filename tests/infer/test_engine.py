@@ -203,3 +203,17 @@ def test_metrics_render_prometheus_text(make_model):
     assert 'scratchllm:time_to_first_token_seconds_bucket{le="+Inf"} 2' in text
     assert "scratchllm:time_per_output_token_seconds_count 6" in text
     assert 'scratchllm:request_success_total{finished_reason="length"} 2' in text
+
+
+def test_repeated_prompts_share_one_prefill_and_sample_the_same(make_model):
+    """RL rollouts' group of samples per prompt: the repeats copy the first copy's cached prompt."""
+    model = make_model()
+    prompts = [[5 + j for j in range(20)], [40 + j for j in range(15)]]
+    batch = [p for p in prompts for _ in range(4)]
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=11)
+    engine = Engine(model, max_slots=len(batch))
+    shared = engine.generate(batch, params)
+    assert engine.metrics.prefix_hit_tokens == 3 * (20 - 1) + 3 * (15 - 1)  # every repeat prefilled 1 token
+    plain = Engine(model, max_slots=len(batch), prefix_caching=False).generate(batch, params)
+    assert [c.tokens for c in shared] == [c.tokens for c in plain]
+    assert len({tuple(c.tokens) for c in shared[:4]}) > 1  # the group's samples differ (own seeds)

@@ -1,7 +1,8 @@
 """RLHF-style policy optimisation: GRPO (Shao et al., 2024) with a KL penalty to the reference.
 
-Each step, for ``prompts_per_step`` prompts the policy samples ``group_size`` replies with the KV-cache
-generator (``scratchllm.infer.generate``); each reply gets a reward (programmatic correctness on the
+Each step, for ``prompts_per_step`` prompts the policy samples ``group_size`` replies through the
+continuous-batching inference engine (``scratchllm.infer``, one batch; a group's repeats reuse the
+prompt's cached keys/values); each reply gets a reward (programmatic correctness on the
 checkable tasks, or the reward model's score); a reply's advantage is its reward relative to its
 group, ``A = (r - mean(r_group)) / (std(r_group) + eps)`` (no value network). The loss per reply token is
 PPO's clipped surrogate plus the KL penalty to the frozen reference (k3 estimator, always >= 0):
@@ -46,7 +47,8 @@ def prompt_ids(tokenizer: Any, prompts: Sequence[list[dict[str, str]]]) -> list[
 
 def respond(model: nn.Module, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int,
             temperature: float = 0.0, top_k: int = 0, seed: int | None = None) -> list[list[int]]:
-    """Reply tokens per prompt (batched, KV cache), ending with ``<|end|>`` when the model closed its turn."""
+    """Reply tokens per prompt, ending with ``<|end|>`` when the model closed its turn: one batch on the
+    inference engine, row i seeded ``seed + i``; repeated prompts (a group) are prefilled once."""
     room = model.cfg.context_length - max(len(p) for p in prompts)
     if room < 1:
         raise ScratchError(f"a prompt of {max(len(p) for p in prompts)} tokens fills the model's context "

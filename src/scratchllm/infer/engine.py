@@ -447,8 +447,24 @@ class Engine:
             raise ScratchError(f"generate: {len(prompts)} prompts but {len(params)} sampling parameters")
         for p, sp in zip(prompts, params):
             self.check(p, sp)
-        reqs = [self.add(p, sp) for p, sp in zip(prompts, params)]
+        # Repeated prompts (RL rollouts' group of samples per prompt): the first copy of each prompt is
+        # prefilled first, then the repeats are admitted and copy its keys/values (prefix caching),
+        # prefilling one token instead of the whole prompt. Admitted together, none would find a copy.
+        seen: set[tuple[int, ...]] = set()
+        first: list[int] = []
+        repeats: list[int] = []
+        for i, p in enumerate(prompts):
+            (repeats if tuple(p) in seen else first).append(i)
+            seen.add(tuple(p))
+        if not self.prefix_caching:
+            first, repeats = list(range(len(prompts))), []
         with _eval_mode(self.model):
+            by_index = {i: self.add(prompts[i], params[i]) for i in first}
+            if repeats:
+                while any(not r.done and (r.slot is None or r in self.prefilling) for r in by_index.values()):
+                    self.step()
+                by_index.update({i: self.add(prompts[i], params[i]) for i in repeats})
+            reqs = [by_index[i] for i in range(len(prompts))]
             self.run(reqs)
         for r in reqs:
             if r.error is not None:
