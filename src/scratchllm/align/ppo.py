@@ -33,13 +33,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import time
+
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from scratchllm.align.data import ShuffledOrder, pad_sequences
 from scratchllm.align.grpo import prompt_ids, reply_text, respond
 from scratchllm.errors import ScratchError
 from scratchllm.tokenizer.chat import END
+from scratchllm.train.parallel import Dist
 
 # --- the math: small functions on (B, T) tensors, mask = 1 on reply tokens --------------------------
 
@@ -101,8 +104,15 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 def ppo_losses(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, values: torch.Tensor,
                old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_eps: float = 0.2,
-               clip_value: float = 0.2) -> dict[str, torch.Tensor]:
-    """The clipped surrogate and the clipped value loss, token means over the mask, and diagnostics."""
+               clip_value: float = 0.2, n_tokens: torch.Tensor | float | None = None) -> dict[str, torch.Tensor]:
+    """The clipped surrogate and the clipped value loss, token means over the mask, and diagnostics.
+
+    ``n_tokens``: divide the masked sums by this rather than by the mask's own count (under DDP the global
+    minibatch's token count, so the ranks' terms add up to the global token means)."""
+
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        return masked_mean(x, mask) if n_tokens is None else (x * mask).sum() / n_tokens
+
     log_ratio = logps - old_logps
     ratio = torch.exp(log_ratio)
     pg1 = -advantages * ratio
@@ -110,11 +120,10 @@ def ppo_losses(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.T
     v_clipped = old_values + (values - old_values).clamp(-clip_value, clip_value)
     vf1, vf2 = (values - returns) ** 2, (v_clipped - returns) ** 2
     with torch.no_grad():
-        clip_frac = masked_mean((pg2 > pg1).float(), mask)
-        vf_clip_frac = masked_mean((vf2 > vf1).float(), mask)
-        approx_kl = 0.5 * masked_mean(log_ratio**2, mask)
-    return {"pg_loss": masked_mean(torch.max(pg1, pg2), mask),
-            "vf_loss": 0.5 * masked_mean(torch.max(vf1, vf2), mask),
+        clip_frac = mean((pg2 > pg1).float())
+        vf_clip_frac = mean((vf2 > vf1).float())
+        approx_kl = 0.5 * mean(log_ratio**2)
+    return {"pg_loss": mean(torch.max(pg1, pg2)), "vf_loss": 0.5 * mean(torch.max(vf1, vf2)),
             "clip_frac": clip_frac, "vf_clip_frac": vf_clip_frac, "approx_kl": approx_kl}
 
 
@@ -200,12 +209,25 @@ class PPORolloutSource:
 
     Its state (prompt order, draws, the KL coefficient and the minibatches still queued) goes into
     checkpoints, so a run resumed in the middle of a rollout continues with the very same minibatches.
+
+    Under DDP (``dist_info`` with world size W) every rank draws the same prompts and samples replies for
+    its contiguous share of them (row j of the rollout seeded as in one process); the ranks' rollouts
+    are gathered, so the KL to the reference, reward/advantage whitening, GAE and the adaptive KL
+    coefficient are computed on the whole rollout, identically on every rank, and each global minibatch
+    is split into W equal parts, one per rank (``next_batch``). The queue is the same on every rank, so
+    rank 0's checkpoint resumes them all.
     """
 
     def __init__(self, model: ActorCritic, reference: nn.Module, tokenizer: Any, examples: Sequence[Any],
-                 reward_fn: Any, rollout: Any, cfg: Any, seed: int) -> None:
+                 reward_fn: Any, rollout: Any, cfg: Any, seed: int, dist_info: Dist | None = None) -> None:
         if not examples:
             raise ScratchError("no training prompts for policy optimisation", "check the data section")
+        self.dist = dist_info or Dist()
+        w = self.dist.world_size
+        if rollout.prompts_per_step % w or cfg.minibatch_size % w:
+            raise ScratchError(f"under DDP on {w} processes rollout.prompts_per_step ({rollout.prompts_per_step}) "
+                               f"and ppo.minibatch_size ({cfg.minibatch_size}) must be multiples of {w}",
+                               f"set both to multiples of {w} (each rank samples and trains on an equal share)")
         self.model, self.reference, self.tokenizer = model, reference, tokenizer
         self.reward_fn, self.rollout, self.cfg, self.seed = reward_fn, rollout, cfg, seed
         self.prompts = ShuffledOrder(examples, seed, "prompts")
@@ -215,45 +237,74 @@ class PPORolloutSource:
         self._pending: list[dict[str, torch.Tensor]] = []
         self._skip = False
         self.rollout_seconds = 0.0  # time spent generating and scoring (for the benchmark's rollout share)
-        self.generated_tokens = 0
+        self.generated_tokens = 0  # by this rank
 
     def stop_rollout(self) -> None:
         """Early stop on KL: drop the rest of this rollout's minibatches."""
         self._skip = True
 
     def next_batch(self) -> dict[str, torch.Tensor]:
+        """This rank's part of the next global minibatch, with ``n_tokens``: the global minibatch's reply tokens."""
         if self._skip:
             self._pending, self._skip = [], False
         if not self._pending:
             self._pending = self._make_rollout()
-        return self._pending.pop(0)
+        full = self._pending.pop(0)
+        rows = full["input_ids"].shape[0] // self.dist.world_size
+        lo = self.dist.rank * rows
+        part = {k: (v[lo : lo + rows] if v.dim() else v) for k, v in full.items()}
+        part["n_tokens"] = full["completion_mask"][:, 1:].sum().float()
+        return part
+
+    def _gather(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The ranks' rollout rows concatenated in rank order (padded to the longest first)."""
+        if not self.dist.enabled:
+            return parts
+        width = torch.tensor([parts["input_ids"].shape[1]], device=parts["input_ids"].device)
+        dist.all_reduce(width, op=dist.ReduceOp.MAX)
+        out = {}
+        for k, v in parts.items():
+            if v.dim() == 2:
+                fill = self.tokenizer.pad_id if k == "input_ids" else 0
+                cols = int(width) - (v.shape[1] if k in ("input_ids", "completion_mask") else v.shape[1] + 1)
+                v = torch.nn.functional.pad(v, (0, cols), value=fill)
+            chunks = [torch.empty_like(v) for _ in range(self.dist.world_size)]
+            dist.all_gather(chunks, v.contiguous())
+            out[k] = torch.cat(chunks)
+        return out
 
     @torch.no_grad()
     def _make_rollout(self) -> list[dict[str, torch.Tensor]]:
         t0 = time.perf_counter()
         r, c = self.rollout, self.cfg
-        picked = self.prompts.take(self.rollout.prompts_per_step)
-        prompts = prompt_ids(self.tokenizer, [e.prompt for e in picked])
+        picked = self.prompts.take(self.rollout.prompts_per_step)  # the same on every rank
+        share = len(picked) // self.dist.world_size
+        lo = self.dist.rank * share
+        mine = picked[lo : lo + share]
+        prompts = prompt_ids(self.tokenizer, [e.prompt for e in mine])
         replies = respond(self.model.policy, self.tokenizer, prompts, r.max_new_tokens, r.temperature, r.top_k,
-                          seed=self.seed + 7919 * self.draws)
+                          seed=self.seed + 7919 * self.draws + lo)
         self.generated_tokens += sum(len(x) for x in replies)
         texts = [reply_text(self.tokenizer, x) for x in replies]
-        scores = self.reward_fn(picked, texts, prompts, replies).float()
+        scores = self.reward_fn(mine, texts, prompts, replies).float()
         finished = torch.tensor([bool(x) and x[-1] == self.end_id for x in replies])
         scores = scores - c.unfinished_penalty * (~finished).float()
         batch = pad_sequences(prompts, replies, self.tokenizer.pad_id)
         self.rollout_seconds += time.perf_counter() - t0
         device = next(self.model.parameters()).device
         ids = batch["input_ids"].to(device)
-        mask = batch["completion_mask"][:, 1:].float().to(device)
+        local_mask = batch["completion_mask"][:, 1:].float().to(device)
         was_training = self.model.training
         self.model.eval()
         logits, values = self.model(ids)
         self.model.train(was_training)
         logps, _ = logps_and_entropy(logits, ids, r.temperature)
         ref_logps, _ = logps_and_entropy(self.reference(ids), ids, r.temperature)
-        values = values[:, :-1] * mask
-        scores = scores.to(device)
+        g = self._gather({"input_ids": ids, "completion_mask": batch["completion_mask"].to(device),
+                          "logps": logps, "ref_logps": ref_logps, "values": values[:, :-1] * local_mask,
+                          "scores": scores.to(device), "finished": finished.float().to(device)})
+        ids, logps, ref_logps, values, scores = g["input_ids"], g["logps"], g["ref_logps"], g["values"], g["scores"]
+        mask = g["completion_mask"][:, 1:].float()
         rewards, kl = per_token_rewards(logps, ref_logps, mask, scores, self.kl.value)
         kl_per_reply = float(kl.sum(-1).mean())
         if not (math.isfinite(kl_per_reply) and torch.isfinite(scores).all() and torch.isfinite(values).all()):
@@ -273,8 +324,8 @@ class PPORolloutSource:
         kl_coef_used = self.kl.value
         self.kl.update(kl_per_reply, len(picked))
         stats = {"reward": scores.mean(), "kl": torch.tensor(kl_per_reply), "kl_coef": torch.tensor(kl_coef_used),
-                 "finished": finished.float().mean(), "reply_len": mask.sum(-1).mean()}
-        full = {"input_ids": ids, "completion_mask": batch["completion_mask"].to(device), "old_logps": logps,
+                 "finished": g["finished"].mean(), "reply_len": mask.sum(-1).mean()}
+        full = {"input_ids": ids, "completion_mask": g["completion_mask"], "old_logps": logps,
                 "old_values": values, "advantages": adv, "returns": returns}
         gen = torch.Generator().manual_seed(self.seed * 7_919 + self.draws)
         self.draws += 1
@@ -302,10 +353,17 @@ class PPORolloutSource:
 
 
 class PPOObjective:
-    """``loss_fn(model, batch)`` for the Trainer on one PPO minibatch; ``model`` is the ``ActorCritic``."""
+    """``loss_fn(model, batch)`` for the Trainer on one PPO minibatch; ``model`` is the ``ActorCritic``.
 
-    def __init__(self, cfg: Any, temperature: float = 1.0, source: PPORolloutSource | None = None) -> None:
+    Under DDP (``dist_info``) each rank's loss is its share of the global minibatch's token means, times W
+    (DDP averages gradients over the ranks), and the logged diagnostics - approx KL among them - are
+    all-reduced, so every rank takes the same early-stop decision.
+    """
+
+    def __init__(self, cfg: Any, temperature: float = 1.0, source: PPORolloutSource | None = None,
+                 dist_info: Dist | None = None) -> None:
         self.cfg, self.temperature, self.source = cfg, temperature, source
+        self.dist = dist_info or Dist()
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         ids = batch["input_ids"]
@@ -313,15 +371,19 @@ class PPOObjective:
         logits, values = model(ids)
         logps, entropy = logps_and_entropy(logits, ids, self.temperature)
         c = self.cfg
+        n_tokens = batch.get("n_tokens")
         parts = ppo_losses(logps, batch["old_logps"], batch["advantages"], values[:, :-1], batch["old_values"],
-                           batch["returns"], mask, c.clip_eps, c.clip_value)
-        ent = masked_mean(entropy, mask)
+                           batch["returns"], mask, c.clip_eps, c.clip_value, n_tokens)
+        ent = masked_mean(entropy, mask) if n_tokens is None else (entropy * mask).sum() / n_tokens
         loss = parts["pg_loss"] + c.vf_coef * parts["vf_loss"] - c.entropy_coef * ent
-        approx_kl = float(parts["approx_kl"])
-        if self.source is not None and c.stop_kl and approx_kl > c.stop_kl:
+        names = [*parts, "entropy"]
+        diag = torch.stack([parts[k].detach().float() for k in parts] + [ent.detach().float()])
+        if self.dist.enabled:
+            dist.all_reduce(diag)  # the ranks' shares add up to the global minibatch's means
+            loss = loss * self.dist.world_size  # DDP averages the ranks' gradients
+        metrics = dict(zip(names, diag.tolist()))
+        if self.source is not None and c.stop_kl and metrics["approx_kl"] > c.stop_kl:
             self.source.stop_rollout()
-        metrics = {k: float(v.detach()) for k, v in parts.items()}
-        metrics["entropy"] = float(ent.detach())
         for k in ("reward", "kl", "kl_coef", "finished", "reply_len"):
             if k in batch:
                 metrics[k] = float(batch[k])

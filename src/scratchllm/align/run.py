@@ -56,8 +56,8 @@ from scratchllm.stage import StageResult
 from scratchllm.tasks.instruct import embedded_instructions
 from scratchllm.tokenizer import Tokenizer
 from scratchllm.tokenizer.chat import CHAT_SPECIAL_TOKENS
-from scratchllm.train.loop import Trainer, configure_torch, select_device
-from scratchllm.train.parallel import Dist
+from scratchllm.train.loop import Trainer, configure_torch, device_type, select_device
+from scratchllm.train.parallel import Dist, destroy_distributed, init_distributed
 from scratchllm.train.tracking import training_metrics
 
 
@@ -100,13 +100,15 @@ def load_policy_and_reference(cfg: AlignConfig, tokenizer: Any) -> tuple[nn.Modu
     return policy, reference.requires_grad_(False).eval()
 
 
-def make_trainer(cfg: AlignConfig, model: nn.Module, source: Any, loss_fn: Callable, resume: bool) -> Trainer:
-    """The one Trainer, single process, with this run's loss and batch source; resumes if asked."""
+def make_trainer(cfg: AlignConfig, model: nn.Module, source: Any, loss_fn: Callable, resume: bool,
+                 d: Dist | None = None) -> Trainer:
+    """The one Trainer with this run's loss and batch source (one process, or PPO's DDP ranks); resumes if asked."""
     if cfg.train.max_tokens:
         raise ScratchError("train.max_tokens is not used by alignment runs", "set train.max_steps instead")
+    d = d or Dist()
     configure_torch(cfg)
-    device = select_device(cfg.train.device, Dist())
-    trainer = Trainer(cfg, model, source, loss_fn=loss_fn, device=device)
+    device = select_device(cfg.train.device, d)
+    trainer = Trainer(cfg, model, source, loss_fn=loss_fn, device=device, dist_info=d)
     trainer.start(resume)
     return trainer
 
@@ -259,7 +261,22 @@ def _rl_setup(cfg: AlignConfig, examples: Examples | None) -> tuple[Any, nn.Modu
 
 
 def run_ppo(cfg: PPOConfig, resume: bool = False, examples: Examples | None = None) -> StageResult:
-    """PPO with a value function (align/ppo.py): one reply per prompt, GAE, several epochs of minibatches."""
+    """PPO with a value function (align/ppo.py): one reply per prompt, GAE, several epochs of minibatches.
+
+    One process, or one of torchrun's (DDP, ``train.parallel = "ddp"``): each rank samples its share of
+    every rollout and trains on its share of every minibatch (align/ppo.py)."""
+    d = init_distributed(device_type(cfg.train.device))
+    try:
+        if d.enabled and cfg.train.parallel != "ddp":
+            raise ScratchError(f"align ppo on {d.world_size} processes supports train.parallel = \"ddp\" only "
+                               f"(got \"{cfg.train.parallel}\")", "set train.parallel=ddp")
+        return _run_ppo(cfg, resume, examples, d)
+    finally:
+        if d.enabled:
+            destroy_distributed()
+
+
+def _run_ppo(cfg: PPOConfig, resume: bool, examples: Examples | None, d: Dist) -> StageResult:
     tokenizer, policy, reference, train_ex, heldout_ex, reward_model, reward_fn = _rl_setup(cfg, examples)
     p = cfg.ppo
     critic = None
@@ -278,9 +295,9 @@ def run_ppo(cfg: PPOConfig, resume: bool = False, examples: Examples | None = No
     if p.lora:
         apply_lora(policy, cfg.lora)
     model = ActorCritic(policy, critic)
-    source = PPORolloutSource(model, reference, tokenizer, train_ex, reward_fn, cfg.rollout, p, cfg.seed)
-    objective = PPOObjective(p, cfg.rollout.temperature, source)
-    trainer = make_trainer(cfg, model, source, objective, resume)
+    source = PPORolloutSource(model, reference, tokenizer, train_ex, reward_fn, cfg.rollout, p, cfg.seed, d)
+    objective = PPOObjective(p, cfg.rollout.temperature, source, d)
+    trainer = make_trainer(cfg, model, source, objective, resume, d)
     move(reference, trainer)
     if reward_model is not None:
         move(reward_model, trainer)
@@ -292,7 +309,7 @@ def run_ppo(cfg: PPOConfig, resume: bool = False, examples: Examples | None = No
         return merged_model(policy) if p.lora else policy
 
     return _train_and_report(cfg, trainer, "ppo", measure, policy, tokenizer, trainable=model, export=export,
-                             source=source)
+                             source=source, main=d.is_main)
 
 
 def run_grpo(cfg: GRPOConfig, resume: bool = False, examples: Examples | None = None) -> StageResult:
@@ -336,16 +353,22 @@ def run_rloo(cfg: RLOOConfig, resume: bool = False, examples: Examples | None = 
 
 def _train_and_report(cfg: AlignConfig, trainer: Trainer, method: str, measure: Callable[[], dict[str, float]],
                       model: nn.Module, tokenizer: Any, trainable: nn.Module | None = None,
-                      export: Callable[[], nn.Module] | None = None, source: Any = None) -> StageResult:
-    """Measure, train, measure again, save: every alignment command's result.
+                      export: Callable[[], nn.Module] | None = None, source: Any = None,
+                      main: bool = True) -> StageResult:
+    """Measure, train, measure again, save: every alignment command's result. Under DDP only rank 0
+    (``main``) measures, logs and writes.
 
     outputs: "run", "model" and "report" (once complete); metrics: the report (held-out metrics before
     and after, steps) and the training figures of metrics.jsonl."""
     n = sum(p.numel() for p in (trainable or model).parameters() if p.requires_grad)
-    log(f"align {method}: {n / 1e6:.2f}M trainable parameters on {trainer.device}, "
-        f"{cfg.train.max_steps} steps -> {cfg.out_dir}")
-    before = measure()
-    log(f"held-out before: {_fmt(before)}")
+    world = trainer.dist.world_size
+    if main:
+        log(f"align {method}: {n / 1e6:.2f}M trainable parameters on "
+            f"{f'{world} x ' if world > 1 else ''}{trainer.device}{' (ddp)' if world > 1 else ''}, "
+            f"{cfg.train.max_steps} steps -> {cfg.out_dir}")
+    before = measure() if main else {}
+    if main:
+        log(f"held-out before: {_fmt(before)}")
     result = trainer.fit()
     report: dict[str, Any] = {"method": method, "steps": result.step, "stopped": result.reason,
                               "exit_code": result.exit_code, "heldout_before": before}
@@ -353,10 +376,13 @@ def _train_and_report(cfg: AlignConfig, trainer: Trainer, method: str, measure: 
         report.update(generated_tokens=source.generated_tokens, rollout_seconds=round(source.rollout_seconds, 3))
     run_dir = Path(cfg.out_dir)
     if result.reason != "done":
-        log(f"stopped by {result.reason} after step {result.step}; checkpoint {result.checkpoint}\n"
-            "continue with the same command plus --resume")
-        return result.result({"run": run_dir}, {**report, **training_metrics(run_dir),
-                                                "max_steps": cfg.train.max_steps})
+        if main:
+            log(f"stopped by {result.reason} after step {result.step}; checkpoint {result.checkpoint}\n"
+                "continue with the same command plus --resume")
+            report.update(training_metrics(run_dir))
+        return result.result({"run": run_dir}, {**report, "max_steps": cfg.train.max_steps})
+    if not main:
+        return result.result({"run": run_dir}, {**report, "max_steps": cfg.train.max_steps})
     after = measure()
     log(f"held-out after:  {_fmt(after)}")
     out = Path(cfg.out_dir) / "model"
