@@ -69,6 +69,20 @@ def test_dpo_prompts_follow_the_sft_system_message_unless_set():
     assert stage_tables(cfg)["dpo"]["data"]["system_prompt"] is False and stage_tables(cfg)["sft"]["data"]["system_prompt"]
 
 
+def test_alignment_comparison_is_off_by_default_and_follows_the_run_when_on(tmp_path):
+    demo = ROOT / "configs/pipeline/cpu-demo.toml"
+    assert stage_tables(load_config(PipelineConfig, demo))["align_compare"] == {"enabled": False}
+    cfg = load_config(PipelineConfig, demo, [f"run_dir={tmp_path}", "compare_alignment=true",
+                                             "align_compare.compare.budget_tokens=99", "sft.data.system_prompt=false"])
+    table = stage_tables(cfg)["align_compare"]
+    assert table["out_dir"] == str(tmp_path / "align_compare") and table["compare"]["budget_tokens"] == 99
+    assert table["models"]["policy"] == str(tmp_path / "sft" / "model")
+    assert table["models"]["tokenizer"] == str(tmp_path / "tokenizer") and table["data"]["system_prompt"] is False
+    assert table["compare"]["methods"] == ["dpo", "ppo", "grpo", "rloo"]  # configs/align/compare.toml underneath
+    with pytest.raises(ScratchError, match="align_compare"):
+        load_config(PipelineConfig, demo, ["compare_alignment=true", "align_compare.compare.methods=['sft']"])
+
+
 # One corpus per run (issue #23, item 2).
 
 MY_FILES = '[{kind="files", domain="prose", paths=["my_texts/"]}]'

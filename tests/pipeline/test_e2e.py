@@ -152,6 +152,12 @@ def check_artefacts(run_dir: Path, pretrain_steps: int) -> None:
     assert not base.state_dict()[w].equal(tuned.state_dict()[w])  # the merged adapter changed the weights
     assert not tuned.state_dict()[w].equal(aligned.state_dict()[w])
 
+    compared = json.loads((run_dir / "align_compare" / "compare.json").read_text())["results"]
+    assert list(compared) == ["sft", "dpo", "ppo-checkable", "ppo-model", "grpo-checkable", "grpo-model",
+                              "rloo-checkable", "rloo-model"]
+    assert all(math.isfinite(r["kl"]) and 0 <= r["task_accuracy"] <= 1 for r in compared.values())
+    assert base.cfg == Transformer.from_pretrained(run_dir / "align_compare" / "ppo-model" / "model").cfg
+
     summary = json.loads((run_dir / "eval" / "summary.json").read_text())
     assert list(summary["models"]) == ["pretrain", "sft", "dpo"]
     held = summary["models"]["pretrain"]["tasks"]["heldout"]
@@ -185,7 +191,7 @@ def check_artefacts(run_dir: Path, pretrain_steps: int) -> None:
 
     report = (run_dir / "report" / "report.md").read_text()
     for heading in ("Held-out perplexity against n-gram baselines", "Training", "Sample generations",
-                    "Position-scheme ablation",
+                    "Position-scheme ablation", "Alignment methods compared",
                     "Quantized export", "Hugging Face export", "Served completion (openai client)",
                     "Post-mortem", "Reproduce"):
         assert f"## {heading}" in report

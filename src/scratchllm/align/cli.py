@@ -1,4 +1,4 @@
-"""``scratchllm align dpo|reward|ppo|grpo|rloo|constitutional --config ...``: alignment after SFT."""
+"""``scratchllm align dpo|reward|ppo|grpo|rloo|compare|constitutional --config ...``: alignment after SFT."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ COMMANDS = {
             "configs/align/ppo.toml"),
     "grpo": ("GRPO: group-relative advantages, no value model, per-token KL penalty", "configs/align/grpo.toml"),
     "rloo": ("RLOO: REINFORCE with a leave-one-out baseline, no value model", "configs/align/rloo.toml"),
+    "compare": ("DPO, PPO, GRPO and RLOO from one SFT model, same rewards, equal generated tokens; plots",
+                "configs/align/compare.toml"),
     "constitutional": ("critique -> revise with a written constitution; writes preference pairs for DPO",
                        "configs/align/constitutional.toml"),
 }
@@ -33,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for name, (help_text, default) in COMMANDS.items():
         c = sub.add_parser(name, help=help_text, description=help_text)
         add_config_arguments(c, default, "constitutional.rounds=2" if name == "constitutional" else "optim.lr=1e-5")
-        if name != "constitutional":
+        if name not in ("constitutional", "compare"):  # compare always resumes its runs
             c.add_argument("--resume", action="store_true",
                            help="continue from the latest checkpoint in out_dir (start fresh if there is none)")
         c.set_defaults(func=cmd_align)
@@ -42,6 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_align(args: argparse.Namespace) -> int:
     from scratchllm.align.config import COMMAND_CONFIGS
 
+    if args.align_command == "compare":
+        from scratchllm.align.compare import CompareConfig, run as compare
+
+        return compare(load_config(CompareConfig, args.config, args.overrides)).exit_code
     cfg = load_config(COMMAND_CONFIGS[args.align_command], args.config, args.overrides)
     if args.align_command == "constitutional":
         from scratchllm.align.constitutional import run_constitutional

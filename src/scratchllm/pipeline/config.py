@@ -122,6 +122,9 @@ class PipelineConfig:
     ablation: AblationConfig = field(default_factory=AblationConfig)
     sft: dict[str, Any] = field(default_factory=dict)
     dpo: dict[str, Any] = field(default_factory=dict)
+    # The alignment methods compared (align/compare.py): off by default, so the demo's time does not change.
+    compare_alignment: bool = False
+    align_compare: dict[str, Any] = field(default_factory=dict)  # a CompareConfig table (preset: configs/align/compare.toml)
     eval: EvalStageConfig = field(default_factory=EvalStageConfig)
     quantize: QuantizeStageConfig = field(default_factory=QuantizeStageConfig)
     export_hf: ExportHFStageConfig = field(default_factory=ExportHFStageConfig)
@@ -138,6 +141,8 @@ class PipelineConfig:
             raise ScratchError(f"device must be auto, cpu or cuda, got {self.device!r}")
         # Resolve the tables of the stages that exist today so a typo fails before hours of training.
         self.tokenizer_config(), self.data_config(), self.train_config(), self.sft_config(), self.dpo_config()
+        if self.compare_alignment:
+            self.align_compare_config()
 
     # The resolved stage configs, every path pointing into run_dir.
 
@@ -198,6 +203,17 @@ class PipelineConfig:
             paths["data.system_prompt"] = self.sft_config().data.system_prompt
         return self._training("dpo", DPOConfig, self.dpo, paths)
 
+    def align_compare_config(self):  # -> CompareConfig
+        from scratchllm.align.compare import CompareConfig
+
+        r = self.run_dir
+        table = {"preset": "configs/align/compare.toml", **self.align_compare}
+        paths: dict[str, Any] = {
+            "out_dir": r / "align_compare", "models.policy": r / "sft" / "model", "models.tokenizer": r / "tokenizer"}
+        if "system_prompt" not in merged(table, None, CompareConfig).get("data", {}):
+            paths["data.system_prompt"] = self.sft_config().data.system_prompt  # as the SFT stage prompted
+        return self._training("align_compare", CompareConfig, table, paths)
+
 
 def merged(table: dict[str, Any], forced: dict[str, Any] | None = None, cls: type | None = None) -> dict[str, Any]:
     """A stage table with its ``preset`` file underneath (config.apply_preset, the one merge every
@@ -224,6 +240,7 @@ def stage_tables(cfg: PipelineConfig) -> dict[str, Any]:
         "ablation": to_dict(cfg.ablation),
         "sft": to_dict(cfg.sft_config()),
         "dpo": to_dict(cfg.dpo_config()),
+        "align_compare": to_dict(cfg.align_compare_config()) if cfg.compare_alignment else {"enabled": False},
         "eval": to_dict(cfg.eval),
         "quantize": to_dict(cfg.quantize),
         "export_hf": to_dict(cfg.export_hf),
@@ -231,6 +248,6 @@ def stage_tables(cfg: PipelineConfig) -> dict[str, Any]:
         "report": to_dict(cfg.report),
     }
     # Runtime-only settings that do not change what a stage computes.
-    for t in ("pretrain", "sft", "dpo"):
+    for t in ("pretrain", "sft", "dpo", "align_compare"):
         tables[t].get("log", {}).pop("progress", None)
     return tables

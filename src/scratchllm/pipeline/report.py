@@ -239,6 +239,8 @@ def build_blocks(ctx: Context, out: Path) -> tuple[list[Block], dict[str, Any]]:
         blocks.append(("p", "Not run (set `ablation.pos_emb = [\"rope\", \"sinusoidal\", \"learned\"]` to retrain the "
                             "pretrain config briefly with each scheme of the model stage and compare)."))
 
+    blocks.extend(_compare_blocks(markers.get("align_compare", {}).get("summary", {}), out))
+
     serve = markers.get("serve", {}).get("summary")
     if serve:
         c, ch = serve["completion"], serve["chat"]
@@ -287,6 +289,34 @@ def build_blocks(ctx: Context, out: Path) -> tuple[list[Block], dict[str, Any]]:
         blocks.append(("p", "The exact config (`pipeline.toml` in the run directory):"))
         blocks.append(("code", config_path.read_text(encoding="utf-8")))
     return blocks, facts
+
+
+def _compare_blocks(summary: dict[str, Any], out: Path) -> list[Block]:
+    """The alignment comparison (align/compare.py): its table and plot, or how to turn it on."""
+    import shutil
+
+    blocks: list[Block] = [("h", 2, "Alignment methods compared")]
+    m = summary.get("metrics") or {}
+    if not summary.get("enabled") or not m.get("results"):
+        return [*blocks, ("p", "Not run (set `compare_alignment = true` to train DPO, PPO, GRPO and RLOO from the SFT "
+                               "model against the answer checker and a learned reward model, at equal generated "
+                               "tokens, and compare them here).")]
+    blocks.append(("p", f"From the SFT model, each RL method sampled {_fmt(m['replies'])} replies "
+                        f"(~{_fmt(m['budget_tokens'])} tokens: the SFT model's replies average "
+                        f"{_fmt(m['sft_reply_tokens'], 1)} tokens) against each reward; DPO trained on as many "
+                        f"sequences. Measured on {_fmt(m['heldout_prompts'])} held-out prompts: greedy task accuracy, "
+                        "the learned reward model's mean score of the greedy replies, KL to the SFT model (nats per "
+                        "sampled reply) and the perplexity of the reference replies."))
+    rows = [[label, r.get("reward_used", ""), _fmt(r["task_accuracy"], 3), _fmt(r.get("rm_score"), 3),
+             _fmt(r["kl"], 3), _fmt(r["heldout_ppl"], 3), _fmt(r.get("generated_tokens")), _fmt(r.get("seconds"), 0)]
+            for label, r in m["results"].items()]
+    blocks.append(("table", ["run", "reward", "task accuracy", "RM score", "KL to SFT", "held-out reply ppl",
+                             "generated tokens", "seconds"], rows))
+    plot = Path(summary.get("outputs", {}).get("plot", ""))
+    if plot.is_file():
+        shutil.copyfile(plot, out / "align_compare.png")
+        blocks.append(("img", "align_compare.png", "training reward vs tokens sampled; held-out accuracy and KL"))
+    return blocks
 
 
 def _stage_order(ctx: Context) -> list[str]:

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from scratchllm.align.compare import run as compare_run
 from scratchllm.align.run import run_dpo as align_dpo
 from scratchllm.config import parse_override
 from scratchllm.corpus.shards import iter_documents, verify as verify_shards
@@ -217,6 +218,26 @@ def run_dpo(ctx: Context) -> dict[str, Any]:
 def verify_dpo(ctx: Context) -> None:
     _need(ctx.dir("dpo") / "report.json", "DPO report")
     Transformer.from_pretrained(ctx.dir("dpo") / "model")
+
+
+# ------------------------------------------------------------------------------------------------
+# alignment methods compared (optional: compare_alignment = true)
+
+
+def run_align_compare(ctx: Context) -> dict[str, Any]:
+    """DPO, PPO, GRPO, RLOO from the SFT model (align/compare.py); wiring only."""
+    if not ctx.cfg.compare_alignment:
+        return {"enabled": False}
+    result = compare_run(ctx.cfg.align_compare_config())
+    if not result.completed:
+        raise StageInterrupted(f"the alignment comparison stopped by {result.stopped} (a rerun resumes it)")
+    return {"enabled": True, **result.summary()}
+
+
+def verify_align_compare(ctx: Context) -> None:
+    if ctx.cfg.compare_alignment:
+        for name in ("compare.json", "compare.png"):
+            _need(ctx.dir("align_compare") / name, f"alignment comparison {name}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -505,6 +526,8 @@ def all_stages() -> list[Stage]:
         Stage("ablation", run_ablation, verify_ablation, "position-scheme ablation (when ablation.pos_emb is set)"),
         Stage("sft", run_sft, verify_sft, "instruction-tune with LoRA (resumes from its checkpoints)"),
         Stage("dpo", run_dpo, verify_dpo, "align the SFT model with DPO (resumes from its checkpoints)"),
+        Stage("align_compare", run_align_compare, verify_align_compare,
+              "DPO, PPO, GRPO, RLOO compared from the SFT model (when compare_alignment = true)"),
         Stage("eval", run_eval, verify_eval, "held-out perplexity vs n-gram baselines, tasks, samples"),
         Stage("quantize", run_quantize, verify_quantize, "INT8/INT4 weights for serving"),
         Stage("export_hf", run_export_hf, verify_export_hf, "export to Hugging Face Llama and check with transformers"),
