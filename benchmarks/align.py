@@ -21,13 +21,20 @@ iteration time, the rollout share (sampling + scoring), and peak memory of one i
 
     python benchmarks/align.py --mode rl-step [--replies 32] [--group 4] [--iterations 5] [--repeats 2]
 
-``--mode compare``: DPO, PPO, GRPO and RLOO from the same SFT model (a 2-layer model fitted to the
-format of the parity task "Even or odd: N" with random labels: right by chance) against the same
-checker reward, at an equal budget of replies (RL: sampled replies; DPO: training sequences). Reports
-held-out task accuracy, KL(policy || SFT) per reply, held-out conversation perplexity, generated tokens
-and wall time; ``--plot`` writes the reward curves and final metrics as a PNG.
+``--mode rollout``: one GRPO-shaped rollout on the engine with a group's repeated prompt prefilled once
+(prefix caching, what rollouts do) vs prefilled by every sample; same sampled tokens, median times.
 
-    python benchmarks/align.py --mode compare [--budget 3072] [--plot docs/img/align_compare.png]
+    python benchmarks/align.py --mode rollout [--replies 64] [--group 8] [--new-tokens 16] [--system-prompt]
+
+``--mode compare``: the comparison stage (``align/compare.py``, ``scratchllm align compare``) on a tiny SFT
+model: DPO, PPO, GRPO and RLOO against the answer checker and a learned reward model at an equal budget of
+generated reply tokens; held-out task accuracy, reward-model score, KL(policy || SFT) per reply, held-out
+reply perplexity, generated tokens and wall time. ``--task embedded`` (default): an SFT model trained on
+the embedded checkable tasks (add, sub, reverse), a ``--prefix-fraction`` of its answers prefixed
+"Sure! " (which the checker refuses: a format flaw the RL methods can fix); ``--task parity``: the tests' parity task with a
+format-only SFT model (random labels). Settings: configs/align/compare.toml plus ``--set key=value``.
+
+    python benchmarks/align.py --mode compare [--budget-tokens 4096] [--plot docs/img/align_compare.png]
 """
 
 from __future__ import annotations
@@ -311,6 +318,48 @@ def rl_step_main(args, device) -> None:
         print(f"ratio ppo/{m}: iteration time {med['ppo'] / med[m]:.2f}x, memory {memory['ppo'] / memory[m]:.2f}x")
 
 
+# --- rollouts: a group's repeated prompt prefilled once vs every sample prefilling it -------------------
+
+
+def rollout_main(args, device) -> None:
+    """One GRPO-shaped rollout (``--replies`` = prompts x ``--group``) on the engine, prefix caching on (the
+    repeats copy the first sample's cached prompt) vs off (every sample prefills its prompt), alternating."""
+    from scratchllm.align.grpo import prompt_ids
+    from scratchllm.finetune.chat import END
+    from scratchllm.infer.engine import Engine
+    from scratchllm.infer.sampling import SamplingParams
+
+    tok = train_bpe(["x"], vocab_size=263)
+    model_cfg = ModelConfig(**{**read_toml(args.model), "vocab_size": tok.vocab_size})
+    torch.manual_seed(0)
+    model = Transformer(model_cfg).to(device).eval()
+    g = args.group
+    examples = embedded_instructions(args.replies // g, "train", seed=0, kinds=("add", "reverse"),
+                                     system_prompt=args.system_prompt)
+    prompts = [p for p in prompt_ids(tok, [e.prompt for e in examples]) for _ in range(g)]
+    params = SamplingParams(max_new_tokens=args.new_tokens, temperature=1.0, seed=0,
+                            stop_token_ids=[tok.special_tokens[END]])
+    print(f"rollout: {args.replies} replies = {len(examples)} prompts x {g} (mean prompt {statistics.mean(map(len, prompts)):.0f} "
+          f"tokens), {args.new_tokens} new tokens, {model_cfg.n_layers}-layer d={model_cfg.d_model} model, {device}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    times: dict[bool, list[float]] = {True: [], False: []}
+    outputs = {}
+    for _ in range(args.repeats):
+        for shared in (True, False):
+            for _ in range(args.iterations):
+                engine = Engine(model, tok, max_slots=len(prompts), prefix_caching=shared)
+                sync(device)
+                t0 = time.perf_counter()
+                outputs[shared] = [c.tokens for c in engine.generate(prompts, params)]
+                sync(device)
+                times[shared].append(time.perf_counter() - t0)
+    assert outputs[True] == outputs[False], "the shared prefill changed the samples"
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"prompt prefilled once per group: {med[True] * 1e3:9.1f} ms (median of {len(times[True])})")
+    print(f"prefilled by every sample:       {med[False] * 1e3:9.1f} ms")
+    print(f"ratio shared/unshared: {med[True] / med[False]:.2f}x (< 1: the shared prefill is faster); same tokens")
+
+
 # --- the comparison: DPO, PPO, GRPO, RLOO from one SFT model -----------------------------------------
 
 
@@ -335,19 +384,17 @@ FAST = ["train.device=cpu", "log.progress=false", "log.tensorboard=false", "eval
         "rollout.eval_max_new_tokens=6"]
 
 
-def sft_model(tok, root: Path, train) -> Path:
-    import random
-
+def sft_model(tok, root: Path, chats: list, steps: int, d_model: int = 48) -> Path:
+    """A 2-layer SFT model fitted to ``chats`` (policy and tokenizer directories under ``root``)."""
     from scratchllm.finetune.sft import SFTBatchSource, encode_conversations, sft_loss
 
-    rng = random.Random(1)
-    chats = [[*e.prompt, {"role": "assistant", "content": rng.choice(["even", "odd"])}] for e in train]
-    cfg = load_config(AlignConfig, None, [f'out_dir="{root / "sft"}"', "train.max_steps=150", "optim.lr=3e-3",
-                                          *FAST, "log.interval=50"])
+    cfg = load_config(AlignConfig, None, [f'out_dir="{root / "sft"}"', f"train.max_steps={steps}", "optim.lr=3e-3",
+                                          *FAST, "log.interval=50", "schedule.kind=cosine",
+                                          "schedule.warmup_steps=30"])
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, context_length=96, d_model=48, n_layers=2, n_heads=4,
-                                    n_kv_heads=2, d_ff=128))
-    Trainer(cfg, model, SFTBatchSource(encode_conversations(tok, chats, 96), 16, tok.pad_id, 0),
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, context_length=96, d_model=d_model, n_layers=2,
+                                    n_heads=4, n_kv_heads=2, d_ff=3 * d_model))
+    Trainer(cfg, model, SFTBatchSource(encode_conversations(tok, chats, 96), 32, tok.pad_id, 0),
             loss_fn=sft_loss).fit()
     model.save_pretrained(root / "policy")
     tok.save_pretrained(root / "tokenizer")
@@ -355,85 +402,58 @@ def sft_model(tok, root: Path, train) -> Path:
 
 
 def compare_main(args) -> None:
-    import json
+    """The comparison stage (align/compare.py run) on a tiny SFT model: the parity task (format-only SFT,
+    random labels) or the embedded checkable tasks (SFT on add/sub/reverse for ``--sft-steps``)."""
+    import random
+    import shutil
 
-    from scratchllm.align import run
-    from scratchllm.align.compare import drift
+    from scratchllm.align.compare import CompareConfig, run
 
-    train, heldout = parity_sets()
     tok = train_bpe(["x"], vocab_size=263)
-    b = args.budget
-    # Replies per optimizer step: PPO 32 per rollout in 4 minibatches x 2 epochs; GRPO 8 x 8; RLOO 16 x 4.
-    methods = {
-        "dpo": (run.run_dpo, [f"train.max_steps={max(1, b // 32)}", "train.batch_size=16", "optim.lr=2e-3",
-                              "dpo.beta=0.1", "dpo.sft_coef=1.0", "data.policy_negatives=false"]),
-        "ppo": (run.run_ppo, [f"train.max_steps={max(1, b // 32) * 8}", "optim.lr=1e-3", "rollout.prompts_per_step=32",
-                              "ppo.minibatch_size=8", "ppo.epochs=2", "ppo.kl_coef=0.05"]),
-        "grpo": (run.run_grpo, [f"train.max_steps={max(1, b // 64)}", "optim.lr=1e-3", "rollout.prompts_per_step=8",
-                                "grpo.group_size=8", "grpo.kl_coef=0.05"]),
-        "rloo": (run.run_rloo, [f"train.max_steps={max(1, b // 64)}", "optim.lr=1e-3", "rollout.prompts_per_step=16",
-                                "rloo.group_size=4", "rloo.kl_coef=0.05"]),
-    }
-    chosen = [m for m in methods if m in args.methods.split(",")]
-    print(f"compare: parity task, 600 training / 100 held-out prompts, budget {b} replies per method "
-          f"(DPO: {b} training sequences), torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads")
-    results, curves = {}, {}
+    kinds = tuple(args.kinds.split(","))
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        root = sft_model(tok, Path(tmp), train)
-        sft = Transformer.from_pretrained(root / "policy")
-        base = [f'models.policy="{root / "policy"}"', f'models.tokenizer="{root / "tokenizer"}"', *FAST]
-        for m in chosen:
-            fn, extra = methods[m]
-            cfg = load_config(COMMAND_CONFIGS[m], None, [*base, f'out_dir="{Path(tmp) / m}"', *extra])
-            t0 = time.perf_counter()
+        root = Path(args.out or tmp)
+        if args.task == "parity":
+            train, heldout = parity_sets()
+            examples = (train, heldout)
+            rng = random.Random(1)
+            chats = [[*e.prompt, {"role": "assistant", "content": rng.choice(["even", "odd"])}] for e in train]
+            steps = args.sft_steps or 150
+        else:  # a fraction of the SFT answers carry a "Sure! " prefix the checker refuses: a format flaw to fix
+            examples = None
+            rng = random.Random(2)
+            chats = [[*e.prompt, {"role": "assistant", "content": ("Sure! " if rng.random() < args.prefix_fraction
+                                                                   else "") + e.answer}]
+                     for e in embedded_instructions(3000, "train", 0, kinds, False)]
+            steps = args.sft_steps or 2000
+        if not (root / "policy").is_dir():
             with contextlib.redirect_stderr(io.StringIO()):
-                report = fn(cfg, examples=(train, heldout)).metrics
-            seconds = time.perf_counter() - t0
-            trained = Transformer.from_pretrained(Path(tmp) / m / "model")
-            d = drift(trained, sft, tok, heldout, 6, seed=1)
-            if "sft" not in results:
-                results["sft"] = {"task_accuracy": report["heldout_before"]["task_accuracy"],
-                                  **drift(sft, sft, tok, heldout, 6, seed=1)}
-            results[m] = {"task_accuracy": report["heldout_after"]["task_accuracy"], **d, "seconds": seconds,
-                          "steps": report["steps"], "generated_tokens": report.get("generated_tokens", 0),
-                          "rollout_seconds": report.get("rollout_seconds", 0.0)}
-            rows = [json.loads(line) for line in (Path(tmp) / m / "metrics.jsonl").read_text().splitlines()]
-            curves[m] = [(r["step"], r.get("reward", r.get("rewards/accuracies"))) for r in rows
-                         if r.get("kind") == "train"]
-    print(f"{'':6} {'accuracy':>9} {'KL to SFT':>10} {'held-out ppl':>13} {'gen. tokens':>12} {'wall':>8}")
-    for m, r in results.items():
-        print(f"{m:6} {r['task_accuracy']:9.2f} {r['kl']:10.3f} {r['heldout_ppl']:13.3f} "
-              f"{r.get('generated_tokens', 0):12d} {r.get('seconds', 0):7.0f}s")
-    if args.plot:
-        plot(results, curves, methods, b, Path(args.plot))
-
-
-def plot(results, curves, methods, budget, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for m, pts in curves.items():
-        if not pts or m == "dpo":
-            continue
-        steps = max(s for s, _ in pts)
-        axes[0].plot([s / steps * budget for s, _ in pts], [r for _, r in pts], label=m.upper(), lw=1)
-    axes[0].set(xlabel="replies sampled", ylabel="training reward (checker)", title="reward during training")
-    axes[0].legend()
-    names = list(results)
-    for i, key in enumerate(("task_accuracy", "kl")):
-        axes[1].bar([j + i * 0.4 for j in range(len(names))], [results[n][key] for n in names], width=0.4,
-                    label={"task_accuracy": "held-out accuracy", "kl": "KL to SFT (nats/reply)"}[key])
-    axes[1].set_xticks([j + 0.2 for j in range(len(names))], [n.upper() for n in names])
-    axes[1].set(title=f"after {budget} replies (DPO: sequences)")
-    axes[1].legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    print(f"plot -> {path}")
+                sft_model(tok, root, chats, steps, args.d_model)
+        sft_seconds = time.perf_counter() - t0
+        if args.sft_only:
+            print(f"SFT model -> {root / 'policy'} ({steps} steps, {sft_seconds:.0f} s)")
+            return
+        overrides = [f'out_dir="{root / "compare"}"', f'models.policy="{root / "policy"}"',
+                     f'models.tokenizer="{root / "tokenizer"}"', "train.device=cpu", "log.progress=false",
+                     f"compare.budget_tokens={args.budget_tokens}", f"compare.methods={args.methods.split(',')!r}",
+                     f"compare.rewards={args.rewards.split(',')!r}", f"data.kinds={list(kinds)!r}",
+                     *args.set]
+        cfg = load_config(CompareConfig, ROOT / "configs/align/compare.toml", overrides)
+        print(f"compare: {args.task} task{'' if args.task == 'parity' else ' ' + ','.join(kinds)}, SFT model "
+              f"{steps} steps ({sft_seconds:.0f} s), budget {args.budget_tokens} reply tokens per RL run, "
+              f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+              f"{torch.get_num_threads()} threads; overrides: {' '.join(args.set) or '-'}", flush=True)
+        lines: list[str] = []
+        with contextlib.redirect_stderr(io.StringIO()):
+            result = run(cfg, examples=examples, say=lines.append)
+        print(lines[0])
+        print(lines[-1])
+        if args.plot:
+            Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(result.outputs["plot"], args.plot)
+            print(f"plot -> {args.plot}")
+    print(f"total {time.perf_counter() - t0:.0f} s")
 
 
 def main() -> None:
@@ -445,16 +465,27 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    p.add_argument("--mode", choices=("dpo", "rl-step", "compare"), default="dpo")
+    p.add_argument("--mode", choices=("dpo", "rl-step", "rollout", "compare"), default="dpo")
+    p.add_argument("--system-prompt", action="store_true", help="rollout: prompts with the system message")
     p.add_argument("--replies", type=int, default=32, help="rl-step: replies per iteration")
     p.add_argument("--group", type=int, default=4, help="rl-step: GRPO/RLOO replies per prompt")
     p.add_argument("--new-tokens", type=int, default=32, help="rl-step: max new tokens per reply")
     p.add_argument("--ppo-epochs", type=int, default=1, help="rl-step: PPO epochs per rollout")
     p.add_argument("--ppo-minibatches", type=int, default=1, help="rl-step: PPO minibatches per epoch")
     p.add_argument("--iterations", type=int, default=5, help="rl-step: timed iterations per repeat")
-    p.add_argument("--budget", type=int, default=3072, help="compare: replies (DPO: sequences) per method")
+    p.add_argument("--budget-tokens", type=int, default=4096, help="compare: reply tokens each RL run samples")
     p.add_argument("--methods", default="dpo,ppo,grpo,rloo", help="compare: which methods")
-    p.add_argument("--plot", default="", help="compare: write the figure here (PNG)")
+    p.add_argument("--rewards", default="checkable,model", help="compare: which rewards (checkable, model)")
+    p.add_argument("--task", choices=("parity", "embedded"), default="embedded", help="compare: prompts and SFT model")
+    p.add_argument("--kinds", default="add,sub,reverse", help="compare (embedded): the checkable task kinds")
+    p.add_argument("--sft-steps", type=int, default=0, help="compare: SFT steps (0: 150 parity, 2000 embedded)")
+    p.add_argument("--d-model", type=int, default=64, help="compare: the SFT model's width")
+    p.add_argument("--prefix-fraction", type=float, default=0.5,
+                   help="compare (embedded): SFT answers prefixed \"Sure! \" (wrong for the checker)")
+    p.add_argument("--sft-only", action="store_true", help="compare: train the SFT model into --out and stop")
+    p.add_argument("--out", default="", help="compare: keep the SFT model and runs here (reused if present)")
+    p.add_argument("--set", nargs="*", default=[], help="compare: key=value overrides of configs/align/compare.toml")
+    p.add_argument("--plot", default="", help="compare: copy the figure here (PNG)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -464,6 +495,8 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     if args.mode == "rl-step":
         return rl_step_main(args, device)
+    if args.mode == "rollout":
+        return rollout_main(args, device)
     if args.mode == "compare":
         return compare_main(args)
 

@@ -102,7 +102,21 @@ def test_ppo_ddp_two_processes_equal_one_process(ppo_cfg, tmp_path, parity_sets)
     report = run_ppo(ppo_cfg("single", "train.max_steps=6"), examples=examples)
     assert report["exit_code"] == 0
     _assert_same_run(tmp_path / "single", tmp_path / "ddp", 6)
-    assert (tmp_path / "ddp" / "model").is_dir() and (tmp_path / "ddp" / "report.json").is_file()
+    assert (tmp_path / "ddp" / "model").is_dir()
+    ddp_report = json.loads((tmp_path / "ddp" / "report.json").read_text())
+    assert ddp_report["generated_tokens"] == report["generated_tokens"] > 0  # both ranks' replies counted
+
+
+@pytest.mark.slow
+def test_ppo_ddp_with_lora_and_a_shared_value_head(ppo_cfg, tmp_path, parity_sets):
+    """LoRA adapters on the policy (frozen base weights under DDP) and the value head on the policy."""
+    from scratchllm.align.run import run_ppo
+
+    examples = (parity_sets[0][:64], parity_sets[1][:8])
+    extra = ("train.max_steps=4", "ppo.lora=true", "lora.r=2", "ppo.value_model=shared")
+    _torchrun(ppo_cfg("ddp", *extra), tmp_path, examples)
+    run_ppo(ppo_cfg("single", *extra), examples=examples)
+    _assert_same_run(tmp_path / "single", tmp_path / "ddp", 4)
 
 
 @pytest.mark.slow

@@ -237,7 +237,7 @@ class PPORolloutSource:
         self._pending: list[dict[str, torch.Tensor]] = []
         self._skip = False
         self.rollout_seconds = 0.0  # time spent generating and scoring (for the benchmark's rollout share)
-        self.generated_tokens = 0  # by this rank
+        self.generated_tokens = 0  # reply tokens sampled (by all ranks)
 
     def stop_rollout(self) -> None:
         """Early stop on KL: drop the rest of this rollout's minibatches."""
@@ -284,7 +284,6 @@ class PPORolloutSource:
         prompts = prompt_ids(self.tokenizer, [e.prompt for e in mine])
         replies = respond(self.model.policy, self.tokenizer, prompts, r.max_new_tokens, r.temperature, r.top_k,
                           seed=self.seed + 7919 * self.draws + lo)
-        self.generated_tokens += sum(len(x) for x in replies)
         texts = [reply_text(self.tokenizer, x) for x in replies]
         scores = self.reward_fn(mine, texts, prompts, replies).float()
         finished = torch.tensor([bool(x) and x[-1] == self.end_id for x in replies])
@@ -305,6 +304,7 @@ class PPORolloutSource:
                           "scores": scores.to(device), "finished": finished.float().to(device)})
         ids, logps, ref_logps, values, scores = g["input_ids"], g["logps"], g["ref_logps"], g["values"], g["scores"]
         mask = g["completion_mask"][:, 1:].float()
+        self.generated_tokens += int(mask.sum())  # by all ranks
         rewards, kl = per_token_rewards(logps, ref_logps, mask, scores, self.kl.value)
         kl_per_reply = float(kl.sum(-1).mean())
         if not (math.isfinite(kl_per_reply) and torch.isfinite(scores).all() and torch.isfinite(values).all()):
