@@ -165,6 +165,7 @@ def test_help_example_override_is_valid_for_every_command():
     """Each config-driven command shows an override in --help that its own default preset accepts."""
     import argparse
 
+    from scratchllm.align.compare import CompareConfig
     from scratchllm.align.config import ConstitutionalConfig, DPOConfig, GRPOConfig, PPOConfig, RewardConfig, RLOOConfig
     from scratchllm.cli import build_parser
     from scratchllm.data.config import DataConfig
@@ -179,7 +180,8 @@ def test_help_example_override_is_valid_for_every_command():
                "data prepare": DataConfig, "train": TrainConfig, "finetune": FinetuneConfig,
                "align dpo": DPOConfig, "align reward": RewardConfig, "align ppo": PPOConfig,
                "align grpo": GRPOConfig, "align rloo": RLOOConfig,
-               "align constitutional": ConstitutionalConfig, "serve": ServeConfig, "pipeline": PipelineConfig}
+               "align constitutional": ConstitutionalConfig, "align compare": CompareConfig, "serve": ServeConfig,
+               "pipeline": PipelineConfig}
     seen = {}
 
     def walk(parser, prefix):
