@@ -325,7 +325,7 @@ def rollout_main(args, device) -> None:
     """One GRPO-shaped rollout (``--replies`` = prompts x ``--group``) on the engine, prefix caching on (the
     repeats copy the first sample's cached prompt) vs off (every sample prefills its prompt), alternating."""
     from scratchllm.align.grpo import prompt_ids
-    from scratchllm.finetune.chat import END
+    from scratchllm.tokenizer.chat import END
     from scratchllm.infer.engine import Engine
     from scratchllm.infer.sampling import SamplingParams
 

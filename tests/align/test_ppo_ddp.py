@@ -50,7 +50,7 @@ import json, sys
 from scratchllm.align.config import AlignConfig
 from scratchllm.align.run import run_ppo
 from scratchllm.config import load_config
-from scratchllm.finetune.instruct_data import InstructExample
+from scratchllm.tasks.instruct import InstructExample
 
 config, examples, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "resume"
 train, heldout = ([InstructExample(**e) for e in part] for part in json.load(open(examples)))

@@ -80,7 +80,7 @@ def test_ppo_raises_accuracy_on_the_embedded_tasks(tokenizer, tmp_path):
 
     from scratchllm.align.config import AlignConfig
     from scratchllm.config import load_config
-    from scratchllm.finetune.instruct_data import embedded_instructions
+    from scratchllm.tasks.instruct import embedded_instructions
     from scratchllm.finetune.sft import SFTBatchSource, encode_conversations, sft_loss
     from scratchllm.model.model import ModelConfig, Transformer
     from scratchllm.train.loop import Trainer
