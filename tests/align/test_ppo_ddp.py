@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scratchllm.align.config import AlignConfig
+from scratchllm.align.config import PPOConfig
 from scratchllm.config import load_config, to_toml
 from scratchllm.train import checkpoint as ckpt
 from scratchllm.train.tracking import read_metrics
@@ -33,8 +33,8 @@ def _free_port() -> int:
 
 @pytest.fixture
 def ppo_cfg(sft_dirs, tmp_path):
-    def make(name: str, *overrides: str) -> AlignConfig:
-        return load_config(AlignConfig, ROOT / "configs/align/ppo.toml", [
+    def make(name: str, *overrides: str) -> PPOConfig:
+        return load_config(PPOConfig, ROOT / "configs/align/ppo.toml", [
             f'out_dir="{tmp_path / name}"', f'models.policy="{sft_dirs["policy"]}"',
             f'models.tokenizer="{sft_dirs["tokenizer"]}"', "train.device=cpu", "train.num_threads=1",
             "log.progress=false", "log.interval=1", "eval.interval=0", "rollout.prompts_per_step=8",
@@ -47,18 +47,18 @@ def ppo_cfg(sft_dirs, tmp_path):
 
 WORKER = """
 import json, sys
-from scratchllm.align.config import AlignConfig
+from scratchllm.align.config import PPOConfig
 from scratchllm.align.run import run_ppo
 from scratchllm.config import load_config
 from scratchllm.tasks.instruct import InstructExample
 
 config, examples, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "resume"
 train, heldout = ([InstructExample(**e) for e in part] for part in json.load(open(examples)))
-sys.exit(run_ppo(load_config(AlignConfig, config, []), resume=resume, examples=(train, heldout))["exit_code"])
+sys.exit(run_ppo(load_config(PPOConfig, config, []), resume=resume, examples=(train, heldout)).exit_code)
 """
 
 
-def _torchrun(cfg: AlignConfig, tmp_path: Path, examples, resume: bool = False) -> str:
+def _torchrun(cfg: PPOConfig, tmp_path: Path, examples, resume: bool = False) -> str:
     """``run_ppo`` (what ``scratchllm align ppo`` runs) in 2 processes, on the parity examples."""
     preset = tmp_path / f"{Path(cfg.out_dir).name}.toml"
     preset.write_text(to_toml(cfg))
@@ -99,8 +99,9 @@ def test_ppo_ddp_two_processes_equal_one_process(ppo_cfg, tmp_path, parity_sets)
     examples = (parity_sets[0][:64], parity_sets[1][:8])
     err = _torchrun(ppo_cfg("ddp", "train.max_steps=6"), tmp_path, examples)
     assert "2 x cpu (ddp)" in err and err.count("held-out before") == 1  # rank 0 alone measures and logs
-    report = run_ppo(ppo_cfg("single", "train.max_steps=6"), examples=examples)
-    assert report["exit_code"] == 0
+    result = run_ppo(ppo_cfg("single", "train.max_steps=6"), examples=examples)
+    assert result.exit_code == 0
+    report = result.metrics
     _assert_same_run(tmp_path / "single", tmp_path / "ddp", 6)
     assert (tmp_path / "ddp" / "model").is_dir()
     ddp_report = json.loads((tmp_path / "ddp" / "report.json").read_text())

@@ -78,7 +78,7 @@ def test_ppo_raises_accuracy_on_the_embedded_tasks(tokenizer, tmp_path):
     with the KL to the SFT model under the target. About 5 minutes on an idle 2-core machine."""
     import random
 
-    from scratchllm.align.config import AlignConfig
+    from scratchllm.align.config import AlignConfig, PPOConfig
     from scratchllm.config import load_config
     from scratchllm.tasks.instruct import embedded_instructions
     from scratchllm.finetune.sft import SFTBatchSource, encode_conversations, sft_loss
@@ -103,7 +103,7 @@ def test_ppo_raises_accuracy_on_the_embedded_tasks(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path / "tokenizer")
 
     target = 3.0
-    cfg = load_config(AlignConfig, "configs/align/ppo.toml", [
+    cfg = load_config(PPOConfig, "configs/align/ppo.toml", [
         f'out_dir="{tmp_path / "ppo"}"', f'models.policy="{tmp_path / "policy"}"',
         f'models.tokenizer="{tmp_path / "tokenizer"}"', *FAST, "log.interval=8", 'data.kinds=["add", "sub", "reverse"]',
         "data.n_train=1024", "data.n_heldout=300", "rollout.prompts_per_step=64", "rollout.max_new_tokens=12",
@@ -111,7 +111,7 @@ def test_ppo_raises_accuracy_on_the_embedded_tasks(tokenizer, tmp_path):
         f"ppo.target_kl={target}", "ppo.kl_horizon=1000", "optim.lr=3e-4", "train.max_steps=160"])
     heldout = embedded_instructions(300, "heldout", cfg.seed, kinds, False)
     reward_before, prefixed_before = _sampled(sft, tokenizer, heldout)
-    report = run_ppo(cfg)
+    report = run_ppo(cfg).metrics
     trained = Transformer.from_pretrained(tmp_path / "ppo" / "model")
     reward_after, prefixed_after = _sampled(trained, tokenizer, heldout)
     before, after = report["heldout_before"]["task_accuracy"], report["heldout_after"]["task_accuracy"]

@@ -27,7 +27,7 @@ ones and resumes an interrupted one.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 import math
 import sys
@@ -41,7 +41,17 @@ import torch
 from torch import nn
 
 from scratchllm.align import run as align
-from scratchllm.align.config import AlignConfig
+from scratchllm.align.config import (
+    COMMAND_CONFIGS,
+    AlignConfig,
+    DPOSection,
+    GRPOSection,
+    PPOSection,
+    RewardSection,
+    RLOOSection,
+)
+from scratchllm.config import from_dict, to_dict
+from scratchllm.finetune.lora import LoraConfig
 from scratchllm.align.data import pad_sequences
 from scratchllm.align.dpo import token_logps
 from scratchllm.align.grpo import evaluate_replies, model_reward, prompt_ids, respond
@@ -82,10 +92,16 @@ class CompareSection:
 
 @dataclass
 class CompareConfig(AlignConfig):
-    """An align config (models, data, rollout and every method's section, the training sections) + [compare]."""
+    """An align config (models, data, rollout, the training sections) + every method's section + [compare]."""
 
     out_dir: Path = Path("runs/align/compare")
     compare: CompareSection = field(default_factory=CompareSection)
+    dpo: DPOSection = field(default_factory=DPOSection)
+    reward: RewardSection = field(default_factory=RewardSection)
+    ppo: PPOSection = field(default_factory=PPOSection)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # ppo.lora = true
+    grpo: GRPOSection = field(default_factory=GRPOSection)
+    rloo: RLOOSection = field(default_factory=RLOOSection)
 
 
 def log(msg: str) -> None:
@@ -109,8 +125,11 @@ def _steps(cfg: CompareConfig, method: str, replies: int) -> int:
 
 
 def _sub(cfg: CompareConfig, name: str, method: str, steps: int, **models: Any) -> AlignConfig:
-    """The config of one run of the comparison: its own out_dir, steps, lr and reward."""
-    sub = copy.deepcopy(cfg)
+    """The config of one run of the comparison (that command's own config: DPOConfig, PPOConfig, ...): its
+    own out_dir, steps, lr and reward."""
+    cls = COMMAND_CONFIGS[method]
+    keys = {f.name for f in dataclasses.fields(cls)}
+    sub = from_dict(cls, {k: v for k, v in to_dict(cfg).items() if k in keys})
     sub.out_dir = Path(cfg.out_dir) / name
     sub.train.max_steps = steps
     sub.optim.lr = cfg.compare.lr.get(method, cfg.optim.lr)
@@ -188,7 +207,7 @@ def run(cfg: CompareConfig, examples: tuple[list[Any], list[Any]] | None = None,
 
 
 def _once(directory: Path, say: Callable[[str], None], what: str,
-          train: Callable[[], dict[str, Any]]) -> tuple[float, str | None]:
+          train: Callable[[], StageResult]) -> tuple[float, str | None]:
     """Run ``train`` unless ``directory`` holds its finished report (a rerun skips it): (seconds it took,
     the signal that stopped it after saving a checkpoint, or None)."""
     done = directory / "report.json"
@@ -198,11 +217,12 @@ def _once(directory: Path, say: Callable[[str], None], what: str,
         return float(prior), None
     say(f"compare: training {what} -> {directory}")
     t0 = time.perf_counter()
-    report = train()
-    if report.get("stopped") != "done":
-        say(f"compare: {what} stopped by {report.get('stopped')}; rerun to resume it")
-        return 0.0, str(report.get("stopped"))
+    result = train()
+    if not result.completed:
+        say(f"compare: {what} stopped by {result.stopped}; rerun to resume it")
+        return 0.0, result.stopped
     seconds = time.perf_counter() - t0
+    report = json.loads(done.read_text(encoding="utf-8"))
     atomic_write_text(done, json.dumps({**report, "compare_seconds": seconds}, indent=2) + "\n")
     return seconds, None
 
