@@ -9,12 +9,12 @@ from torch import nn
 
 from scratchllm.model.model import ModelConfig, Transformer
 from scratchllm.train.config import OptimConfig
-from scratchllm.train.optim import Muon, build_optimizer, newton_schulz, param_groups
+from scratchllm.train.optim import Muon, build_optimizer, newton_schulz, newton_schulz_many, param_groups
 from scratchllm.train.parallel import Dist
 from scratchllm.train.pretrain import build_trainer
 from scratchllm.train.schedule import lr_factor
 
-SHAPES = [(48, 16), (16, 40), (24, 24)]  # tall, wide, square
+SHAPES = [(48, 16), (16, 40), (24, 24), (48, 16), (24, 24), (48, 16)]  # tall, wide, square; repeats are batched
 
 
 @pytest.mark.parametrize("shape", [(64, 32), (32, 96), (344, 128)])
@@ -27,6 +27,19 @@ def test_newton_schulz_singular_values_near_one(shape):
     u, _, vh = torch.linalg.svd(g, full_matrices=False)
     cos = (o * (u @ vh)).sum() / (o.norm() * (u @ vh).norm())
     assert cos > 0.95  # the same singular vectors as the exact U V^T
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_batched_newton_schulz_equals_one_matrix_at_a_time(dtype):
+    """The stacked (baddbmm) iteration gives each matrix exactly what the single-matrix one does."""
+    g = torch.Generator().manual_seed(3)
+    mats = [torch.randn(*s, generator=g) for s in [(40, 24), (24, 40), (40, 24), (40, 24), (24, 40), (8, 8)]]
+    many = newton_schulz_many(mats, dtype=dtype)
+    for m, o in zip(mats, many, strict=True):
+        assert o.shape == m.shape and o.dtype == dtype
+        assert torch.equal(o, newton_schulz(m, dtype=dtype))
+    stack = newton_schulz(torch.stack(mats[:1] + mats[2:4]), dtype=dtype)
+    assert torch.equal(stack[1], newton_schulz(mats[2], dtype=dtype))
 
 
 def params_and_grads(seed=0, steps=3):

@@ -109,7 +109,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> tor
 
 def newton_schulz(g: torch.Tensor, steps: int = 5, coefficients: Iterable[float] = NS_COEFFICIENTS,
                   eps: float = NS_EPS, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """An approximately orthogonal matrix with g's singular vectors: ~ U V^T for g = U S V^T.
+    """An approximately orthogonal matrix with g's singular vectors: ~ U V^T for g = U S V^T; for a
+    stack g of shape (n, rows, cols), each of the n matrices on its own (one batched matmul per
+    product instead of n).
 
     Quintic iteration X <- a X + (b A + c A^2) X with A = X X^T, after scaling X to Frobenius norm
     1 (so every singular value is <= 1). It works on the wide orientation (rows <= columns), where
@@ -118,15 +120,37 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, coefficients: Iterable[float]
     """
     a, b, c = coefficients
     x = g.to(dtype)
-    tall = g.size(0) > g.size(1)
+    tall = g.size(-2) > g.size(-1)
     if tall:
-        x = x.T
-    x = x / x.norm().clamp(min=eps)
+        x = x.mT
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    # addmm for one matrix (the same kernels as torch.optim.Muon), baddbmm for a stack: on CPU both
+    # give bit-identical results per matrix (tests/train/test_muon.py checks it).
+    mm = torch.addmm if x.ndim == 2 else torch.baddbmm
     for _ in range(steps):
-        gram = x @ x.T
-        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
-        x = torch.addmm(x, poly, x, beta=a)  # a X + (b A + c A^2) X
-    return x.T if tall else x
+        gram = x @ x.mT
+        poly = mm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
+        x = mm(x, poly, x, beta=a)  # a X + (b A + c A^2) X
+    return x.mT if tall else x
+
+
+def newton_schulz_many(updates: list[torch.Tensor], steps: int = 5,
+                       coefficients: Iterable[float] = NS_COEFFICIENTS, eps: float = NS_EPS,
+                       dtype: torch.dtype = torch.bfloat16) -> list[torch.Tensor]:
+    """newton_schulz of each matrix, batched: matrices of one shape are stacked and orthogonalised
+    together (the records' trick; a model has only a few distinct shapes: q/o, k/v, the MLP's)."""
+    out: list[torch.Tensor | None] = [None] * len(updates)
+    buckets: dict[tuple, list[int]] = {}
+    for i, u in enumerate(updates):
+        buckets.setdefault((tuple(u.shape), u.dtype, u.device), []).append(i)
+    for idx in buckets.values():
+        if len(idx) == 1:
+            out[idx[0]] = newton_schulz(updates[idx[0]], steps, coefficients, eps, dtype)
+            continue
+        ortho = newton_schulz(torch.stack([updates[i] for i in idx]), steps, coefficients, eps, dtype)
+        for i, o in zip(idx, ortho.unbind(0), strict=True):
+            out[i] = o
+    return out  # type: ignore[return-value]
 
 
 def muon_lr(lr: float, shape: torch.Size, scale: str) -> float:
@@ -204,41 +228,55 @@ class Muon(torch.optim.Optimizer):
 
     def _muon_group(self, group: dict[str, Any]) -> None:
         lr, wd, mom = group["lr"], group["weight_decay"], group["momentum"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            state = self.state[p]
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(p)
-            g, buf, w = _local(p.grad), _local(state["momentum_buffer"]), _local(p)
-            buf.lerp_(g, 1 - mom)
-            update = g.lerp(buf, mom) if group["nesterov"] else buf
-            sharded = hasattr(p, "device_mesh")
-            full = _full(update, p) if sharded else update
-            dtype = torch.float32 if group["ns_dtype"] == "fp32" else torch.bfloat16
-            ortho = newton_schulz(full, group["ns_steps"], group["ns_coefficients"], dtype=dtype)
-            if sharded:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        for p in params:
+            if "momentum_buffer" not in self.state[p]:
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        # Elementwise parts on this process's shards, one foreach call per op (not one kernel per parameter).
+        grads = [_local(p.grad) for p in params]
+        bufs = [_local(self.state[p]["momentum_buffer"]) for p in params]
+        weights = [_local(p) for p in params]
+        torch._foreach_lerp_(bufs, grads, 1 - mom)
+        updates = torch._foreach_lerp(grads, bufs, mom) if group["nesterov"] else bufs
+        fulls = [_full(u, p) if hasattr(p, "device_mesh") else u for u, p in zip(updates, params, strict=True)]
+        dtype = torch.float32 if group["ns_dtype"] == "fp32" else torch.bfloat16
+        orthos = newton_schulz_many(fulls, group["ns_steps"], group["ns_coefficients"], dtype=dtype)
+        if wd:
+            torch._foreach_mul_(weights, 1 - lr * wd)
+        for p, w, ortho in zip(params, weights, orthos, strict=True):
+            if hasattr(p, "device_mesh"):
                 ortho = _shard_of(ortho, p)
-            w.mul_(1 - lr * wd)
             w.add_(ortho.to(w.dtype), alpha=-muon_lr(lr, p.shape, group["lr_scale"]))
 
     def _adamw_group(self, group: dict[str, Any]) -> None:
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
         beta1, beta2 = group["betas"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        for p in params:
             state = self.state[p]
             if "step" not in state:
                 state["step"] = torch.tensor(0.0)
                 state["exp_avg"] = torch.zeros_like(p)
                 state["exp_avg_sq"] = torch.zeros_like(p)
-            g, w = _local(p.grad), _local(p)
-            m, v = _local(state["exp_avg"]), _local(state["exp_avg_sq"])
             state["step"] += 1
-            step = float(state["step"])
-            m.lerp_(g, 1 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            w.mul_(1 - lr * wd)
-            denom = (v.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
-            w.addcdiv_(m, denom, value=-lr / (1 - beta1**step))
+        # Every parameter of a group starts together, so one step count serves the group (bias correction).
+        steps = {float(self.state[p]["step"]) for p in params}
+        for step in steps:
+            ps = [p for p in params if float(self.state[p]["step"]) == step]
+            g = [_local(p.grad) for p in ps]
+            w = [_local(p) for p in ps]
+            m = [_local(self.state[p]["exp_avg"]) for p in ps]
+            v = [_local(self.state[p]["exp_avg_sq"]) for p in ps]
+            torch._foreach_lerp_(m, g, 1 - beta1)
+            torch._foreach_mul_(v, beta2)
+            torch._foreach_addcmul_(v, g, g, value=1 - beta2)
+            if wd:
+                torch._foreach_mul_(w, 1 - lr * wd)
+            denom = torch._foreach_sqrt(v)
+            torch._foreach_div_(denom, math.sqrt(1 - beta2**step))
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(w, m, denom, value=-lr / (1 - beta1**step))
