@@ -106,6 +106,24 @@ def test_fsdp2_trains_checkpoints_and_resumes(make_cfg, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+
+@pytest.mark.slow
+def test_fsdp2_muon_resumes_exactly(make_cfg, tmp_path):
+    """FSDP2 + Muon: the momentum buffers and AdamW moments are sharded DTensors in the optimizer and
+    whole tensors in the checkpoint; a run resumed from step 2 repeats the uninterrupted one bit for bit."""
+    preset = write_preset(make_cfg, tmp_path, "fsdp", *COMMON, *MUON, "train.parallel=fsdp")
+    torchrun(preset)
+    state = ckpt.load_checkpoint(tmp_path / "fsdp" / "checkpoints" / "step_000002").optim_state["state"]
+    bufs = [v["momentum_buffer"] for v in state.values() if "momentum_buffer" in v]
+    assert len(bufs) == 7 * 2 and all(b.ndim == 2 and b.abs().sum() > 0 for b in bufs)  # whole, trained matrices
+    resumed = tmp_path / "fsdp_resumed"
+    shutil.copytree(tmp_path / "fsdp" / "checkpoints" / "step_000002", resumed / "checkpoints" / "step_000002")
+    torchrun(preset, f'out_dir="{resumed}"', "--resume")
+    full = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "fsdp", "train")]
+    assert [(r["step"], r["loss"]) for r in read_metrics(resumed, "train")] == full[2:]
+    a, b = final_weights(tmp_path / "fsdp"), final_weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
 DYING_RANK = """
 import os, signal, sys
 from scratchllm.cli import main

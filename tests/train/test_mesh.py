@@ -14,7 +14,7 @@ from scratchllm.train.parallel import Dist
 from scratchllm.train.pretrain import build_trainer
 from scratchllm.train.tracking import read_metrics
 
-from .test_distributed import B, assert_same_training, torchrun, write_preset
+from .test_distributed import MUON, B, assert_same_training, torchrun, write_preset
 
 # 4 layers so that pp=2 has 2 each; the vocabulary (257: bytes + eos) splits unevenly over tp=2
 MESH_MODEL = ("model.n_layers=4",)
@@ -47,6 +47,14 @@ def test_two_processes_train_like_one(make_cfg, tmp_path, layout):
     torch.testing.assert_close(torch.tensor(val_losses(tmp_path / "mesh")), torch.tensor(val_losses(ref)),
                                rtol=1e-5, atol=1e-6)
 
+
+def test_muon_under_tp_trains_like_one_process(make_cfg, tmp_path):
+    """Muon with tensor-parallel (row/column-sharded) matrices: each update is all-gathered for
+    Newton-Schulz and each rank keeps its shard - the same training as one process."""
+    common = (*COMMON, *MUON, "train.max_steps=3", "checkpoint.interval=0", "eval.batches=0")
+    preset = write_preset(make_cfg, tmp_path, "mesh", *common, "train.tp=2")
+    assert "train: starting" in torchrun(preset).stderr
+    assert_same_training(single(make_cfg, tmp_path, B, *common), tmp_path / "mesh", rtol=1e-4, atol=1e-5, steps=3)
 
 @pytest.mark.slow
 def test_checkpoints_move_between_layouts(make_cfg, tmp_path):

@@ -168,6 +168,18 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+def _local_grad(p: torch.Tensor) -> torch.Tensor:
+    """This process's part of p's gradient, laid out like p. Under tensor parallelism a replicated
+    parameter used on sequence shards (the norms) gets a Partial gradient - per-rank partial sums -
+    that must be reduced first (torch's own optimizers do it implicitly through DTensor ops)."""
+    g = p.grad
+    if hasattr(g, "to_local"):
+        if tuple(g.placements) != tuple(p.placements):
+            g = g.redistribute(p.device_mesh, p.placements)
+        return g.to_local()
+    return g
+
+
 def _full(update: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """The whole matrix of ``update`` (this process's shard of the DTensor ``like``): an all-gather."""
     from torch.distributed.tensor import DTensor
@@ -235,7 +247,7 @@ class Muon(torch.optim.Optimizer):
             if "momentum_buffer" not in self.state[p]:
                 self.state[p]["momentum_buffer"] = torch.zeros_like(p)
         # Elementwise parts on this process's shards, one foreach call per op (not one kernel per parameter).
-        grads = [_local(p.grad) for p in params]
+        grads = [_local_grad(p) for p in params]
         bufs = [_local(self.state[p]["momentum_buffer"]) for p in params]
         weights = [_local(p) for p in params]
         torch._foreach_lerp_(bufs, grads, 1 - mom)
@@ -267,7 +279,7 @@ class Muon(torch.optim.Optimizer):
         steps = {float(self.state[p]["step"]) for p in params}
         for step in steps:
             ps = [p for p in params if float(self.state[p]["step"]) == step]
-            g = [_local(p.grad) for p in ps]
+            g = [_local_grad(p) for p in ps]
             w = [_local(p) for p in ps]
             m = [_local(self.state[p]["exp_avg"]) for p in ps]
             v = [_local(self.state[p]["exp_avg_sq"]) for p in ps]
