@@ -12,10 +12,14 @@ lr 3e-3, warmup + cosine) for ``--steps`` steps on the embedded corpus, once per
   for Muon: <= 10% more);
 * packing's padding share, against nanochat's reported cropping share.
 
-The data are byte-level shards of the embedded corpus (paragraphs as documents, vocab 257) rather than
-the BPE shards of ``scratchllm data prepare``, so that the benchmark needs no tokenizer training.
+The data are the embedded corpus tokenized with the BPE tokenizer: ``--data DIR`` reuses shards made by
+``scratchllm data prepare``; without it the benchmark trains the default tokenizer (vocab 4096, the 1m
+model's) and prepares the default data config into its work directory first (a few minutes), through
+the CLI. ``--time-model`` repeats the step-time measurement on another model preset (e.g. the 10m one:
+Newton-Schulz costs ~d^3 per matrix, forward/backward ~tokens * d^2, so the overhead depends on both).
 
-    python benchmarks/optim.py [--steps 100] [--eval-every 10] [--seeds 3] [--variants adamw,muon,packed,packed-mask]
+    python benchmarks/optim.py [--data runs/data] [--steps 100] [--eval-every 10] [--seeds 3] \
+        [--variants adamw,muon,packed,packed-mask] [--jobs 2] [--time-model configs/model/10m.toml]
 
 No peer library runs these variants on this model: the comparison is between our own variants
 (Muon itself is checked against torch.optim.Muon in tests/train/test_muon.py).
@@ -24,7 +28,10 @@ No peer library runs these variants on this model: the comparison is between our
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
+import subprocess
 import statistics
 import sys
 import tempfile
@@ -38,12 +45,12 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
 from scratchllm.config import load_config  # noqa: E402
-from scratchllm.corpus.embedded import embedded_text  # noqa: E402
 from scratchllm.corpus.shards import ShardDataset  # noqa: E402
 from scratchllm.train.config import TrainConfig  # noqa: E402
 from scratchllm.train.data import fixed_batches  # noqa: E402
 from scratchllm.train.packing import DocumentPacker, fixed_packed_batches  # noqa: E402
 from scratchllm.train.parallel import Dist  # noqa: E402
+from scratchllm.train.loop import configure_torch  # noqa: E402
 from scratchllm.train.pretrain import build_trainer  # noqa: E402
 from scratchllm.train.tracking import read_metrics  # noqa: E402
 
@@ -58,27 +65,39 @@ VARIANTS = {
 NANOCHAT_CROP = "100% utilisation (no padding), ~35% of tokens cropped at T=2048 (nanochat/dataloader.py docstring)"
 
 
-def write_data(out: Path, max_bytes: int) -> Path:
-    from tests.train.conftest import write_byte_shards
+def prepare_data(work: Path) -> Path:
+    """BPE shards of the embedded corpus: the default tokenizer and data configs, through the CLI."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    cli = [sys.executable, "-m", "scratchllm"]
+    tok, data = work / "tokenizer", work / "data"
+    subprocess.run([*cli, "tokenizer", "train", "--config", str(ROOT / "configs/tokenizer/default.toml"),
+                    f'output="{tok}"'], check=True, env=env)
+    subprocess.run([*cli, "data", "prepare", "--config", str(ROOT / "configs/data/default.toml"),
+                    f'tokenizer="{tok}"', f'out_dir="{data}"'], check=True, env=env)
+    return data
 
-    return write_byte_shards(out, embedded_text(max_bytes_per_domain=max_bytes), shard_tokens=1 << 22)
+
+def vocab_size(data: Path) -> int:
+    return int(json.loads((data / "manifest.json").read_text())["vocab_size"])
 
 
 def run(variant: str, seed: int, args, data: Path, work: Path, val_windows, val_docs) -> dict:
     out = work / f"{variant}-{seed}"
-    over = [f'out_dir="{out}"', f'data.path="{data}"', "model.vocab_size=257", f"seed={seed}",
+    over = [f'out_dir="{out}"', f'data.path="{data}"', f"model.vocab_size={vocab_size(data)}", f"seed={seed}",
             f"train.max_steps={args.steps}", f"schedule.warmup_steps={max(1, args.steps // 20)}",
             f"eval.interval={args.eval_every}", "eval.batches=0", "eval.sample_tokens=0", "eval.sample_interval=0",
-            "checkpoint.interval=0", "log.interval=10", "log.tensorboard=false", "log.progress=false",
+            "checkpoint.interval=0", f"log.interval={max(1, min(10, args.steps // 4))}", "log.tensorboard=false", "log.progress=false",
             f"train.num_threads={args.threads}", *VARIANTS[variant]]
     cfg = load_config(TrainConfig, ROOT / "configs/train/cpu-tiny.toml", over)
+    configure_torch(cfg)  # train.num_threads: 2 threads on a loaded 2-core machine ran several times slower than 1
     trainer = build_trainer(cfg, Dist())
     trainer.val_batches = val_windows  # one val set for all variants (the Trainer's own for packed is packed)
     t0 = time.perf_counter()
     trainer.fit()
     wall = time.perf_counter() - t0
     val = [(r["step"], r["loss"]) for r in read_metrics(out, "val")]
-    rates = [r["tokens_per_s"] for r in read_metrics(out, "train")][1:]
+    rates = [r["tokens_per_s"] for r in read_metrics(out, "train")]
+    rates = rates[1:] or rates  # the first row includes the warm-up
     trainer.val_batches = val_docs
     doc_loss = trainer.evaluate()
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
@@ -86,15 +105,22 @@ def run(variant: str, seed: int, args, data: Path, work: Path, val_windows, val_
             "tokens_per_step": tokens_per_step, "wall": wall}
 
 
-def step_times(args, data: Path, work: Path, variants: list[str], rounds: int) -> dict[str, float]:
+def step_times(args, data: Path, work: Path, variants: list[str], rounds: int, model: str | None = None,
+               batch: int | None = None) -> dict[str, float]:
     """Median seconds per training step (batch drawn + forward/backward + optimizer), the variants'
     steps alternating in this one process so that the machine's load hits them alike."""
     trainers = {}
     for v in variants:
-        over = [f'out_dir="{work / ("time-" + v)}"', f'data.path="{data}"', "model.vocab_size=257",
-                "eval.batches=0", "eval.sample_tokens=0", "log.tensorboard=false", "log.progress=false",
-                f"train.num_threads={args.threads}", *VARIANTS[v]]
-        trainers[v] = build_trainer(load_config(TrainConfig, ROOT / "configs/train/cpu-tiny.toml", over), Dist())
+        over = [f'out_dir="{work / ("time-" + v)}"', f'data.path="{data}"', "eval.batches=0", "eval.sample_tokens=0",
+                "log.tensorboard=false", "log.progress=false", f"train.num_threads={args.threads}", *VARIANTS[v]]
+        if model:
+            over.append(f'model.preset="{Path(model).resolve()}"')
+        over.append(f"model.vocab_size={vocab_size(data)}")
+        if batch:
+            over.append(f"train.batch_size={batch}")
+        cfg = load_config(TrainConfig, ROOT / "configs/train/cpu-tiny.toml", over)
+        configure_torch(cfg)
+        trainers[v] = build_trainer(cfg, Dist())
     times: dict[str, list[float]] = {v: [] for v in variants}
     for i in range(rounds + 1):
         for v, t in trainers.items():
@@ -102,9 +128,15 @@ def step_times(args, data: Path, work: Path, variants: list[str], rounds: int) -
             t.train_step([t.train_source.next_batch()])
             if i:  # the first round warms up
                 times[v].append(time.perf_counter() - t0)
+    params = next(iter(trainers.values())).model.num_params()
     for t in trainers.values():
         t.close()
-    return {v: statistics.median(x) for v, x in times.items()}
+    return {"params": params, **{v: statistics.median(x) for v, x in times.items()}}
+
+
+def print_step_times(label: str, st: dict[str, float], variants: list[str]) -> None:
+    print(f"median time per step, {label} ({st['params']:,} parameters; alternating, one process): " + ", ".join(
+        f"{v} {st[v] * 1e3:.0f} ms ({st[v] / st['adamw']:.3f}x)" for v in variants), flush=True)
 
 
 def tokens_to_reach(val: list[tuple[int, float]], target: float, tokens_per_step: int) -> float | None:
@@ -119,35 +151,55 @@ def tokens_to_reach(val: list[tuple[int, float]], target: float, tokens_per_step
     return None
 
 
+def spread(xs: list[float], fmt: str = "{:.3f}") -> str:
+    """median [min-max] over the seeds; "-" for a seed that never reached the target."""
+    finite = [x for x in xs if x != float("inf")]
+    med = statistics.median(xs)
+    text = "not reached" if med == float("inf") else fmt.format(med)
+    if len(xs) > 1 and finite:
+        hi = "-" if len(finite) < len(xs) else fmt.format(max(finite))
+        text += f" [{fmt.format(min(finite))}-{hi}]"
+    return text
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, help="BPE shards from `scratchllm data prepare` (default: make them)")
+    p.add_argument("--work", type=Path, help="work directory (default: a temporary one)")
+    p.add_argument("--json", type=Path, help="write every run's results here")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--jobs", type=int, default=1, help="runs at once (each with --threads threads)")
     p.add_argument("--val-batches", type=int, default=8)
-    p.add_argument("--max-bytes", type=int, default=1_000_000, help="embedded corpus bytes per domain")
     p.add_argument("--variants", default="adamw,muon,packed,packed-mask")
     p.add_argument("--time-rounds", type=int, default=20, help="alternating steps per variant for the step time")
+    p.add_argument("--time-model", help="also time the variants on this model preset (cpu-tiny's batch and seq)")
+    p.add_argument("--time-batch", type=int, help="batch size for the --time-model measurement")
     p.add_argument("--only-time", action="store_true", help="just the step times")
     args = p.parse_args()
     variants = args.variants.split(",")
-    import os
+    if variants[0] != "adamw":
+        p.error("the first variant must be adamw (the baseline)")
 
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, python {platform.python_version()}; load average before: {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        data = write_data(work / "data", args.max_bytes)
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        data = args.data.resolve() if args.data else prepare_data(work)
         packer = DocumentPacker(ShardDataset(data, "train"), 128, seed=0)
         s = packer.stats()
-        print(f"packing (seq 128, buffer 1000): {len(packer.docs):,} documents -> {s['rows']:,} rows, "
-              f"padding {s['padding_share']:.2%}, BOS {s['bos_share']:.2%}, {s['split_documents']:,} documents "
-              f"split across rows; nanochat: {NANOCHAT_CROP}")
+        print(f"data: {data} (vocab {vocab_size(data)}); packing (seq 128, buffer 1000): {len(packer.docs):,} "
+              f"documents -> {s['rows']:,} rows, padding {s['padding_share']:.2%}, BOS {s['bos_share']:.2%}, "
+              f"{s['split_documents']:,} documents split across rows; nanochat: {NANOCHAT_CROP}", flush=True)
         st = step_times(args, data, work, variants, args.time_rounds)
-        print("median time per step (alternating, one process): " + ", ".join(
-            f"{v} {st[v] * 1e3:.0f} ms ({st[v] / st['adamw']:.2f}x)" for v in variants), flush=True)
+        print_step_times("cpu-tiny", st, variants)
+        if args.time_model:
+            muon = [v for v in variants if v in ("adamw", "muon", "muon-fp32")]
+            big = step_times(args, data, work, muon, args.time_rounds, args.time_model, args.time_batch)
+            print_step_times(f"{args.time_model}, batch {args.time_batch or 16} x seq 128", big, muon)
         if args.only_time:
             return
         val_windows = fixed_batches(data, "val", args.val_batches, 16, 128, 99)
@@ -164,28 +216,26 @@ def main() -> None:
                 r = results[v][seed] = f.result()
                 print(f"  seed {seed} {v:18s} final val {r['final']:.4f}  per-doc val {r['doc_loss']:.4f}  "
                       f"{r['tok_s']:,.0f} tok/s  ({r['wall']:.0f} s)  val curve {r['val']}", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "packing": s,
+                                             "step_times": st, "results": results}, indent=1))
         base = results["adamw"]
         tokens = args.steps * base[0]["tokens_per_step"]
-        print(f"\n{args.steps} steps = {tokens:,} tokens per run; medians over {args.seeds} seeds; "
+        print(f"\n{args.steps} steps = {tokens:,} tokens per run; medians [min-max] over {args.seeds} seeds; "
               f"load average after: {os.getloadavg()}")
         print("| variant | val loss (windows) | per-document val loss | tokens to AdamW's final val, x AdamW "
-              "| time per step vs AdamW |")
+              "| time per step vs AdamW (in the runs) |")
         print("|---|---|---|---|---|")
         for v in variants:
             rs = results[v]
             ratios = []
-            for r, b in zip(rs, base, strict=True):
+            for r, b in zip(rs, base, strict=True):  # per seed: against the same seed's AdamW run
                 reached = tokens_to_reach(r["val"], b["final"], r["tokens_per_step"])
                 own = tokens_to_reach(b["val"], b["final"], b["tokens_per_step"])
                 ratios.append(reached / own if reached is not None else float("inf"))
-            med = statistics.median(ratios)
-            step_time = statistics.median(b["tok_s"] / r["tok_s"] for r, b in zip(rs, base, strict=True))
-            finals = ", ".join(f"{r['final']:.3f}" for r in rs)
-            per_seed = ", ".join("-" if x == float("inf") else f"{x:.2f}" for x in ratios)
-            reach = "not reached" if med == float("inf") else f"{med:.2f}"
-            print(f"| {v} | {statistics.median(r['final'] for r in rs):.4f} (seeds {finals}) | "
-                  f"{statistics.median(r['doc_loss'] for r in rs):.4f} | {reach} (seeds {per_seed}) | "
-                  f"{step_time:.2f}x |")
+            slow = [b["tok_s"] / r["tok_s"] for r, b in zip(rs, base, strict=True)]
+            print(f"| {v} | {spread([r['final'] for r in rs], '{:.4f}')} | {spread([r['doc_loss'] for r in rs], '{:.4f}')} "
+                  f"| {spread(ratios, '{:.2f}')} | {spread(slow, '{:.2f}x')} |")
 
 
 if __name__ == "__main__":
