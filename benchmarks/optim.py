@@ -139,6 +139,55 @@ def print_step_times(label: str, st: dict[str, float], variants: list[str]) -> N
         f"{v} {st[v] * 1e3:.0f} ms ({st[v] / st['adamw']:.3f}x)" for v in variants), flush=True)
 
 
+def breakdown(model_preset: str, batch: int, seq: int, vocab: int, rounds: int) -> dict[str, float]:
+    """Where a Muon step's time goes: median ms of forward/backward, the AdamW step, the Muon step
+    (its AdamW part included), and Newton-Schulz alone on all of Muon's matrices - one matmul chain
+    per matrix vs one batched chain per shape, bf16 vs fp32. Random tokens; the phases alternate."""
+    import tomllib
+
+    from scratchllm.model.model import ModelConfig, Transformer
+    from scratchllm.train.config import OptimConfig
+    from scratchllm.train.optim import build_optimizer, newton_schulz, newton_schulz_many
+
+    mc = {**tomllib.loads(Path(model_preset).read_text()), "vocab_size": vocab}
+    model = Transformer(ModelConfig(**mc))
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.randint(0, vocab, (batch, seq), generator=g) for _ in range(2))
+    kw = {"lr": 3e-3, "weight_decay": 0.1, "no_decay": ["norm", "bias", "embedding"]}
+    opts = {"adamw step": build_optimizer(model, OptimConfig(**kw), "cpu"),
+            "muon step": build_optimizer(model, OptimConfig(name="muon", **kw), "cpu")}
+    mats = list(opts["muon step"].param_groups[0]["params"])
+    phases = {
+        "NS bf16, one matrix at a time": lambda: [newton_schulz(p.grad) for p in mats],
+        "NS bf16, batched per shape": lambda: newton_schulz_many([p.grad for p in mats]),
+        "NS fp32, one matrix at a time": lambda: [newton_schulz(p.grad, dtype=torch.float32) for p in mats],
+        "NS fp32, batched per shape": lambda: newton_schulz_many([p.grad for p in mats], dtype=torch.float32),
+    }
+    times: dict[str, list[float]] = {"forward+backward": [], **{k: [] for k in opts}, **{k: [] for k in phases}}
+    for i in range(rounds + 1):
+        model.zero_grad()
+        t0 = time.perf_counter()
+        torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
+        dt = {"forward+backward": time.perf_counter() - t0}
+        for k, f in [*((k, o.step) for k, o in opts.items()), *phases.items()]:
+            t0 = time.perf_counter()
+            f()
+            dt[k] = time.perf_counter() - t0
+        if i:  # the first round warms up
+            for k, v in dt.items():
+                times[k].append(v)
+    shapes = sorted({tuple(p.shape) for p in mats})
+    print(f"breakdown, {model_preset} (vocab {vocab}, {model.num_params():,} parameters, {len(mats)} Muon "
+          f"matrices of shapes {shapes}), batch {batch} x seq {seq}, median of {rounds}:")
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    base = med["forward+backward"] + med["adamw step"]
+    for k, v in med.items():
+        print(f"  {k:32s} {v:9.1f} ms  ({v / base:6.1%} of an AdamW step)")
+    print(f"  -> Muon step / AdamW step (forward+backward + optimizer): "
+          f"{(med['forward+backward'] + med['muon step']) / base:.3f}x", flush=True)
+    return med
+
+
 def tokens_to_reach(val: list[tuple[int, float]], target: float, tokens_per_step: int) -> float | None:
     prev = (0, float("inf"))
     for step, loss in val:
@@ -178,6 +227,8 @@ def main() -> None:
     p.add_argument("--time-model", help="also time the variants on this model preset (cpu-tiny's batch and seq)")
     p.add_argument("--time-batch", type=int, help="batch size for the --time-model measurement")
     p.add_argument("--only-time", action="store_true", help="just the step times")
+    p.add_argument("--breakdown", action="append", default=[], metavar="MODEL[:BATCH]",
+                   help="time the parts of a Muon step on this model preset (seq 128; repeatable), then exit")
     args = p.parse_args()
     variants = args.variants.split(",")
     if variants[0] != "adamw":
@@ -185,6 +236,12 @@ def main() -> None:
 
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, python {platform.python_version()}; load average before: {os.getloadavg()}")
+    if args.breakdown:
+        torch.set_num_threads(args.threads)
+        for spec in args.breakdown:
+            model, _, batch = spec.partition(":")
+            breakdown(model, int(batch or 16), 128, 4096, args.time_rounds)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
