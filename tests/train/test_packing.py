@@ -44,6 +44,16 @@ def test_an_epoch_holds_every_token_once_and_rows_start_with_bos(shard_dir):
     assert sum(len(r) >= 2 for r in rows[:200]) / 200 > overall / 2
 
 
+def test_batches_mix_documents(shard_dir):
+    """Rows are shuffled after packing: the pieces of one long document do not fill whole batches."""
+    packer = DocumentPacker(ShardDataset(shard_dir, "train"), seq_len=32, seed=3, buffer_size=64)
+    rows = packer.plan(0)
+    docs_per_batch = [len({p[0] for r in rows[i:i + 8] for p in r}) for i in range(0, len(rows) - 8, 8)]
+    longest = max(d[2] for d in packer.docs)
+    assert longest > 8 * 32  # some document alone could fill a batch of 8 rows
+    assert min(docs_per_batch) >= 3 and np.median(docs_per_batch) >= 6, docs_per_batch
+
+
 def test_targets_stop_at_piece_boundaries(shard_dir):
     packer = DocumentPacker(ShardDataset(shard_dir, "train"), seq_len=32, seed=0)
     rows = [r for r in packer.plan(0) if len(r) >= 2][:8]

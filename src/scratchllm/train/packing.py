@@ -10,7 +10,10 @@ every row of ``seq_len + 1`` tokens is filled with whole documents, each startin
   oldest buffered piece, then takes, while space remains, the longest buffered piece that fits
   (best fit), and is padded when none does. Starting from the oldest keeps the rows in stream
   order: with pure best fit, row-long pieces (of split documents) would always jump the queue and
-  the first rows of an epoch would hold only long documents.
+  the first rows of an epoch would hold only long documents;
+* the finished rows are shuffled, so that a batch holds rows of many documents, not the
+  consecutive pieces of one long document (the share of each batch from one document then is what
+  random windows give).
 
 No document token is lost or duplicated in an epoch (nanochat instead crops a piece to fill the
 row, discarding the rest); the cost is padding, reported as ``padding_share``. Targets that cross
@@ -112,6 +115,11 @@ class DocumentPacker:
                 row, space = [], self.row_len
         if row:
             rows.append(row)
+        # Rows in a random order: built in stream order, the row-long pieces of one long document fill
+        # consecutive rows, and a step's batch could hold a single document (on the default data, 29%
+        # of 16-row batches held <= 2 documents; those runs trained 0.5 nats worse than random windows).
+        order = np.random.default_rng([self.seed, epoch, 1]).permutation(len(rows))
+        rows = [rows[i] for i in order]
         self._plan = (epoch, rows)
         return rows
 
