@@ -227,12 +227,15 @@ def main() -> None:
     p.add_argument("--time-model", help="also time the variants on this model preset (cpu-tiny's batch and seq)")
     p.add_argument("--time-batch", type=int, help="batch size for the --time-model measurement")
     p.add_argument("--only-time", action="store_true", help="just the step times")
+    p.add_argument("--baseline", type=Path, help="take the adamw runs from this --json of an earlier run "
+                                                 "(same --steps/--eval-every/--seeds/--val-batches and data)")
     p.add_argument("--breakdown", action="append", default=[], metavar="MODEL[:BATCH]",
                    help="time the parts of a Muon step on this model preset (seq 128; repeatable), then exit")
     args = p.parse_args()
     variants = args.variants.split(",")
     if variants[0] != "adamw":
         p.error("the first variant must be adamw (the baseline)")
+    baseline = json.loads(args.baseline.read_text())["results"]["adamw"] if args.baseline else None
 
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, python {platform.python_version()}; load average before: {os.getloadavg()}")
@@ -251,8 +254,9 @@ def main() -> None:
         print(f"data: {data} (vocab {vocab_size(data)}); packing (seq 128, buffer 1000): {len(packer.docs):,} "
               f"documents -> {s['rows']:,} rows, padding {s['padding_share']:.2%}, BOS {s['bos_share']:.2%}, "
               f"{s['split_documents']:,} documents split across rows; nanochat: {NANOCHAT_CROP}", flush=True)
-        st = step_times(args, data, work, variants, args.time_rounds)
-        print_step_times("cpu-tiny", st, variants)
+        st = step_times(args, data, work, variants, args.time_rounds) if args.time_rounds else {}
+        if st:
+            print_step_times("cpu-tiny", st, variants)
         if args.time_model:
             muon = [v for v in variants if v in ("adamw", "muon", "muon-fp32")]
             big = step_times(args, data, work, muon, args.time_rounds, args.time_model, args.time_batch)
@@ -262,7 +266,10 @@ def main() -> None:
         val_windows = fixed_batches(data, "val", args.val_batches, 16, 128, 99)
         val_docs = fixed_packed_batches(data, "val", args.val_batches, 16, 128, 99, doc_mask=True)
         results: dict[str, list[dict]] = {v: [None] * args.seeds for v in variants}
-        jobs = [(v, seed) for seed in range(args.seeds) for v in variants]  # variants interleaved: load hits all
+        if baseline:
+            results["adamw"] = baseline
+        jobs = [(v, seed) for seed in range(args.seeds) for v in variants  # variants interleaved: load hits all
+                if not (baseline and v == "adamw")]
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(args.jobs, mp_context=__import__("multiprocessing").get_context("spawn")) as pool:
