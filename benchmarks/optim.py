@@ -235,7 +235,6 @@ def main() -> None:
     variants = args.variants.split(",")
     if variants[0] != "adamw":
         p.error("the first variant must be adamw (the baseline)")
-    baseline = json.loads(args.baseline.read_text())["results"]["adamw"] if args.baseline else None
 
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, python {platform.python_version()}; load average before: {os.getloadavg()}")
@@ -266,10 +265,8 @@ def main() -> None:
         val_windows = fixed_batches(data, "val", args.val_batches, 16, 128, 99)
         val_docs = fixed_packed_batches(data, "val", args.val_batches, 16, 128, 99, doc_mask=True)
         results: dict[str, list[dict]] = {v: [None] * args.seeds for v in variants}
-        if baseline:
-            results["adamw"] = baseline
         jobs = [(v, seed) for seed in range(args.seeds) for v in variants  # variants interleaved: load hits all
-                if not (baseline and v == "adamw")]
+                if not (args.baseline and v == "adamw")]
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(args.jobs, mp_context=__import__("multiprocessing").get_context("spawn")) as pool:
@@ -283,6 +280,8 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "packing": s,
                                              "step_times": st, "results": results}, indent=1))
+        if args.baseline:  # read only now: the baseline's run may finish while these run
+            results["adamw"] = json.loads(args.baseline.read_text())["results"]["adamw"]
         base = results["adamw"]
         tokens = args.steps * base[0]["tokens_per_step"]
         print(f"\n{args.steps} steps = {tokens:,} tokens per run; medians [min-max] over {args.seeds} seeds; "
