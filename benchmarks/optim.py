@@ -54,12 +54,15 @@ from scratchllm.train.loop import configure_torch  # noqa: E402
 from scratchllm.train.pretrain import build_trainer  # noqa: E402
 from scratchllm.train.tracking import read_metrics  # noqa: E402
 
+# Every variant names its optimizer and batching: the preset's own choice may change (it is Muon since #20).
+ADAMW, WINDOWS = "optim.name=adamw", "data.batching=windows"
 VARIANTS = {
-    "adamw": (),
-    "muon": ("optim.name=muon",),
-    "muon-fp32": ("optim.name=muon", 'optim.muon_ns_dtype="fp32"'),
-    "packed": ("data.batching=packed",),
-    "packed-mask": ("data.batching=packed", "data.doc_mask=true"),
+    "adamw": (ADAMW, WINDOWS),
+    "muon": ("optim.name=muon", WINDOWS),
+    "muon-fp32": ("optim.name=muon", 'optim.muon_ns_dtype="fp32"', WINDOWS),
+    "packed": (ADAMW, "data.batching=packed"),
+    "packed-mask": (ADAMW, "data.batching=packed", "data.doc_mask=true"),
+    "muon-packed": ("optim.name=muon", "data.batching=packed"),
     "muon-packed-mask": ("optim.name=muon", "data.batching=packed", "data.doc_mask=true"),
 }
 NANOCHAT_CROP = "100% utilisation (no padding), ~35% of tokens cropped at T=2048 (nanochat/dataloader.py docstring)"
