@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from scratchllm.config import from_dict, load_config, read_toml  # noqa: E402
 from scratchllm.finetune.config import FinetuneConfig  # noqa: E402
 from scratchllm.finetune.lora import count_trainable  # noqa: E402
-from scratchllm.finetune.run import prepare_model, weight_bytes  # noqa: E402
+from scratchllm.finetune.run import prepare_model  # noqa: E402
+from scratchllm.model.checkpoint import state_dict_bytes  # noqa: E402
 from scratchllm.model.hf import export_hf  # noqa: E402
 from scratchllm.model.model import ModelConfig, Transformer  # noqa: E402
 from scratchllm.train.loop import Trainer  # noqa: E402
@@ -151,7 +152,7 @@ def describe(runner, name: str, device: torch.device) -> dict:
     assert not any(isinstance(m, NF4Linear) for m in model.modules()) or name == "ours qlora"
     runner.step()  # warm-up: allocates the optimizer state
     peak = peak_bytes(device, model, runner.opt, runner.step)
-    return {"trainable": trainable, "total": total, "weights": weight_bytes(model), "peak": peak}
+    return {"trainable": trainable, "total": total, "weights": state_dict_bytes(model), "peak": peak}
 
 
 def main() -> None:

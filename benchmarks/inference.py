@@ -37,7 +37,9 @@ sys.path.insert(0, str(ROOT / "src"))
 from scratchllm.config import load_config  # noqa: E402
 from scratchllm.model.model import ModelConfig, Transformer  # noqa: E402
 from scratchllm.infer.generate import SamplingParams, generate  # noqa: E402
-from scratchllm.infer.quantize import load_model, quantize, weight_bytes  # noqa: E402
+from scratchllm.infer.load import load_model  # noqa: E402
+from scratchllm.infer.quantize import quantize  # noqa: E402
+from scratchllm.model.checkpoint import state_dict_bytes  # noqa: E402
 from scratchllm.infer.speculative import speculative_steps  # noqa: E402
 
 
@@ -150,7 +152,7 @@ def bench_quant(model: Transformer, prompt: list[int], n: int, repeats: int, gro
     for k, m in variants.items():
         with torch.inference_mode():
             err = (m(x) - ref).abs().max().item()
-        line = (f"  {k:10s} weights {weight_bytes(m) / 2**20:7.2f} MiB   decode {n / t[k]:7.1f} tok/s "
+        line = (f"  {k:10s} weights {state_dict_bytes(m) / 2**20:7.2f} MiB   decode {n / t[k]:7.1f} tok/s "
                 f"({t['fp32'] / t[k]:.2f}x fp32)   max|logit err| {err:.4f} (logits up to {ref.abs().max():.1f})")
         if data:
             ppl = ppl0 if k == "fp32" else val_perplexity(m, data, seq_len, val_batches)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import Any
 
 from scratchllm import __version__
 from scratchllm.errors import ScratchError, disk_full, is_disk_full
@@ -62,6 +64,40 @@ def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | 
         "overrides", nargs="*", metavar="key=value", help=f"override a config value, e.g. {example}"
     )
     parser.set_defaults(config_example=example)
+
+
+_ALIAS = "alias:"  # argparse dest prefix of a flag that stands for a config key
+
+
+def add_alias(parser: argparse.ArgumentParser | Any, *flags: str, key: str, help: str = "", **kwargs: Any) -> None:
+    """A flag kept as another way to write the override ``key=value`` (e.g. ``--out X`` for ``out_dir=X``).
+
+    The flag's value becomes an override after the ``key=value`` ones, so a flag wins over the same key.
+    ``action="store_true"`` flags set the key to true; ``action="append"`` flags collect a list."""
+    if kwargs.get("action") == "store_true":
+        kwargs.update(action="store_const", const=True)
+    parser.add_argument(*flags, dest=_ALIAS + key, default=None, help=f"{help} (same as {key}=...)".lstrip(),
+                        **kwargs)
+
+
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    """The command's ``key=value`` overrides followed by those its alias flags stand for."""
+    items = list(getattr(args, "overrides", None) or [])
+    for dest, value in vars(args).items():
+        if dest.startswith(_ALIAS) and value is not None:
+            items.append(f"{dest[len(_ALIAS):]}={toml_literal(value)}")
+    return items
+
+
+def toml_literal(value: Any) -> str:
+    """``value`` written as the TOML literal an override parses back to the same value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)  # inf and nan are TOML too
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_literal(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a TOML basic string
 
 
 def main(argv: Sequence[str] | None = None) -> int:

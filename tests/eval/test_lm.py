@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scratchllm.errors import ScratchError
-from scratchllm.eval.lm import LanguageModel, ScratchLM, load_model, model_kind, rolling_windows
+from scratchllm.eval.lm import LanguageModel, ScratchLM, load_lm, model_kind, rolling_windows
 
 
 def _naive_logprob(model, ids: list[int], n_targets: int) -> float:
@@ -167,7 +167,7 @@ def test_sampling_is_seeded(lm):
 
 def test_hf_backend_matches_ours(model_dirs, lm):
     pytest.importorskip("transformers")
-    hf = load_model(model_dirs["hf"])
+    hf = load_lm(model_dirs["hf"])
     assert type(hf).__name__ == "TransformersLM" and hf.max_length == lm.max_length
     requests = [("The weather today is", " sunny"), ("Two plus two is", " four")]
     for a, b in zip(hf.loglikelihood(requests), lm.loglikelihood(requests), strict=True):
@@ -178,13 +178,13 @@ def test_hf_backend_matches_ours(model_dirs, lm):
     assert hf_ids == ids and hf_ends >= ends
     assert hf.generate("Hi", max_tokens=5, chat=True) == lm.generate("Hi", max_tokens=5, chat=True)
     # --backend scratchllm imports the HF Llama directory into our Transformer
-    ours = load_model(model_dirs["hf"], backend="scratchllm")
+    ours = load_lm(model_dirs["hf"], backend="scratchllm")
     assert isinstance(ours, ScratchLM)
     assert ours.loglikelihood(requests)[0].logprob == pytest.approx(lm.loglikelihood(requests)[0].logprob, abs=1e-5)
 
 
 def test_load_our_directory(model_dirs):
-    loaded = load_model(model_dirs["ours"])
+    loaded = load_lm(model_dirs["ours"])
     assert isinstance(loaded, ScratchLM) and loaded.max_length == 64
 
 
@@ -209,7 +209,7 @@ def test_not_a_model_directory(tmp_path, case):
 def test_missing_tokenizer_is_explained(tmp_path, tiny_model):
     tiny_model.save_pretrained(tmp_path / "alone" / "model")
     with pytest.raises(ScratchError, match="no tokenizer found") as e:
-        load_model(tmp_path / "alone" / "model")
+        load_lm(tmp_path / "alone" / "model")
     assert "--tokenizer" in e.value.hint
 
 

@@ -12,14 +12,14 @@ from scratchllm.infer.generate import SamplingParams, generate
 from scratchllm.infer.quantize import (
     Int4Linear,
     Int8Linear,
-    load_model,
     quantize,
     quantize_int4,
     quantize_int8,
     save_quantized,
     unpack_int4,
-    weight_bytes,
 )
+from scratchllm.infer.load import load_model
+from scratchllm.model.checkpoint import state_dict_bytes as weight_bytes
 
 from .conftest import VOCAB
 

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 from scratchllm.errors import ScratchError
-from scratchllm.model.model import Transformer
+from scratchllm.model.checkpoint import state_dict_bytes
+from scratchllm.model.model import ModelConfig, Transformer
 
 
 @pytest.mark.parametrize("tie", [True, False])
@@ -85,3 +86,13 @@ def test_bad_config_json_names_the_file(tmp_path, make_model):
         Transformer.from_pretrained(tmp_path)
     with pytest.raises(ScratchError, match="model directory not found"):
         Transformer.from_pretrained(tmp_path / "nope")
+
+
+def test_state_dict_bytes_counts_stored_weights_once():
+    """The one weight count: a tied embedding/head once, the RoPE tables (not weights) not at all."""
+    for tie in (True, False):
+        cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
+                          context_length=16, tie_embeddings=tie)
+        model = Transformer(cfg)
+        assert state_dict_bytes(model) == 4 * model.num_params()  # fp32, the tied head counted once
+        assert state_dict_bytes(model.to(torch.bfloat16)) == 2 * model.num_params()

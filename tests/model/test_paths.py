@@ -71,9 +71,9 @@ def test_every_command_takes_the_same_directories(runs, tok, tmp_path, capsys):
         assert main(["model", "info", "--checkpoint", str(run)]) == 0
         assert "parameters" in capsys.readouterr().out.lower()
 
-    from scratchllm.eval.lm import load_model
+    from scratchllm.eval.lm import load_lm
 
-    assert load_model(ft).model.cfg.d_model == 32 and load_model(train).model.cfg.d_model == 32
+    assert load_lm(ft).model.cfg.d_model == 32 and load_lm(train).model.cfg.d_model == 32
 
     from scratchllm.finetune.run import resolve_base
 

@@ -156,3 +156,53 @@ def test_serve_names_an_unreadable_model_file(model_dir, monkeypatch, capsys):
     assert main(["serve", f"model={d}"]) == 2
     err = capsys.readouterr().err
     assert f"permission denied reading {d / 'config.json'}" in err and f"chmod -R a+rX {d}" in err
+
+
+def test_generate_chat_quantize_take_a_config_file_and_overrides(model_dir, tmp_path, byte_tokenizer, monkeypatch,
+                                                                  capsys):
+    """--config FILE + key=value is the same command as the flags, which remain as aliases of those keys."""
+    d, model = model_dir
+    want = complete(model, [byte_tokenizer.encode("hi")], SamplingParams(max_new_tokens=6, temperature=0),
+                    byte_tokenizer)[0].text
+    cfg = tmp_path / "gen.toml"
+    cfg.write_text(f'model = "{d}"\nprompt = "hi"\ntemperature = 0.0\nmax_new_tokens = 50\n')
+    assert main(["generate", "--config", str(cfg), "max_new_tokens=6"]) == 0  # the override wins over the file
+    assert capsys.readouterr().out == "hi" + want + "\n"
+    assert main(["generate", f"model={d}", "prompt=hi", "temperature=0", "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out == "hi" + want + "\n"
+    assert main(["generate", "--config", str(cfg), "--max-new-tokens", "6", "max_new_tokens=40"]) == 0
+    assert capsys.readouterr().out == "hi" + want + "\n"  # a flag wins over the same key=value
+
+    out = tmp_path / "q"
+    qcfg = tmp_path / "q.toml"
+    qcfg.write_text(f'model = "{d}"\nmode = "int4"\n')
+    assert main(["quantize", "--config", str(qcfg), f"out_dir={out}", "group_size=32"]) == 0
+    assert '"group_size": 32' in (out / "quantization.json").read_text()
+    assert (out / "tokenizer.json").is_file() or (out / "scratchllm_tokenizer.json").is_file()
+    assert main(["quantize", f"model={d}", "--out", str(tmp_path / "q8")]) == 0
+    assert '"mode": "int8"' in (tmp_path / "q8" / "quantization.json").read_text()
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n/exit\n"))
+    assert main(["chat", f"model={d}", "temperature=0", "max_new_tokens=4", "system=Be brief."]) == 0
+    assert capsys.readouterr().out.count("assistant> ") == 1
+
+
+@pytest.mark.parametrize("command", [["generate"], ["chat"], ["quantize"], ["eval"], ["export", "hf"]])
+def test_missing_config_file_is_the_same_error_everywhere(command, tmp_path, capsys):
+    assert main([*command, "--config", str(tmp_path / "nope.toml")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: config file not found: {tmp_path / 'nope.toml'}" in err and "fix: give a path" in err
+
+
+@pytest.mark.parametrize("command, key", [(["generate"], "tempreature=0"), (["quantize"], "outdir=x"),
+                                          (["chat"], "sytem=x")])
+def test_unknown_key_is_named(command, key, capsys):
+    assert main([*command, key]) == 2
+    assert f"unknown config key {key.partition('=')[0]!r}" in capsys.readouterr().err
+
+
+def test_generate_and_quantize_say_what_is_missing(capsys):
+    assert main(["generate", "prompt=x"]) == 2
+    assert "no model given" in capsys.readouterr().err
+    assert main(["quantize", "model=x"]) == 2
+    assert "out_dir" in capsys.readouterr().err

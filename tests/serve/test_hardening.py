@@ -204,13 +204,13 @@ def mismatched_dir(tmp_path, byte_tokenizer):
 
 
 def test_vocabulary_mismatch_is_refused_at_load(mismatched_dir, tmp_path, byte_tokenizer, capsys):
-    from scratchllm.eval.lm import load_model
+    from scratchllm.eval.lm import load_lm
     from scratchllm.infer.load import load_for_inference
 
     with pytest.raises(ScratchError, match="vocabulary mismatch"):
         load_for_inference(mismatched_dir)
     with pytest.raises(ScratchError, match="vocabulary mismatch"):
-        load_model(mismatched_dir)
+        load_lm(mismatched_dir)
     for argv in (["generate", "--model", str(mismatched_dir), "--prompt", "x"],
                  ["chat", "--model", str(mismatched_dir)],
                  ["serve", f"model={mismatched_dir}", "port=0"]):

@@ -298,12 +298,12 @@ def _loaders():
         return load_model(path, "policy", SimpleNamespace(vocab_size=VOCAB))
 
     def eval_(path):
-        from scratchllm.eval.lm import load_model
+        from scratchllm.eval.lm import load_lm
 
-        return load_model(path)
+        return load_lm(path)
 
     def serve(path):  # generate, chat, serve and quantize load through it
-        from scratchllm.infer.quantize import load_model
+        from scratchllm.infer.load import load_model
 
         return load_model(path)
 

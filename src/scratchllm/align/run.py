@@ -49,9 +49,8 @@ from scratchllm.align.reward import RewardModel, RewardObjective, pair_accuracy
 from scratchllm.align.rloo import RLOOObjective, rloo_prepare
 from scratchllm.errors import ScratchError
 from scratchllm.finetune.lora import apply_lora, merged_model
+from scratchllm.infer.load import load_model as load_any
 from scratchllm.io import atomic_write_text
-from scratchllm.model.model import Transformer
-from scratchllm.model.paths import resolve_model_dir
 from scratchllm.stage import StageResult
 from scratchllm.tasks.instruct import embedded_instructions
 from scratchllm.tokenizer import Tokenizer
@@ -81,8 +80,7 @@ def load_model(path: Path, what: str, tokenizer: Any) -> nn.Module:
     if (Path(path) / "reward.json").is_file():
         raise ScratchError(f"{what} {path} is a reward model, not a language model",
                            "point models.policy/models.reference at an SFT model directory")
-
-    model = Transformer.from_pretrained(resolve_model_dir(path))
+    model = load_any(path, full_precision_for="alignment").train()  # the one loader; trained from here
     if tokenizer.vocab_size > model.cfg.vocab_size:
         raise ScratchError(f"the tokenizer has {tokenizer.vocab_size} tokens but the {what} model's vocab_size is "
                            f"{model.cfg.vocab_size}", "use the tokenizer the model was trained with")

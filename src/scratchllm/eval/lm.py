@@ -29,10 +29,10 @@ from tqdm import tqdm
 
 from scratchllm.errors import ScratchError
 from scratchllm.infer.engine import Engine
+from scratchllm.infer.load import load_for_inference
 from scratchllm.infer.sampling import SamplingParams, filter_logits
 from scratchllm.model.checkpoint import check_vocab
 from scratchllm.model.hf import import_hf
-from scratchllm.model.model import Transformer
 from scratchllm.model.paths import require_tokenizer, resolve_model_dir
 from scratchllm.tokenizer import Tokenizer
 from scratchllm.tokenizer.chat import BOS, END, EOS, encode_chat
@@ -524,17 +524,20 @@ def model_kind(directory: str | Path) -> str:
     )
 
 
-def load_model(
+def load_lm(
     directory: str | Path,
     tokenizer: str | Path | None = None,
     backend: str = "auto",
     device: str = "cpu",
     dtype: str = "float32",
+    name: str | None = None,
 ) -> LanguageModel:
     """Load ours or a Hugging Face model behind the ``LanguageModel`` interface.
 
     ``backend``: ``auto`` (ours for our directories, transformers for HF ones), ``scratchllm``
     (also imports a HF Llama directory into our Transformer, no transformers needed) or ``hf``.
+    Our directories (plain or quantized) load through ``scratchllm.infer.load``, the loader every
+    command uses. ``name`` labels the results (default: the model directory's name).
     """
     given = Path(directory)
     directory = resolve_model_dir(given) if given.is_dir() else given  # a run directory -> its model
@@ -549,13 +552,15 @@ def load_model(
     if kind == "scratchllm" and backend == "hf":
         raise ScratchError(f"{directory} is a scratchllm directory, not a Hugging Face one",
                            "use --backend auto, or export it with 'scratchllm export hf'")
+    if kind == "scratchllm":
+        model, tok = load_for_inference(given, tokenizer, device)
+        return ScratchLM(model, tok, name=name or directory.name, device=device)
 
-    model = import_hf(directory) if kind == "hf" else Transformer.from_pretrained(directory)
-
+    model = import_hf(directory)
     tok_path = Path(tokenizer) if tokenizer is not None else require_tokenizer(given, directory)
     tok = Tokenizer.load(tok_path)
     check_vocab(model.cfg.vocab_size, tok.vocab_size, f"the model in {directory}", f"the tokenizer in {tok_path}")
-    return ScratchLM(model, tok, name=directory.name, device=device)
+    return ScratchLM(model, tok, name=name or directory.name, device=device)
 
 
 def perplexity(logprob: float, count: int) -> float:

@@ -42,6 +42,7 @@ from scratchllm.finetune.sft import (
     sft_loss,
 )
 from scratchllm.io import atomic_write_text
+from scratchllm.model.checkpoint import state_dict_bytes
 from scratchllm.model.model import ModelConfig, Transformer
 from scratchllm.model.paths import resolve_model_dir
 from scratchllm.stage import StageResult
@@ -84,16 +85,6 @@ def prepare_model(model: Transformer, cfg: FinetuneConfig) -> Transformer:
     if cfg.method in ("lora", "qlora"):
         apply_lora(model, cfg.lora)
     return model
-
-
-def weight_bytes(model: nn.Module) -> int:
-    """Bytes held by the model's parameters and buffers (each tensor once): the resident weights."""
-    seen, total = set(), 0
-    for t in [*model.parameters(), *model.buffers()]:
-        if id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
-    return total
 
 
 @dataclass
@@ -158,11 +149,11 @@ def run(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -> Sta
                               "train_examples": len(data.train), "heldout_examples": len(data.heldout)}
     log(f"finetune: evaluating the base model on {len(data.heldout)} held-out examples", file=sys.stderr)
     report["before"] = evaluate(model, tokenizer, data, cfg, device)
-    dense_bytes = weight_bytes(model)
+    dense_bytes = state_dict_bytes(model)
     prepare_model(model, cfg)
     trainable, total = count_trainable(model)
     report.update(trainable_params=trainable, total_params=total, base_weight_bytes=dense_bytes,
-                  weight_bytes=weight_bytes(model),
+                  weight_bytes=state_dict_bytes(model),
                   nf4_layers=sum(isinstance(m, NF4Linear) for m in model.modules()))
 
     source = SFTBatchSource(data.train, cfg.train.batch_size, tokenizer.pad_id, cfg.seed)

@@ -1,4 +1,11 @@
-"""Loading a model (plain or quantized) and its tokenizer for inference."""
+"""The one way to load a model directory (plain or quantized) and its tokenizer, for every command.
+
+``scratchllm.model.paths`` decides *where* the model and its tokenizer are (a model directory, a
+fine-tuning run, a training run's latest checkpoint); this module loads them: ``load_model`` for the
+model alone (generate's draft, eval, alignment, export, inspect, the pipeline), ``load_for_inference``
+for the model and its checked tokenizer (generate, chat, serve, eval). It sits in the inference layer
+because a quantized directory needs the INT8/INT4 modules of ``infer/quantize.py``.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +15,8 @@ from typing import Any
 import torch
 
 from scratchllm.errors import ScratchError
-from scratchllm.infer.quantize import load_model
-from scratchllm.model.checkpoint import check_vocab
+from scratchllm.infer.quantize import QUANT_FILE, load_quantized
+from scratchllm.model.checkpoint import check_vocab, load_pretrained
 from scratchllm.model.paths import require_tokenizer, resolve_model_dir
 from scratchllm.tokenizer import Tokenizer
 
@@ -34,12 +41,31 @@ def check_device(device: str) -> str:
     raise ScratchError(f"device {device!r} is not available here", hint)
 
 
+def load_model(path: str | Path, device: str = "cpu", *, full_precision_for: str | None = None) -> Any:
+    """The model the user named by ``path``, in eval mode on ``device``.
+
+    ``path`` is anything :func:`resolve_model_dir` accepts; the directory may be plain or quantized
+    (``scratchllm quantize``). ``full_precision_for`` names a use that needs the float weights
+    (``"alignment"``, ``"export"``, ``"inspect"``): a quantized directory is then refused with a fix.
+    """
+    check_device(device)
+    model_dir = resolve_model_dir(path)
+    if (model_dir / QUANT_FILE).is_file():
+        if full_precision_for:
+            raise ScratchError(f"{model_dir} is a quantized model; {full_precision_for} needs the full-precision "
+                               "weights", "pass the model directory that was quantized")
+        model = load_quantized(model_dir)
+    else:
+        model = load_pretrained(model_dir)
+    return model.to(device).eval()
+
+
 def load_for_inference(model_path: str | Path, tokenizer_path: str | Path | None = None,
                        device: str = "cpu") -> tuple[Any, Any]:
-    """(model in eval mode, tokenizer). The tokenizer defaults to one saved inside the model directory."""
-    check_device(device)
+    """(model in eval mode, tokenizer), refused when their vocabularies differ. The tokenizer defaults to
+    the one found with the model (:func:`scratchllm.model.paths.find_tokenizer`)."""
     model_dir = resolve_model_dir(model_path)
-    model = load_model(model_dir, map_location=device).eval()
+    model = load_model(model_dir, device)
     if tokenizer_path is None:
         tokenizer_path = require_tokenizer(model_path, model_dir)
     tokenizer = Tokenizer.load(tokenizer_path)
@@ -48,4 +74,4 @@ def load_for_inference(model_path: str | Path, tokenizer_path: str | Path | None
     return model, tokenizer
 
 
-__all__ = ["check_device", "load_for_inference", "resolve_model_dir"]
+__all__ = ["check_device", "load_for_inference", "load_model", "resolve_model_dir"]

@@ -9,29 +9,37 @@ stores integer weights and dequantizes them on the fly; activations stay in floa
 The attention and MLP projections are quantized (almost all the compute and, for deep models, the
 memory); embeddings, norms and a tied output head stay in floating point (a tied head shares the
 embedding table, which is a lookup). Saved with ``save_quantized``: config.json + model.safetensors
-(integer tensors) + quantization.json; ``load_model`` reads plain and quantized directories alike.
+(integer tensors) + quantization.json; ``scratchllm.infer.load.load_model`` reads plain and quantized
+directories alike.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.errors import ScratchError
+from scratchllm.infer.config import QuantizeConfig
 from scratchllm.io import atomic_write_text
 from scratchllm.model.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     load_checked,
+    load_pretrained,
     read_config,
     read_json,
     read_safetensors,
     save_pretrained,
+    state_dict_bytes,
 )
 from scratchllm.model.model import Transformer
+from scratchllm.model.paths import find_tokenizer, resolve_model_dir
+from scratchllm.stage import StageResult
 
 QUANT_FILE = "quantization.json"
 MODES = ("int8", "int4")
@@ -143,11 +151,10 @@ def save_quantized(model: Transformer, directory: str | Path) -> None:
     atomic_write_text(Path(directory) / QUANT_FILE, json.dumps(info) + "\n")
 
 
-def load_model(directory: str | Path, map_location: str | torch.device = "cpu") -> Transformer:
-    """A model directory, plain (Transformer.from_pretrained) or quantized (save_quantized)."""
+def load_quantized(directory: str | Path, map_location: str | torch.device = "cpu") -> Transformer:
+    """A directory written by save_quantized (``scratchllm.infer.load.load_model`` loads plain and quantized
+    directories alike, and is what commands use)."""
     directory = Path(directory)
-    if not (directory / QUANT_FILE).is_file():
-        return Transformer.from_pretrained(directory, map_location)
     info = read_json(directory / QUANT_FILE)
     model = Transformer(read_config(directory / CONFIG_FILE))
     quantize(model, info.get("mode", "?"), info.get("group_size") or 64, compute=False)
@@ -155,7 +162,28 @@ def load_model(directory: str | Path, map_location: str | torch.device = "cpu") 
     return model.to(map_location)
 
 
-def weight_bytes(model: nn.Module) -> int:
-    """Bytes of the state dict (what a checkpoint holds and inference reads), a tied tensor counted once."""
-    unique = {t.data_ptr(): t for t in model.state_dict().values()}
-    return sum(t.numel() * t.element_size() for t in unique.values())
+
+def run(cfg: QuantizeConfig) -> StageResult:
+    """Quantize ``cfg.model`` into ``cfg.out_dir`` with its tokenizer (a self-contained model directory).
+
+    The one body of ``scratchllm quantize`` and the pipeline's quantize stage. Metrics: the weight bytes
+    before and after (:func:`scratchllm.model.checkpoint.state_dict_bytes`)."""
+    if not cfg.model or cfg.out_dir is None:
+        raise ScratchError("quantize needs a model and an out_dir", "pass model=DIR out_dir=DIR (or --model, --out)")
+    src = resolve_model_dir(cfg.model)
+    if (src / QUANT_FILE).is_file():
+        raise ScratchError(f"{src} is already quantized", "quantize the original full-precision model")
+    model = load_pretrained(src)
+    before = state_dict_bytes(model)
+    quantize(model, cfg.mode, cfg.group_size)
+    out = Path(cfg.out_dir)
+    save_quantized(model, out)
+    tok = Path(cfg.tokenizer) if cfg.tokenizer else find_tokenizer(cfg.model, src)
+    files = ([tok] if tok.is_file() else [*tok.glob("tokenizer*.json"), *tok.glob("scratchllm_tokenizer.json")]
+             ) if tok else []
+    for f in files:
+        shutil.copy2(f, out / f.name)  # keep the model directory self-contained
+    metrics = {"source": str(src), "mode": cfg.mode, "group_size": cfg.group_size if cfg.mode == "int4" else None,
+               "dense_weight_bytes": before, "quantized_weight_bytes": state_dict_bytes(model),
+               "tokenizer": str(tok) if files else None}
+    return StageResult(outputs={"model": out}, metrics=metrics)

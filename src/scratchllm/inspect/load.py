@@ -8,18 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from scratchllm.errors import ScratchError
-from scratchllm.model.checkpoint import load_pretrained
-from scratchllm.model.paths import require_tokenizer, resolve_model_dir
+from scratchllm.infer.load import load_model as load_any
+from scratchllm.model.paths import require_tokenizer
 from scratchllm.tokenizer import Tokenizer
 
 
 def load_model(path: str | Path) -> Any:
     """The model in eval mode on the CPU, its weights in fp32 (inspection wants exact numbers, not speed)."""
-    model_dir = resolve_model_dir(path)
-    if (model_dir / "quantization.json").is_file():
-        raise ScratchError(f"{model_dir} is a quantized model; inspect needs the full-precision weights",
-                           "pass the model directory that was quantized")
-    return load_pretrained(model_dir).float().eval()
+    return load_any(path, full_precision_for="inspect").float()
 
 
 def find_tokenizer(model_path: str | Path, tokenizer_path: str | Path | None) -> Path:

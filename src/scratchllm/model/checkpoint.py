@@ -52,6 +52,15 @@ def load_pretrained(directory: str | Path, map_location: str | torch.device = "c
     return model.to(map_location)
 
 
+def state_dict_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's state dict: parameters and persistent buffers, each storage counted once (a
+    tied embedding and output head once). What a checkpoint holds and what inference reads; quantized
+    (INT8/INT4, NF4) weights count at their stored size. Caches such as the RoPE tables are not weights
+    and are left out. The one weight count, used by quantize, fine-tuning, the pipeline and the benchmarks."""
+    unique = {(t.data_ptr(), t.numel(), t.dtype): t for t in model.state_dict().values() if t.numel()}
+    return sum(t.numel() * t.element_size() for t in unique.values())
+
+
 def check_vocab(model_vocab: int, tokenizer_vocab: int, model_where: str = "the model",
                 tokenizer_where: str = "the tokenizer") -> None:
     """Refuse a model and tokenizer whose vocabularies differ: the one check, at load time, for every stage.

@@ -37,8 +37,10 @@ from scratchllm.eval.report import write_results
 from scratchllm.eval.runner import EvalSettings, evaluate
 from scratchllm.finetune.run import run as finetune
 from scratchllm.infer.generate import sample
-from scratchllm.infer.quantize import QUANT_FILE, load_model, quantize, save_quantized, weight_bytes
+from scratchllm.infer.load import load_model
+from scratchllm.infer.quantize import QUANT_FILE, quantize, save_quantized
 from scratchllm.io import atomic_write_text
+from scratchllm.model.checkpoint import state_dict_bytes
 from scratchllm.model.hf import export_hf
 from scratchllm.model.model import Transformer
 from scratchllm.pipeline.report import write_report
@@ -393,7 +395,7 @@ def run_quantize(ctx: Context) -> dict[str, Any]:
     src = final_model_dir(ctx)
     tok = load_tokenizer(ctx)
     model = Transformer.from_pretrained(src)
-    dense = weight_bytes(model)
+    dense = state_dict_bytes(model)
     quantize(model, q.mode, q.group_size)
     out = ctx.dir("quantize")
     save_quantized(model, out)
@@ -406,7 +408,7 @@ def run_quantize(ctx: Context) -> dict[str, Any]:
         r = evaluate(ScratchLM(m, tok, name=label, device=_device(ctx)), spec, settings)
         ppl[label] = r["tasks"]["heldout"]["metrics"]["token_perplexity"]
     return {"source": str(src), "path": str(out), "mode": q.mode, "group_size": q.group_size if q.mode == "int4" else None,
-            "dense_weight_bytes": dense, "quantized_weight_bytes": weight_bytes(model),
+            "dense_weight_bytes": dense, "quantized_weight_bytes": state_dict_bytes(model),
             "heldout_ppl_dense": ppl["dense"], "heldout_ppl_quantized": ppl[q.mode]}
 
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from scratchllm.cli import add_config_arguments
+from scratchllm.cli import add_alias, add_config_arguments, config_overrides
 from scratchllm.config import load_config
 from scratchllm.errors import ScratchError
+from scratchllm.infer.config import ChatConfig, GenerateConfig, QuantizeConfig
 from scratchllm.tokenizer.chat import END, encode_chat
 
 DEFAULT_SERVE_CONFIG = "configs/serve/default.toml"
@@ -22,30 +22,37 @@ DEFAULT_SERVE_CONFIG = "configs/serve/default.toml"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     g = subparsers.add_parser("generate", help="continue a prompt, streaming to the terminal",
-                              description="Generate a continuation of --prompt with a model directory (plain, "
-                                          "quantized, or a training run's latest checkpoint).")
-    _add_model_arguments(g)
-    g.add_argument("--prompt", required=True, help="the text to continue ('-' reads standard input)")
-    g.add_argument("--draft", help="a small draft model directory: speculative decoding")
-    g.add_argument("--k", type=int, default=4, help="draft tokens per speculative step (default 4)")
-    _add_sampling_arguments(g, max_new_tokens=128)
+                              description="Generate a continuation of a prompt with a model directory (plain, "
+                                          "quantized, or a training run's latest checkpoint). Settings: "
+                                          "GenerateConfig in scratchllm.infer.config, e.g. model=runs/x "
+                                          "prompt='Once upon' temperature=0.")
+    add_config_arguments(g, None, "temperature=0")
+    _add_model_aliases(g)
+    add_alias(g, "--prompt", key="prompt", help="the text to continue ('-' reads standard input)")
+    add_alias(g, "--draft", key="draft", help="a small draft model directory: speculative decoding")
+    add_alias(g, "--k", key="k", type=int, help="draft tokens per speculative step (default 4)")
+    _add_sampling_aliases(g)
     g.set_defaults(func=cmd_generate)
 
     c = subparsers.add_parser("chat", help="chat interactively with a fine-tuned model",
                               description="Interactive chat using the fine-tuning chat template. Commands: "
-                                          "/reset clears the conversation, /exit (or Ctrl-D) quits.")
-    _add_model_arguments(c)
-    c.add_argument("--system", help="a system message")
-    _add_sampling_arguments(c, max_new_tokens=256, temperature=0.7)
+                                          "/reset clears the conversation, /exit (or Ctrl-D) quits. Settings: "
+                                          "ChatConfig in scratchllm.infer.config, e.g. model=runs/sft system='Be brief'.")
+    add_config_arguments(c, None, "max_new_tokens=64")
+    _add_model_aliases(c)
+    add_alias(c, "--system", key="system", help="a system message")
+    _add_sampling_aliases(c)
     c.set_defaults(func=cmd_chat)
 
     q = subparsers.add_parser("quantize", help="weight-only INT8/INT4 quantization of a model directory",
                               description="Write a quantized copy of a model directory (safetensors, loadable by "
-                                          "generate/chat/serve).")
-    q.add_argument("--model", required=True, help="model directory or training run directory")
-    q.add_argument("--out", required=True, help="output directory")
-    q.add_argument("--mode", choices=("int8", "int4"), default="int8")
-    q.add_argument("--group-size", type=int, default=64, help="int4 group size (32, 64, 128; default 64)")
+                                          "generate/chat/serve/eval). Settings: QuantizeConfig in "
+                                          "scratchllm.infer.config, e.g. model=runs/x out_dir=runs/x-int8.")
+    add_config_arguments(q, None, "mode=int4")
+    add_alias(q, "--model", key="model", help="model directory or training run directory")
+    add_alias(q, "--out", key="out_dir", help="output directory")
+    add_alias(q, "--mode", key="mode", choices=("int8", "int4"), help="int8 (default) or int4")
+    add_alias(q, "--group-size", key="group_size", type=int, help="int4 group size (32, 64, 128; default 64)")
     q.set_defaults(func=cmd_quantize)
 
     s = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions)",
@@ -55,38 +62,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_serve)
 
 
-def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory, fine-tuning run or training run directory")
-    p.add_argument("--tokenizer", help="tokenizer directory or file (default: the one inside the model directory)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the decode step: faster decoding after a compile of 5-20 s (docs/serve.md)")
+def _add_model_aliases(p: argparse.ArgumentParser) -> None:
+    add_alias(p, "--model", key="model", help="model directory, fine-tuning run or training run directory")
+    add_alias(p, "--tokenizer", key="tokenizer", help="tokenizer directory or file (default: found with the model)")
+    add_alias(p, "--device", key="device", help="cpu (default), cuda, cuda:1, mps")
+    add_alias(p, "--compile", key="compile", action="store_true",
+              help="torch.compile the decode step: faster decoding after a compile of 5-20 s (docs/serve.md)")
 
 
-def _add_sampling_arguments(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float = 1.0) -> None:
-    a = p.add_argument_group("sampling")
-    a.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    a.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
-    a.add_argument("--top-k", type=int, default=0)
-    a.add_argument("--top-p", type=float, default=1.0)
-    a.add_argument("--min-p", type=float, default=0.0)
-    a.add_argument("--repetition-penalty", type=float, default=1.0)
-    a.add_argument("--frequency-penalty", type=float, default=0.0)
-    a.add_argument("--presence-penalty", type=float, default=0.0)
-    a.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    a.add_argument("--seed", type=int)
-
-
-def _params(args: argparse.Namespace, stop_token_ids: list[int] | None = None) -> Any:
-    from scratchllm.infer.sampling import SamplingParams
-
-    params = SamplingParams(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        min_p=args.min_p, repetition_penalty=args.repetition_penalty, frequency_penalty=args.frequency_penalty,
-        presence_penalty=args.presence_penalty, stop=list(args.stop), stop_token_ids=stop_token_ids or [],
-        seed=args.seed)
-    params.validate()
-    return params
+def _add_sampling_aliases(p: argparse.ArgumentParser) -> None:
+    a = p.add_argument_group("sampling (flags for the keys of the same names)")
+    add_alias(a, "--max-new-tokens", key="max_new_tokens", type=int)
+    add_alias(a, "--temperature", key="temperature", type=float, help="0 = greedy")
+    add_alias(a, "--top-k", key="top_k", type=int)
+    add_alias(a, "--top-p", key="top_p", type=float)
+    add_alias(a, "--min-p", key="min_p", type=float)
+    add_alias(a, "--repetition-penalty", key="repetition_penalty", type=float)
+    add_alias(a, "--frequency-penalty", key="frequency_penalty", type=float)
+    add_alias(a, "--presence-penalty", key="presence_penalty", type=float)
+    add_alias(a, "--stop", key="stop", action="append", help="stop string (repeatable)")
+    add_alias(a, "--seed", key="seed", type=int)
 
 
 def _print_stream(deltas: Any) -> str:
@@ -101,38 +96,41 @@ def _print_stream(deltas: Any) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from scratchllm.infer.load import load_for_inference
     from scratchllm.infer.generate import stream
+    from scratchllm.infer.load import load_for_inference, load_model
+    from scratchllm.infer.speculative import speculative_stream
 
-    prompt_text = sys.stdin.read() if args.prompt == "-" else args.prompt
-    model, tok = load_for_inference(args.model, args.tokenizer, args.device)
+    cfg = load_config(GenerateConfig, args.config, config_overrides(args))
+    cfg.require_model()
+    if not cfg.prompt:
+        raise ScratchError("no prompt given", "pass prompt=TEXT (or --prompt TEXT; '-' reads standard input)")
+    prompt_text = sys.stdin.read() if cfg.prompt == "-" else cfg.prompt
+    model, tok = load_for_inference(cfg.model, cfg.tokenizer or None, cfg.device)
     prompt = tok.encode(prompt_text)
     if not prompt:
-        raise ScratchError("the prompt is empty", "pass some text with --prompt")
-    params = _params(args)
-    if args.draft:
-        if args.compile:
-            raise ScratchError("--compile does not apply to speculative decoding (--draft)", "drop one of them")
-        from scratchllm.infer.quantize import load_model
-        from scratchllm.model.paths import resolve_model_dir
-        from scratchllm.infer.speculative import speculative_stream
-
-        draft = load_model(resolve_model_dir(args.draft), args.device).eval()
-        deltas = speculative_stream(model, draft, prompt, params, tok, k=args.k)
+        raise ScratchError("the prompt is empty", "pass some text with prompt=TEXT (or --prompt)")
+    params = cfg.sampling_params()
+    if cfg.draft:
+        if cfg.compile:
+            raise ScratchError("compile does not apply to speculative decoding (draft)", "drop one of them")
+        draft = load_model(cfg.draft, cfg.device)
+        deltas = speculative_stream(model, draft, prompt, params, tok, k=cfg.k)
     else:
-        deltas = stream(model, prompt, params, tok, compile=args.compile)
+        deltas = stream(model, prompt, params, tok, compile=cfg.compile)
     sys.stdout.write(prompt_text)
     _print_stream(deltas)
     return 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from scratchllm.infer.load import load_for_inference
     from scratchllm.infer.generate import stream
+    from scratchllm.infer.load import load_for_inference
 
-    model, tok = load_for_inference(args.model, args.tokenizer, args.device)
-    params = _params(args, [tok.token_id(END)])
-    system = [{"role": "system", "content": args.system}] if args.system else []
+    cfg = load_config(ChatConfig, args.config, config_overrides(args))
+    cfg.require_model()
+    model, tok = load_for_inference(cfg.model, cfg.tokenizer or None, cfg.device)
+    params = cfg.sampling_params([tok.token_id(END)])
+    system = [{"role": "system", "content": cfg.system}] if cfg.system else []
     messages = list(system)
     print("chat: /reset clears the conversation, /exit or Ctrl-D quits", file=sys.stderr)
     while True:
@@ -153,30 +151,20 @@ def cmd_chat(args: argparse.Namespace) -> int:
             print("(the conversation fills the context window; /reset to start over)", file=sys.stderr)
             messages.pop()
             continue
-        params.max_new_tokens = min(args.max_new_tokens, room)
+        params.max_new_tokens = min(cfg.max_new_tokens, room)
         sys.stdout.write("assistant> ")
-        reply = _print_stream(stream(model, prompt, params, tok, compile=args.compile))
+        reply = _print_stream(stream(model, prompt, params, tok, compile=cfg.compile))
         messages.append({"role": "assistant", "content": reply})
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from scratchllm.model.paths import resolve_model_dir
-    from scratchllm.infer.quantize import load_model, quantize, save_quantized, weight_bytes
+    from scratchllm.infer.quantize import run as quantize_run
 
-    src = resolve_model_dir(args.model)
-    model = load_model(src)
-    if getattr(model, "quantization", None):
-        raise ScratchError(f"{src} is already quantized", "quantize the original full-precision model")
-    before = weight_bytes(model)
-    quantize(model, args.mode, args.group_size)
-    out = Path(args.out)
-    save_quantized(model, out)
-    from scratchllm.model.paths import find_tokenizer
-
-    tok_dir = find_tokenizer(args.model, src)
-    for f in [*tok_dir.glob("tokenizer*.json"), *tok_dir.glob("scratchllm_tokenizer.json")] if tok_dir else []:
-        shutil.copy2(f, out / f.name)  # keep the model directory self-contained
-    print(f"wrote {out} ({args.mode}): weights {before / 2**20:.2f} MiB -> {weight_bytes(model) / 2**20:.2f} MiB")
+    cfg = load_config(QuantizeConfig, args.config, config_overrides(args))
+    result = quantize_run(cfg)
+    m = result.metrics
+    print(f"wrote {result.outputs['model']} ({m['mode']}): weights {m['dense_weight_bytes'] / 2**20:.2f} MiB -> "
+          f"{m['quantized_weight_bytes'] / 2**20:.2f} MiB")
     return 0
 
 
