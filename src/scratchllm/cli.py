@@ -76,6 +76,8 @@ def add_alias(parser: argparse.ArgumentParser | Any, *flags: str, key: str, help
     ``action="store_true"`` flags set the key to true; ``action="append"`` flags collect a list."""
     if kwargs.get("action") == "store_true":
         kwargs.update(action="store_const", const=True)
+    elif "choices" not in kwargs:
+        kwargs.setdefault("metavar", key.upper())
     parser.add_argument(*flags, dest=_ALIAS + key, default=None, help=f"{help} (same as {key}=...)".lstrip(),
                         **kwargs)
 

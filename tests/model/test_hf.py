@@ -219,3 +219,27 @@ def test_transformers_generate_stops_at_end_of_turn_on_an_exported_chat_model(tm
     pm = peft.PeftModel.from_pretrained(hf, str(tmp_path / "adapter")).eval()
     out = pm.generate(input_ids=ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_id)
     assert out[0, ids.shape[1]:].tolist() == [h, i, special["<|end|>"]]
+
+
+def test_cli_export_takes_a_config_file_overrides_and_the_old_flags(tmp_path, capsys):
+    from scratchllm.cli import main
+    from scratchllm.infer.quantize import quantize, save_quantized
+
+    preset = ["--config", str(PRESETS / "1m.toml"), "n_layers=1", "context_length=32"]
+    assert main(["model", "init", *preset, "--out", str(tmp_path / "ours"), "--seed", "1"]) == 0
+    cfg = tmp_path / "export.toml"
+    cfg.write_text(f'model = "{tmp_path / "ours"}"\nout_dir = "{tmp_path / "unused"}"\n')
+    assert main(["export", "hf", "--config", str(cfg), f"out_dir={tmp_path / 'a'}"]) == 0
+    assert main(["export", "hf", f"model={tmp_path / 'ours'}", "--out", str(tmp_path / "b")]) == 0
+    assert not (tmp_path / "unused").exists()
+    a, b = (tmp_path / "a" / "model.safetensors").read_bytes(), (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert a == b and json.loads((tmp_path / "a" / "config.json").read_text())["model_type"] == "llama"
+    capsys.readouterr()
+    assert main(["export", "hf", str(tmp_path / "ours"), str(tmp_path / "a"), "--out", str(tmp_path / "c")]) == 2
+    assert "more than one model given" in capsys.readouterr().err
+    assert main(["export", "hf", f"model={tmp_path / 'ours'}"]) == 2
+    assert "out_dir" in capsys.readouterr().err
+    q = Transformer.from_pretrained(tmp_path / "ours")
+    save_quantized(quantize(q, "int8"), tmp_path / "q")
+    assert main(["export", "hf", str(tmp_path / "q"), "--out", str(tmp_path / "d")]) == 2
+    assert "is a quantized model; export needs the full-precision weights" in capsys.readouterr().err

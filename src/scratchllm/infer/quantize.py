@@ -28,6 +28,7 @@ from scratchllm.infer.config import QuantizeConfig
 from scratchllm.io import atomic_write_text
 from scratchllm.model.checkpoint import (
     CONFIG_FILE,
+    QUANT_FILE,
     WEIGHTS_FILE,
     load_checked,
     load_pretrained,
@@ -41,7 +42,6 @@ from scratchllm.model.model import Transformer
 from scratchllm.model.paths import find_tokenizer, resolve_model_dir
 from scratchllm.stage import StageResult
 
-QUANT_FILE = "quantization.json"
 MODES = ("int8", "int4")
 
 

@@ -29,6 +29,7 @@ from scratchllm.model.model import ModelConfig, Transformer
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CHECKSUMS_FILE = "checksums.json"
+QUANT_FILE = "quantization.json"  # marks a quantized model directory (scratchllm.infer.quantize writes it)
 
 
 def save_pretrained(model: Transformer, directory: str | Path) -> None:

@@ -24,8 +24,19 @@ import torch
 
 from scratchllm.errors import ScratchError
 from scratchllm.io import atomic_write_text
-from scratchllm.model.checkpoint import load_checked, read_json, read_safetensors, write_safetensors
+from scratchllm.model.checkpoint import (
+    QUANT_FILE,
+    load_checked,
+    load_pretrained,
+    read_json,
+    read_safetensors,
+    write_safetensors,
+)
+from scratchllm.model.config import ExportHFConfig
 from scratchllm.model.model import ModelConfig, Transformer
+from scratchllm.model.paths import find_tokenizer, resolve_model_dir
+from scratchllm.stage import StageResult
+from scratchllm.tokenizer import Tokenizer
 from scratchllm.tokenizer.chat import END
 
 _LAYER_PARTS = {"attn_norm": "input_layernorm", "attn": "self_attn", "mlp_norm": "post_attention_layernorm", "mlp": "mlp"}
@@ -123,6 +134,26 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer: Any | None = N
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir, model_max_length=cfg.context_length)
     return out_dir
+
+
+def run(cfg: ExportHFConfig) -> StageResult:
+    """Export ``cfg.model`` to ``cfg.out_dir`` with its tokenizer: the one body of ``scratchllm export hf``
+    and the pipeline's export_hf stage. Outputs: ``model`` (the export) and ``source`` (the model directory)."""
+    if not cfg.model or cfg.out_dir is None:
+        raise ScratchError("export hf needs a model and an out_dir",
+                           "pass model=DIR out_dir=DIR (or: scratchllm export hf DIR --out DIR)")
+    model_dir = resolve_model_dir(cfg.model)
+    if (model_dir / QUANT_FILE).is_file():
+        raise ScratchError(f"{model_dir} is a quantized model; export needs the full-precision weights",
+                           "pass the model directory that was quantized")
+    model = load_pretrained(model_dir).eval()
+    # The tokenizer found where generate, chat and serve find it (a fine-tuned model/ holds its own):
+    # without it AutoTokenizer cannot load the export.
+    tok_dir = Path(cfg.tokenizer) if cfg.tokenizer else find_tokenizer(cfg.model, model_dir)
+    tokenizer = Tokenizer.load(tok_dir) if tok_dir else None
+    out = export_hf(model, cfg.out_dir, tokenizer)
+    return StageResult(outputs={"model": out, "source": model_dir},
+                       metrics={"tokenizer": str(tok_dir) if tokenizer else None, "parameters": model.num_params()})
 
 
 def _special_id(tokenizer: Any, attr: str) -> int | None:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 
-from scratchllm.tokenizer import Tokenizer
+from scratchllm.cli import add_alias, add_config_arguments, config_overrides, toml_literal
+from scratchllm.config import load_config
+from scratchllm.errors import ScratchError
+from scratchllm.model.config import ExportHFConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,11 +19,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="format", metavar="<format>", required=True)
     e = sub.add_parser("hf", help="write a directory transformers.AutoModelForCausalLM can load offline",
                        description="Write config.json + model.safetensors + the tokenizer (found with the model, "
-                                   "or --tokenizer) "
-                                   "in Hugging Face Llama format.")
-    e.add_argument("model", help="model directory, fine-tuning run or training run directory (its latest checkpoint)")
-    e.add_argument("--out", required=True, help="output directory")
-    e.add_argument("--tokenizer", help="tokenizer to include (default: the one found with the model, as generate does)")
+                                   "or tokenizer=DIR) in Hugging Face Llama format. Settings: ExportHFConfig in "
+                                   "scratchllm.model.config, e.g. model=runs/sft out_dir=runs/sft-hf; the model "
+                                   "may also come first, as before: export hf runs/sft --out runs/sft-hf.")
+    add_config_arguments(e, None, "out_dir=runs/export-hf")
+    add_alias(e, "--out", key="out_dir", help="output directory")
+    add_alias(e, "--tokenizer", key="tokenizer",
+              help="tokenizer to include (default: the one found with the model, as generate does)")
     e.set_defaults(func=cmd_export_hf)
 
     p = subparsers.add_parser("import", help="import a model from another format (hf: Hugging Face Llama)",
@@ -35,21 +40,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_export_hf(args: argparse.Namespace) -> int:
-    from scratchllm.model.hf import export_hf
-    from scratchllm.model.model import Transformer
-    from scratchllm.model.paths import find_tokenizer, resolve_model_dir
+    from scratchllm.model.hf import run
 
-    model_dir = resolve_model_dir(args.model)
-    model = Transformer.from_pretrained(model_dir)
-    # The tokenizer found where generate, chat and serve find it (a fine-tuned model/ holds its own):
-    # without it AutoTokenizer cannot load the export.
-    tok_dir = args.tokenizer or find_tokenizer(args.model, model_dir)
-    tokenizer = None
-    if tok_dir:
-        tokenizer = Tokenizer.load(tok_dir)
-    export_hf(model, args.out, tokenizer)
-    print(f"exported {model_dir} to {args.out} (Hugging Face LlamaForCausalLM"
-          f"{f', with the tokenizer from {tok_dir}' if tokenizer else ', no tokenizer found: pass --tokenizer'})")
+    # `export hf DIR ...`: a first argument that is no key=value names the model, as before the config.
+    paths = [item for item in args.overrides if "=" not in item]
+    if len(paths) > 1:
+        raise ScratchError(f"more than one model given: {', '.join(paths)}", "name one model directory")
+    args.overrides = [f"model={toml_literal(p)}" for p in paths] + [i for i in args.overrides if "=" in i]
+    result = run(load_config(ExportHFConfig, args.config, config_overrides(args)))
+    tok = result.metrics["tokenizer"]
+    print(f"exported {result.outputs['source']} to {result.outputs['model']} (Hugging Face LlamaForCausalLM"
+          f"{f', with the tokenizer from {tok}' if tok else ', no tokenizer found: pass tokenizer=DIR'})")
     return 0
 
 
