@@ -169,7 +169,10 @@ def test_help_example_override_is_valid_for_every_command():
     from scratchllm.align.config import ConstitutionalConfig, DPOConfig, GRPOConfig, PPOConfig, RewardConfig, RLOOConfig
     from scratchllm.cli import build_parser
     from scratchllm.data.config import DataConfig
+    from scratchllm.eval.config import EvalConfig
     from scratchllm.finetune.config import FinetuneConfig
+    from scratchllm.infer.config import ChatConfig, GenerateConfig, QuantizeConfig
+    from scratchllm.model.config import ExportHFConfig
     from scratchllm.model.model import ModelConfig
     from scratchllm.pipeline.config import PipelineConfig
     from scratchllm.serve.config import ServeConfig
@@ -181,7 +184,8 @@ def test_help_example_override_is_valid_for_every_command():
                "align dpo": DPOConfig, "align reward": RewardConfig, "align ppo": PPOConfig,
                "align grpo": GRPOConfig, "align rloo": RLOOConfig,
                "align constitutional": ConstitutionalConfig, "align compare": CompareConfig, "serve": ServeConfig,
-               "pipeline": PipelineConfig}
+               "pipeline": PipelineConfig, "eval": EvalConfig, "generate": GenerateConfig, "chat": ChatConfig,
+               "quantize": QuantizeConfig, "export hf": ExportHFConfig}
     seen = {}
 
     def walk(parser, prefix):

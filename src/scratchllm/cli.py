@@ -99,6 +99,8 @@ def toml_literal(value: Any) -> str:
         return repr(value)  # inf and nan are TOML too
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_literal(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_literal(v)}" for k, v in value.items()) + "}"
     return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a TOML basic string
 
 

@@ -189,7 +189,7 @@ def test_cli_lists_tasks(capsys):
 def test_baselines_fit_on_a_prepared_data_folder(tmp_path, model_dirs, lm):
     """--baseline-text DATA_DIR: the n-gram baselines see your corpus (its train split), not the embedded one."""
     from scratchllm.corpus.shards import iter_documents
-    from scratchllm.eval.cli import _baseline_loader
+    from scratchllm.eval.run import baseline_loader
 
     root = Path(__file__).resolve().parents[2]
     data = tmp_path / "data"
@@ -197,6 +197,45 @@ def test_baselines_fit_on_a_prepared_data_folder(tmp_path, model_dirs, lm):
                  f"out_dir={data}", f"tokenizer={model_dirs['ours']}",
                  'sources=[{kind="synthetic", generators=["arithmetic"], count=40, domain="synthetic"}]',
                  "mix.weights={synthetic=1.0}"]) == 0
-    texts = _baseline_loader([str(data)], lm)()
+    texts = baseline_loader([str(data)], lm)()
     assert len(texts) == sum(1 for _ in iter_documents(data, "train")) > 0
     assert all(any(ch.isdigit() for ch in t) for t in texts)  # arithmetic problems, not the embedded prose
+
+
+def test_cli_takes_a_config_file_overrides_and_the_old_flags(tmp_path, model_dirs, capsys):
+    """--config FILE + key=value runs what the flags run; the flags are aliases of EvalConfig's keys."""
+    cfg = tmp_path / "eval.toml"
+    cfg.write_text(f'tasks = ["mmlu", "arc"]\nmodel = "{model_dirs["ours"]}"\nlimit = 50\nbaselines = []\n')
+    assert main(["eval", "--config", str(cfg), "limit=2", f"out_dir={tmp_path / 'a'}", "--no-progress"]) == 0
+    assert main(["eval", "--tasks", "mmlu,arc", "--model", str(model_dirs["ours"]), "--limit", "2",
+                 "--baselines", "none", "--out", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("a", "b"))
+    assert a["tasks"] == b["tasks"] and a["tasks"]["mmlu"]["n"] == 2 and a["settings"] == b["settings"]
+    # a flag wins over the same key=value; the output of the command is unchanged
+    assert main(["eval", "--config", str(cfg), "--limit", "3", "limit=2", f"out_dir={tmp_path / 'c'}"]) == 0
+    assert json.loads((tmp_path / "c" / "results.json").read_text())["tasks"]["mmlu"]["n"] == 3
+    assert re.search(r"mmlu  acc  \d\.\d{4}", capsys.readouterr().out)
+    assert main(["eval", "--config", str(cfg), "limt=2"]) == 2
+    assert "unknown config key 'limt'" in capsys.readouterr().err
+
+
+def test_shipped_preset_held_out_data_and_generations(tmp_path, model_dirs, capsys):
+    """--config eval/quick from any folder; heldout_data scores a prepared folder's val split; generations."""
+    from scratchllm.corpus.shards import iter_documents
+
+    root = Path(__file__).resolve().parents[2]
+    data = tmp_path / "data"
+    assert main(["data", "prepare", "--config", str(root / "configs/data/tiny.toml"), "--no-progress",
+                 f"out_dir={data}", f"tokenizer={model_dirs['ours']}", "val_fraction=0.2",
+                 'sources=[{kind="synthetic", generators=["arithmetic"], count=40, domain="synthetic"}]',
+                 "mix.weights={synthetic=1.0}"]) == 0
+    out = tmp_path / "out"
+    assert main(["eval", "--config", "eval/quick", f"model={model_dirs['ours']}", "limit=2", "baselines=[]",
+                 f"heldout_data={data}", "heldout_documents=1", f"out_dir={out}",
+                 'generations.prompts=["The ", "def "]', "generations.max_tokens=4"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["tasks"]) == ["heldout", "ppl", "mmlu", "hellaswag", "arc"]
+    val = sum(1 for _, ids in iter_documents(data, "val") if len(ids))
+    assert res["tasks"]["heldout"]["n"] == 1 < val  # heldout_documents, of the val split
+    gens = json.loads((out / "generations.json").read_text())
+    assert [g["prompt"] for g in gens] == ["The ", "def "] and all(g["format"] == "text" for g in gens)
