@@ -121,3 +121,25 @@ def test_weights_for_a_domain_no_source_gives_fail_before_anything_runs():
     # Only prose from files, while the preset's weights still ask for code: refused at load time.
     with pytest.raises(ScratchError, match="no source produces domain 'code'"):
         load_config(PipelineConfig, ROOT / "configs/pipeline/cpu-demo.toml", [f"data.sources={MY_FILES}"])
+
+
+def test_eval_and_quantize_tables_are_the_commands_configs(tmp_path):
+    """[eval] is scratchllm eval's EvalConfig and [quantize] scratchllm quantize's QuantizeConfig: presets,
+    keys and types as in the commands, the run's paths set by the pipeline."""
+    from scratchllm.eval.config import EvalConfig
+    from scratchllm.infer.config import QuantizeConfig
+
+    cfg = load_config(PipelineConfig, "configs/pipeline/micro.toml",
+                      [f"run_dir={tmp_path}", 'eval.preset="eval/quick"', "eval.limit=7", "quantize.mode=int4"])
+    e, q = cfg.eval_config(), cfg.quantize_config()
+    assert isinstance(e, EvalConfig) and isinstance(q, QuantizeConfig)
+    assert e.tasks == ["ppl", "mc"] and e.limit == 7  # the preset under the table
+    assert e.generations.prompts == ["The ", "What is 2+3?"] and e.generations.system  # the pipeline's defaults under
+    assert e.tokenizer == str(tmp_path / "tokenizer") and e.baseline_text == [str(tmp_path / "data")]
+    assert q.out_dir == tmp_path / "quantize" and q.mode == "int4"
+    for override, message in [("eval.sample_prompts=['x']", "[eval] sample_prompts is now generations.prompts"),
+                              ("eval.limt=3", "[eval] unknown config key 'limt'"),
+                              ("quantize.mode=int5", "[quantize] config key 'mode' must be one of")]:
+        with pytest.raises(ScratchError) as err:
+            load_config(PipelineConfig, "configs/pipeline/micro.toml", [f"run_dir={tmp_path}", override])
+        assert message in err.value.message

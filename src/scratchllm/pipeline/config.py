@@ -10,8 +10,9 @@ and overwritten. Unknown keys and wrong types fail before anything runs, naming 
     [data]       preset = "configs/data/default.toml"        (DataConfig)
     [pretrain]   preset = "configs/train/cpu-tiny.toml"      (TrainConfig)
     [sft] [dpo]  the fine-tuning and alignment stages' configs
-    [eval]       held-out perplexity vs n-gram baselines, built-in tasks, sample generations
-    [quantize] [export_hf] [serve] [report]
+    [eval]       EvalConfig (scratchllm eval): held-out perplexity vs n-gram baselines, tasks, generations
+    [quantize]   QuantizeConfig (scratchllm quantize)
+    [export_hf] [serve] [report]
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from scratchllm.align.config import DPOConfig
-from scratchllm.config import apply_preset, from_dict, set_dotted, to_dict
+from scratchllm.config import apply_preset, from_dict, merge_tables, set_dotted, to_dict
 from scratchllm.data.config import DataConfig
 from scratchllm.errors import ScratchError
+from scratchllm.eval.config import EvalConfig
 from scratchllm.finetune.config import FinetuneConfig
+from scratchllm.infer.config import QuantizeConfig
 from scratchllm.model.model import ModelConfig
 from scratchllm.pipeline import STAGE_NAMES
 from scratchllm.tokenizer.config import TokenizerTrainConfig
@@ -48,42 +51,23 @@ class AblationConfig:
 
 
 @dataclass
-class EvalStageConfig:
-    heldout_documents: int = 200  # val-split documents scored for held-out perplexity (0: all)
-    baseline_train_tokens: int = 2_000_000  # train-split tokens the n-gram baselines are fit on (0: all)
-    baselines: list[str] = field(default_factory=lambda: ["unigram", "bigram", "kneser_ney"])
-    tasks: list[str] = field(default_factory=list)  # built-in `scratchllm eval` tasks, e.g. ["ppl", "arc"]
-    limit: int | None = None  # examples per built-in task
-    batch_size: int = 16
-    # Sample generations of every model (before/after SFT and DPO). Plain prompts for the base model
-    # (sampled), the same prompts as a user turn after chat_system for the chat models (greedy, as
-    # the fine-tuning stages measure their accuracy).
-    sample_prompts: list[str] = field(default_factory=lambda: ["The ", "def ", "What is 37 + 50?"])
-    chat_system: str = "You are a helpful assistant. Answer with the answer only."  # "" for none
-    sample_tokens: int = 48
-    temperature: float = 0.8
-    top_k: int = 50
-
-    def validate(self) -> None:
-        if self.heldout_documents < 0 or self.baseline_train_tokens < 0 or self.batch_size < 1:
-            raise ScratchError("eval: heldout_documents and baseline_train_tokens must be >= 0, batch_size >= 1")
-
-
-@dataclass
-class QuantizeStageConfig:
-    mode: str = "int8"  # "int8" (per output channel) or "int4" (per group of group_size inputs)
-    group_size: int = 64
-
-    def validate(self) -> None:
-        if self.mode not in ("int8", "int4"):
-            raise ScratchError(f"quantize.mode must be 'int8' or 'int4', got {self.mode!r}")
-        if self.group_size < 2:
-            raise ScratchError(f"quantize.group_size must be >= 2, got {self.group_size}")
-
-
-@dataclass
 class ExportHFStageConfig:
+    """The export itself is `scratchllm export hf` (ExportHFConfig: paths only, set by the pipeline); this
+    is the pipeline's check of it."""
+
     check_with_transformers: bool = True  # load the export with transformers and compare its logits with ours
+
+
+# The pipeline's eval stage starts from these (under the [eval] table): sample generations of every
+# model, plain prompts for the base model (sampled), the same prompts as a user turn after a system
+# message for the chat models (greedy, as the fine-tuning stages measure their accuracy).
+EVAL_DEFAULTS: dict[str, Any] = {"generations": {
+    "prompts": ["The ", "def ", "What is 37 + 50?"],
+    "system": "You are a helpful assistant. Answer with the answer only.",
+}}
+# [eval] keys of the pipeline's own eval config before it became EvalConfig: where they went.
+_MOVED_EVAL_KEYS = {"sample_prompts": "generations.prompts", "chat_system": "generations.system",
+                    "sample_tokens": "generations.max_tokens", "top_k": "generations.top_k"}
 
 
 @dataclass
@@ -125,8 +109,8 @@ class PipelineConfig:
     # The alignment methods compared (align/compare.py): off by default, so the demo's time does not change.
     compare_alignment: bool = False
     align_compare: dict[str, Any] = field(default_factory=dict)  # a CompareConfig table (preset: configs/align/compare.toml)
-    eval: EvalStageConfig = field(default_factory=EvalStageConfig)
-    quantize: QuantizeStageConfig = field(default_factory=QuantizeStageConfig)
+    eval: dict[str, Any] = field(default_factory=dict)  # EvalConfig (scratchllm eval)
+    quantize: dict[str, Any] = field(default_factory=dict)  # QuantizeConfig (scratchllm quantize)
     export_hf: ExportHFStageConfig = field(default_factory=ExportHFStageConfig)
     serve: ServeCheckConfig = field(default_factory=ServeCheckConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -141,6 +125,7 @@ class PipelineConfig:
             raise ScratchError(f"device must be auto, cpu or cuda, got {self.device!r}")
         # Resolve the tables of the stages that exist today so a typo fails before hours of training.
         self.tokenizer_config(), self.data_config(), self.train_config(), self.sft_config(), self.dpo_config()
+        self.eval_config(), self.quantize_config()
         if self.compare_alignment:
             self.align_compare_config()
 
@@ -214,6 +199,25 @@ class PipelineConfig:
             paths["data.system_prompt"] = self.sft_config().data.system_prompt  # as the SFT stage prompted
         return self._training("align_compare", CompareConfig, table, paths)
 
+    def eval_config(self) -> EvalConfig:
+        """The eval stage's EvalConfig with the run's paths; the stage fills in each model's own
+        (model, name, out_dir, the held-out task) and fits the baselines with the first model only."""
+        moved = [k for k in _MOVED_EVAL_KEYS if k in self.eval]
+        if moved:
+            raise ScratchError(f"[eval] {moved[0]} is now {_MOVED_EVAL_KEYS[moved[0]]} (the eval stage's config is "
+                               "scratchllm eval's EvalConfig)", f"write eval.{_MOVED_EVAL_KEYS[moved[0]]} instead")
+        r = self.run_dir
+        forced = {"tokenizer": str(r / "tokenizer"), "baseline_text": [str(r / "data")], "heldout_data": "",
+                  "seed": self.seed}
+        table = merge_tables(EVAL_DEFAULTS, merged(self.eval, None, EvalConfig), EvalConfig)  # defaults < preset
+        return _section("eval", EvalConfig, merged(table, forced, EvalConfig))
+
+    def quantize_config(self) -> QuantizeConfig:
+        """The quantize stage's QuantizeConfig; the stage sets ``model`` (the last trained model)."""
+        r = self.run_dir
+        forced = {"out_dir": str(r / "quantize"), "tokenizer": str(r / "tokenizer")}
+        return _section("quantize", QuantizeConfig, merged(self.quantize, forced, QuantizeConfig))
+
 
 def merged(table: dict[str, Any], forced: dict[str, Any] | None = None, cls: type | None = None) -> dict[str, Any]:
     """A stage table with its ``preset`` file underneath (config.apply_preset, the one merge every
@@ -241,8 +245,8 @@ def stage_tables(cfg: PipelineConfig) -> dict[str, Any]:
         "sft": to_dict(cfg.sft_config()),
         "dpo": to_dict(cfg.dpo_config()),
         "align_compare": to_dict(cfg.align_compare_config()) if cfg.compare_alignment else {"enabled": False},
-        "eval": to_dict(cfg.eval),
-        "quantize": to_dict(cfg.quantize),
+        "eval": to_dict(cfg.eval_config()),
+        "quantize": to_dict(cfg.quantize_config()),
         "export_hf": to_dict(cfg.export_hf),
         "serve": to_dict(cfg.serve),
         "report": to_dict(cfg.report),

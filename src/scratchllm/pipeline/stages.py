@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,26 +30,24 @@ import torch
 from scratchllm.align.compare import run as compare_run
 from scratchllm.align.run import run_dpo as align_dpo
 from scratchllm.config import parse_override
-from scratchllm.corpus.shards import iter_documents, verify as verify_shards
+from scratchllm.corpus.shards import verify as verify_shards
 from scratchllm.data.prepare import run as prepare_data
 from scratchllm.errors import ScratchError
-from scratchllm.eval.lm import ScratchLM
-from scratchllm.eval.report import write_results
-from scratchllm.eval.runner import EvalSettings, evaluate
+from scratchllm.eval.config import GenerationsConfig
+from scratchllm.eval.run import run as eval_run
+from scratchllm.eval.run import write_heldout_task
 from scratchllm.finetune.run import run as finetune
-from scratchllm.infer.generate import sample
 from scratchllm.infer.load import load_model
-from scratchllm.infer.quantize import QUANT_FILE, quantize, save_quantized
+from scratchllm.infer.quantize import QUANT_FILE
+from scratchllm.infer.quantize import run as quantize_run
 from scratchllm.io import atomic_write_text
-from scratchllm.model.checkpoint import state_dict_bytes
-from scratchllm.model.hf import export_hf
+from scratchllm.model.config import ExportHFConfig
+from scratchllm.model.hf import run as export_run
 from scratchllm.model.model import Transformer
 from scratchllm.pipeline.report import write_report
 from scratchllm.pipeline.runner import Context, Stage, StageInterrupted
 from scratchllm.stage import StageResult
-from scratchllm.tasks.specs import resolve_tasks
 from scratchllm.tokenizer import Tokenizer
-from scratchllm.tokenizer.chat import END, encode_chat
 from scratchllm.tokenizer.run import run as train_tokenizer
 from scratchllm.train.checkpoint import latest_checkpoint, read_json, verify_checkpoint
 from scratchllm.train.pretrain import run as pretrain
@@ -247,99 +246,40 @@ def verify_align_compare(ctx: Context) -> None:
 
 
 def heldout_task(ctx: Context) -> Path:
-    """Write the val split's documents as a perplexity task (``scratchllm eval --tasks <it>`` reruns it)."""
-    tok = load_tokenizer(ctx)
-    limit = ctx.cfg.eval.heldout_documents
-    lines = []
-    for _, ids in iter_documents(ctx.dir("data"), "val"):
-        ids = [int(i) for i in ids if int(i) != tok.eos_id]
-        if ids:
-            lines.append(json.dumps({"text": tok.decode(ids)}))
-        if limit and len(lines) >= limit:
-            break
-    if not lines:
-        raise ScratchError("the data has no val documents for held-out perplexity", "set data.val_fraction > 0")
-    out = ctx.dir("eval") / "heldout"
-    atomic_write_text(out / "data.jsonl", "\n".join(lines) + "\n")
-    atomic_write_text(out / "task.toml", (
-        'name = "heldout"\ntype = "perplexity"\n'
-        f'description = "Held-out perplexity on {len(lines)} documents of this run\'s val split"\n'
-        'data = "data.jsonl"\ntext = "text"\n'))
-    return out / "task.toml"
-
-
-def baseline_texts(ctx: Context) -> list[str]:
-    """The train split's documents (up to eval.baseline_train_tokens): what the n-gram baselines fit."""
-    tok = load_tokenizer(ctx)
-    budget = ctx.cfg.eval.baseline_train_tokens
-    texts, n = [], 0
-    for _, ids in iter_documents(ctx.dir("data"), "train"):
-        ids = [int(i) for i in ids if int(i) != tok.eos_id]
-        texts.append(tok.decode(ids))
-        n += len(ids)
-        if budget and n >= budget:
-            break
-    return texts
+    """The val split's documents as a perplexity task, run_dir/eval/heldout (``scratchllm eval --tasks <it>``
+    reruns it); scored by eval and by quantize (which writes it too when eval is left out)."""
+    return write_heldout_task(ctx.dir("data"), ctx.dir("eval") / "heldout", ctx.cfg.eval_config().heldout_documents,
+                              load_tokenizer(ctx))
 
 
 def run_eval(ctx: Context) -> dict[str, Any]:
-    e = ctx.cfg.eval
-    tok = load_tokenizer(ctx)
-    device = _device(ctx)
-    specs = resolve_tasks([str(heldout_task(ctx)), *e.tasks])
-    train_texts: list[str] | None = None
-
-    def baseline_documents() -> list[str]:
-        nonlocal train_texts
-        if train_texts is None:
-            train_texts = baseline_texts(ctx)
-        return train_texts
-
+    """``scratchllm eval`` (eval.run) on every trained model with the run's paths; a summary across them."""
+    e = replace(ctx.cfg.eval_config(), device=_device(ctx))
+    tasks = [str(heldout_task(ctx)), *e.tasks]
     summary: dict[str, Any] = {"models": {}, "baselines": {}, "samples": {}}
     for i, (label, model_dir) in enumerate(trained_models(ctx)):
-        model = Transformer.from_pretrained(model_dir)
-        lm = ScratchLM(model, tok, name=label, device=device)
         # The baselines do not depend on the model: fit and score them once, with the first.
-        settings = EvalSettings(limit=e.limit, batch_size=e.batch_size, baselines=e.baselines if i == 0 else [],
-                                baseline_documents=baseline_documents, seed=ctx.cfg.seed)
-        results = evaluate(lm, specs, settings, on_task=lambda name, lbl=label: ctx.log(f"eval {lbl}: {name}"))
-        results = {"model": {"name": label, "path": str(model_dir), **lm.info}, **results}
-        write_results(results, ctx.dir("eval") / label)
+        cfg = replace(e, model=str(model_dir), name=label, out_dir=ctx.dir("eval") / label, tasks=tasks,
+                      baselines=e.baselines if i == 0 else [],
+                      generations=replace(e.generations, chat=label != "pretrain"))
+        result = eval_run(cfg, log=lambda msg, lbl=label: ctx.log(f"eval {lbl}: {msg}"))
+        results = json.loads(result.outputs["results"].read_text(encoding="utf-8"))
         held = results["tasks"]["heldout"]
         summary["models"][label] = {
-            "path": str(model_dir), "parameters": lm.info["parameters"],
-            "tasks": {name: r["metrics"] for name, r in results["tasks"].items()},
+            "path": str(model_dir), "parameters": results["model"]["parameters"],
+            "tasks": result.metrics["tasks"],
         }
         if i == 0:
             summary["baselines"] = {k: v for k, v in held.get("baselines", {}).items() if not k.startswith("_")}
             summary["baseline_train_tokens"] = held.get("baselines", {}).get("_train_tokens")
             summary["heldout"] = {"documents": held["n"], "tokens": held["tokens"], "bytes": held["bytes"]}
-        summary["samples"][label] = sample_generations(model, tok, label, e, device, ctx.cfg.seed)
+        gens = result.outputs.get("generations")
+        summary["samples"][label] = json.loads(gens.read_text(encoding="utf-8")) if gens else []
     ppl = {k: v["tasks"]["heldout"]["token_perplexity"] for k, v in summary["models"].items()}
     base = {k: v["token_perplexity"] for k, v in summary["baselines"].items()}
     summary["beats_baselines"] = {m: all(p < b for b in base.values()) if base else None for m, p in ppl.items()}
-
     atomic_write_text(ctx.dir("eval") / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
     return {"heldout_ppl": ppl, "baseline_ppl": base, "beats_baselines": summary["beats_baselines"]}
-
-
-def sample_generations(model: Any, tok: Any, label: str, e: Any, device: str, seed: int) -> list[dict[str, str]]:
-    """Continuations of the sample prompts: plain text for the base model, a user turn for chat models."""
-    chat = label != "pretrain"
-    model = model.to(device).eval()
-    prompts = []
-    for prompt in e.sample_prompts:
-        if chat:
-            system = [{"role": "system", "content": e.chat_system}] if e.chat_system else []
-            ids, _ = encode_chat(tok, [*system, {"role": "user", "content": prompt}], add_generation_prompt=True)
-        else:
-            ids = tok.encode(prompt) or [tok.eos_id]
-        prompts.append(ids)
-    # chat: greedy (top-k 1), stopping at the end of the turn; text: sampled, stopping at <|eos|>
-    stop, top_k = (tok.special_tokens.get(END), 1) if chat else (tok.eos_id, e.top_k)
-    news = sample(model, prompts, e.sample_tokens, e.temperature, top_k, seed, stop)
-    return [{"prompt": p, "format": "chat" if chat else "text", "completion": tok.decode(new)}
-            for p, new in zip(e.sample_prompts, news, strict=True)]
 
 
 def verify_eval(ctx: Context) -> None:
@@ -357,9 +297,11 @@ def verify_eval(ctx: Context) -> None:
 
 
 def run_export_hf(ctx: Context) -> dict[str, Any]:
+    """``scratchllm export hf`` (model.hf.run) on the final model, then checked the way a user would load it."""
     src = final_model_dir(ctx)
-    model = Transformer.from_pretrained(src).eval()
-    out = export_hf(model, ctx.dir("export_hf"), load_tokenizer(ctx))
+    exported = export_run(ExportHFConfig(model=str(src), tokenizer=str(ctx.dir("tokenizer")),
+                                         out_dir=ctx.dir("export_hf")))
+    out = exported.outputs["model"]
     result: dict[str, Any] = {"source": str(src), "path": str(out)}
     if not ctx.cfg.export_hf.check_with_transformers:
         return result
@@ -370,6 +312,7 @@ def run_export_hf(ctx: Context) -> dict[str, Any]:
         ctx.log("export_hf: transformers is not installed; the export is written but not checked with it")
         return {**result, "checked_with_transformers": False}
 
+    model = Transformer.from_pretrained(src).eval()
     hf = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
     hf_tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
     ids = torch.tensor([hf_tok("def main():\n    return 42")["input_ids"]])
@@ -390,25 +333,22 @@ def verify_export_hf(ctx: Context) -> None:
 
 
 def run_quantize(ctx: Context) -> dict[str, Any]:
-    """Quantize the final model's linears (INT8 per channel / INT4 per group); score it on the held-out set."""
-    q = ctx.cfg.quantize
+    """``scratchllm quantize`` (infer.quantize.run) on the final model; then held-out perplexity of the
+    reloaded quantized model next to the model it came from (``scratchllm eval``, the held-out task only)."""
     src = final_model_dir(ctx)
-    tok = load_tokenizer(ctx)
-    model = Transformer.from_pretrained(src)
-    dense = state_dict_bytes(model)
-    quantize(model, q.mode, q.group_size)
-    out = ctx.dir("quantize")
-    save_quantized(model, out)
-    tok.save_pretrained(out)
-    # Held-out perplexity of the reloaded quantized model next to the model it came from.
-    spec = resolve_tasks([str(heldout_task(ctx))])  # the same task eval scores (written here too if eval is skipped)
-    settings = EvalSettings(batch_size=ctx.cfg.eval.batch_size, baselines=[])
+    q = replace(ctx.cfg.quantize_config(), model=str(src))
+    result = quantize_run(q)
+    out = result.outputs["model"]
+    task = heldout_task(ctx)  # the task eval scores (written here too if eval is left out)
+    e = ctx.cfg.eval_config()
     ppl = {}
-    for label, m in (("dense", Transformer.from_pretrained(src)), (q.mode, load_model(out))):
-        r = evaluate(ScratchLM(m, tok, name=label, device=_device(ctx)), spec, settings)
-        ppl[label] = r["tasks"]["heldout"]["metrics"]["token_perplexity"]
-    return {"source": str(src), "path": str(out), "mode": q.mode, "group_size": q.group_size if q.mode == "int4" else None,
-            "dense_weight_bytes": dense, "quantized_weight_bytes": state_dict_bytes(model),
+    for label, model in (("dense", src), (q.mode, out)):
+        cfg = replace(e, model=str(model), name=label, out_dir=out / "eval" / label, tasks=[str(task)], limit=None,
+                      baselines=[], device=_device(ctx), generations=GenerationsConfig())
+        ppl[label] = eval_run(cfg, log=ctx.log).metrics["tasks"]["heldout"]["token_perplexity"]
+    m = result.metrics
+    return {"source": str(src), "path": str(out), "mode": q.mode, "group_size": m["group_size"],
+            "dense_weight_bytes": m["dense_weight_bytes"], "quantized_weight_bytes": m["quantized_weight_bytes"],
             "heldout_ppl_dense": ppl["dense"], "heldout_ppl_quantized": ppl[q.mode]}
 
 
