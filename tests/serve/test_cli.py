@@ -187,7 +187,8 @@ def test_generate_chat_quantize_take_a_config_file_and_overrides(model_dir, tmp_
     assert capsys.readouterr().out.count("assistant> ") == 1
 
 
-@pytest.mark.parametrize("command", [["generate"], ["chat"], ["quantize"], ["eval"], ["export", "hf"]])
+@pytest.mark.parametrize("command", [["generate"], ["chat"], ["quantize"], ["eval"], ["export", "hf"], ["serve"],
+                                     ["train"], ["pipeline"], ["model", "info"]])
 def test_missing_config_file_is_the_same_error_everywhere(command, tmp_path, capsys):
     assert main([*command, "--config", str(tmp_path / "nope.toml")]) == 2
     err = capsys.readouterr().err
