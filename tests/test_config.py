@@ -212,3 +212,22 @@ def test_to_toml_writes_lists_of_tables_back_readably():
 
     obj = WithSources(sources=[{"kind": "files", "paths": ["a b/", 'q"uote']}, {"kind": "embedded", "odd key": "x"}])
     assert tomllib.loads(to_toml(obj)) == {"sources": obj.sources}
+
+
+def test_alias_flags_become_overrides_that_parse_back_to_their_values():
+    """A flag kept as an alias (cli.add_alias) is written as key=<TOML literal>: any value survives the trip."""
+    import argparse
+
+    from scratchllm.cli import add_alias, config_overrides, toml_literal
+
+    for value in ['a "quoted" \\ back\nslash', "héllo 😀", "", 1e-5, float("inf"), -3, True, False,
+                  ["x", "y=1"], [1, 10], {"gsm8k": "~/d.jsonl", "odd key": "v"}]:
+        assert parse_override("k=" + toml_literal(value)) == ("k", value)
+    p = argparse.ArgumentParser()
+    p.add_argument("overrides", nargs="*")
+    add_alias(p, "--out", key="out_dir")
+    add_alias(p, "--stop", key="stop", action="append")
+    add_alias(p, "--chat", key="chat", action="store_true")
+    args = p.parse_args(["limit=2", "--out", "runs/a b", "--stop", "\n", "--stop", "END", "--chat"])
+    assert config_overrides(args) == ["limit=2", 'out_dir="runs/a b"', 'stop=["\\n", "END"]', "chat=true"]
+    assert config_overrides(p.parse_args(["limit=2"])) == ["limit=2"]  # flags not given add nothing
