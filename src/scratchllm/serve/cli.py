@@ -112,7 +112,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     params = cfg.sampling_params()
     if cfg.draft:
         if cfg.compile:
-            raise ScratchError("compile does not apply to speculative decoding (draft)", "drop one of them")
+            raise ScratchError("--compile (compile=true) does not apply to speculative decoding (--draft)",
+                              "drop one of them")
         draft = load_model(cfg.draft, cfg.device)
         deltas = speculative_stream(model, draft, prompt, params, tok, k=cfg.k)
     else:
