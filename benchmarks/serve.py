@@ -185,21 +185,26 @@ def server(args: argparse.Namespace, model: str, src: Path, max_clients: int) ->
         cwd=src, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the server of {src} did not start")
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        wait_until_up(proc, url + "/ready", 120, 0.2, f"the server of {src} did not start")
         SERVER_PIDS[url] = proc.pid
         yield url
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def wait_until_up(proc: subprocess.Popen, url: str, timeout_s: float, poll_s: float, failure: str) -> None:
+    """Poll ``url`` until it answers 200; stop with ``failure`` if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(failure)
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(poll_s)
 
 
 @contextlib.contextmanager
@@ -225,17 +230,8 @@ def vllm_server(args: argparse.Namespace, model: str, tmp: Path) -> Any:
          "--port", str(port), "--dtype", "float32", "--max-model-len", "256", "--served-model-name", "bench"],
         cwd=cache, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + args.peer_start_s  # it compiles at start-up: minutes on a busy machine
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"vLLM did not start; its log: {log.name}")
-            try:
-                if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
+    try:  # vLLM compiles at start-up: minutes on a busy machine
+        wait_until_up(proc, url + "/v1/models", args.peer_start_s, 1.0, f"vLLM did not start; its log: {log.name}")
         SERVER_PIDS[url] = proc.pid
         yield url
     finally:
