@@ -8,7 +8,6 @@ for this one forward pass: they are the numbers the model computes, not a re-imp
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,10 @@ import torch
 
 from scratchllm.errors import ScratchError
 from scratchllm.inspect import report
+from scratchllm.inspect.config import DEFAULT_SENTENCE, AttentionConfig  # noqa: F401 - importable here too
 from scratchllm.inspect.load import load_model_and_tokenizer
-
-DEFAULT_SENTENCE = "The cat sat on the mat. The cat sat on the mat."
-
-
-@dataclass
-class AttentionConfig:
-    model: str
-    tokenizer: str | None = None
-    out: str = "inspect/attention"
-    sentence: str = DEFAULT_SENTENCE
-    bos: bool = False  # prepend <|bos|> (as chat prompts and documents in training start)
+from scratchllm.io import read_text
+from scratchllm.stage import StageResult
 
 
 @torch.no_grad()
@@ -80,16 +71,19 @@ def head_role(s: dict[str, float | None]) -> str:
     return ""
 
 
-def run(cfg: AttentionConfig) -> str:
-    model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer)
-    if not cfg.sentence:
-        raise ScratchError("the sentence is empty", "pass --sentence 'some words'")
-    ids = ([tok.bos_id] if cfg.bos else []) + tok.encode_ordinary(cfg.sentence)
+def run(cfg: AttentionConfig) -> StageResult:
+    """Write attention.png and attention.html under cfg.out_dir; metrics: the per-head figures the summary
+    reports (``metrics["summary"]``: the summary's text, as the command prints it)."""
+    model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer or None)
+    sentence = read_text(cfg.sentence_file) if cfg.sentence_file else cfg.sentence
+    if not sentence:
+        raise ScratchError("the sentence is empty", "pass sentence='some words' (--sentence)")
+    ids = ([tok.bos_id] if cfg.bos else []) + tok.encode_ordinary(sentence)
     maps = attention_maps(model, ids)
     labels = [tok.id_to_bytes(i).decode("utf-8", "backslashreplace") for i in ids]
     labels = [repr(x)[1:-1] if i not in tok.special_tokens.values() else x for x, i in zip(labels, ids)]
     T, L, H = len(ids), len(maps), maps[0].size(0)
-    out = Path(cfg.out)
+    out = Path(cfg.out_dir)
 
     plt = report.pyplot()
     cell = max(1.6, min(3.2, 0.18 * T))
@@ -113,13 +107,14 @@ def run(cfg: AttentionConfig) -> str:
     fig.suptitle(f"attention weights (rows: query, columns: key; grey: masked future) - {cfg.model}", fontsize=9)
     png = report.save_figure(fig, out / "attention.png")
 
-    rows, lines = [], []
+    rows, lines, heads = [], [], []
     for l, probs in enumerate(maps):
         for h in range(H):
             s = head_summary(probs[h], ids)
             role = head_role(s)
             ind = "-" if s["induction"] is None else f"{s['induction']:.2f}"
             rows.append([f"L{l} H{h}", f"{s['prev']:.2f}", f"{s['first']:.2f}", f"{s['entropy']:.2f}", ind, role])
+            heads.append({"layer": l, "head": h, **s, "role": role})
             if role:
                 lines.append(f"layer {l} head {h}: {role} (prev {s['prev']:.2f}, first {s['first']:.2f}, "
                              f"entropy {s['entropy']:.2f} bits, induction {ind})")
@@ -134,5 +129,9 @@ def run(cfg: AttentionConfig) -> str:
     report.write_page(out / "attention.html", "inspect attention", sections)
     uniform = math.log2(T) if T > 1 else 0.0
     head = f"{T} tokens, {L} layers x {H} heads (uniform attention would be {uniform:.2f} bits)"
-    return "\n".join([head, *(lines or ["no head stands out (attention is diffuse, as in an untrained or briefly trained model)"]),
-                      f"wrote {out / 'attention.png'} and {out / 'attention.html'}"])
+    summary = "\n".join([head, *(lines or ["no head stands out (attention is diffuse, as in an untrained or "
+                                           "briefly trained model)"]),
+                         f"wrote {out / 'attention.png'} and {out / 'attention.html'}"])
+    return StageResult(outputs={"png": out / "attention.png", "html": out / "attention.html"},
+                       metrics={"tokens": T, "layers": L, "heads": H, "uniform_entropy": uniform, "per_head": heads,
+                                "summary": summary})

@@ -4,7 +4,6 @@ cosine similarity; analogies (a - b + c); before vs after training when given tw
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,24 +11,14 @@ import torch
 
 from scratchllm.errors import ScratchError
 from scratchllm.inspect import report
+from scratchllm.inspect.config import EmbeddingsConfig
 from scratchllm.inspect.load import check_match, load_model, load_model_and_tokenizer
+from scratchllm.stage import StageResult
 
 KINDS = ("letters", "digits", "punctuation", "code", "whitespace", "bytes", "special")
 KIND_COLOURS = {"letters": "#2563eb", "digits": "#16a34a", "punctuation": "#f59e0b", "code": "#dc2626",
                 "whitespace": "#9ca3af", "bytes": "#a855f7", "special": "#111827"}
 CODE_CHARS = set("{}[]()<>;=_\\/#$@`|&*+^~%")
-
-
-@dataclass
-class EmbeddingsConfig:
-    model: str
-    tokenizer: str | None = None
-    out: str = "inspect/embeddings"
-    tokens: list[str] = field(default_factory=list)  # tokens (exact strings, e.g. " the") to find neighbours of
-    analogies: list[tuple[str, str, str]] = field(default_factory=list)  # (a, b, c): a - b + c = ?
-    before: str = ""  # an earlier checkpoint (e.g. step 0) of the same model, plotted side by side
-    method: str = "pca"  # pca (always), tsne (scikit-learn), umap (umap-learn)
-    k: int = 8
 
 
 def pca(x: torch.Tensor, k: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,8 +112,10 @@ def _label(tok: Any, i: int) -> str:
     return repr(tok.id_to_bytes(i).decode("utf-8", "backslashreplace"))
 
 
-def run(cfg: EmbeddingsConfig) -> str:
-    model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer)
+def run(cfg: EmbeddingsConfig) -> StageResult:
+    """Write embeddings.png and embeddings.html under cfg.out_dir; metrics: the figures the summary reports
+    (``metrics["summary"]``: the summary's text, as the command prints it)."""
+    model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer or None)
     n = tok.vocab_size
     specials = set(tok.special_tokens.values())
     kinds = [token_kind(tok.id_to_bytes(i), i in specials) for i in range(n)]
@@ -139,7 +130,7 @@ def run(cfg: EmbeddingsConfig) -> str:
         tables = {"before": before.tok_emb.weight.detach()[:n].float(), **tables}
     query_ids = [token_id(tok, t) for t in cfg.tokens]
     analogy_ids = [tuple(token_id(tok, t) for t in a) for a in cfg.analogies]
-    out = Path(cfg.out)
+    out = Path(cfg.out_dir)
 
     plt = report.pyplot()
     fig, axes = plt.subplots(1, len(tables), figsize=(7 * len(tables), 6), squeeze=False)
@@ -162,18 +153,20 @@ def run(cfg: EmbeddingsConfig) -> str:
     png = report.save_figure(fig, out / "embeddings.png")
 
     emb = tables["after"]
-    nn_rows, lines = [], []
+    nn_rows, lines, near_by_token, analogy_results = [], [], {}, {}
     for t, i in zip(cfg.tokens, query_ids):
         for name, table in tables.items():
             near = neighbours(table, table[i], cfg.k, {i})
             shown = ", ".join(f"{_label(tok, j)} {s:.2f}" for j, s in near)
             nn_rows.append([repr(t), name, shown])
+            near_by_token.setdefault(t, {})[name] = [[_label(tok, j), s] for j, s in near]
             lines.append(f"{t!r}{' (' + name + ')' if len(tables) > 1 else ''}: {shown}")
     an_rows = []
     for (a, b, c), ids in zip(cfg.analogies, analogy_ids):
         near = neighbours(emb, emb[ids[0]] - emb[ids[1]] + emb[ids[2]], 5, set(ids))
         shown = ", ".join(f"{_label(tok, j)} {s:.2f}" for j, s in near)
         an_rows.append([f"{a!r} - {b!r} + {c!r}", shown])
+        analogy_results[f"{a} - {b} + {c}"] = [[_label(tok, j), s] for j, s in near]
         lines.append(f"{a!r} - {b!r} + {c!r} = {shown}")
     counts = {k: kinds.count(k) for k in KINDS if kinds.count(k)}
     sections = [("Projection", f"<p>{n} token embeddings (d_model={emb.size(1)}) projected with "
@@ -189,4 +182,8 @@ def run(cfg: EmbeddingsConfig) -> str:
     head = f"{n} embeddings of size {emb.size(1)}; kinds: " + ", ".join(f"{k} {v}" for k, v in counts.items())
     if ratios:
         head += "; PCA explains " + ", ".join(f"{k} {100 * float(r.sum()):.1f}%" for k, r in ratios.items())
-    return "\n".join([head, *lines, f"wrote {out / 'embeddings.png'} and {out / 'embeddings.html'}"])
+    metrics = {"embeddings": n, "d_model": emb.size(1), "kinds": counts,
+               "pca_explained": {k: float(r.sum()) for k, r in ratios.items()}, "neighbours": near_by_token,
+               "analogies": analogy_results,
+               "summary": "\n".join([head, *lines, f"wrote {out / 'embeddings.png'} and {out / 'embeddings.html'}"])}
+    return StageResult(outputs={"png": out / "embeddings.png", "html": out / "embeddings.html"}, metrics=metrics)

@@ -29,19 +29,21 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from scratchllm.config import from_dict, parse_override, read_toml
+from scratchllm.config import from_dict, read_toml
 from scratchllm.errors import ScratchError
 from scratchllm.inspect import report
+from scratchllm.inspect.config import MemoryConfig
 from scratchllm.io import atomic_write_text
 from scratchllm.model.checkpoint import read_json
 from scratchllm.model.model import ModelConfig, Transformer
 from scratchllm.model.paths import resolve_model_dir
+from scratchllm.stage import StageResult
 from scratchllm.train.config import OptimConfig
 from scratchllm.train.optim import build_optimizer
 from scratchllm.train.parallel import apply_ac
@@ -49,23 +51,6 @@ from scratchllm.train.parallel import apply_ac
 UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 10**3, "KIB": 2**10, "M": 2**20, "MB": 10**6, "MIB": 2**20,
          "G": 2**30, "GB": 10**9, "GIB": 2**30, "T": 2**40, "TB": 10**12, "TIB": 2**40}
 LORA_TARGETS = 7  # q, k, v, o, gate, up, down: the default LoRA targets (finetune.lora.ALL_LINEAR)
-
-
-@dataclass
-class MemoryConfig:
-    model: str = ""  # model directory, TOML preset (configs/model/*.toml), or "" (defaults + overrides)
-    overrides: list[str] = field(default_factory=list)  # model config key=value, e.g. n_layers=12
-    batch_size: int = 8  # micro-batch (sequences per forward/backward)
-    seq_len: int = 0  # 0: the model's context_length
-    device_memory: str = ""  # e.g. 24GiB: show what fits; "" = no budget
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
-    activation_checkpointing: str = "none"  # none | full
-    grad_accum: int = 1  # micro-batches per step: more sequences per step, same memory
-    fsdp_ranks: int = 1
-    method: str = "full"  # full | lora | qlora
-    lora_rank: int = 8
-    out: str = "inspect/memory"
-    measure: bool = False  # also run one real CPU training step and compare (small configs only)
 
 
 @dataclass
@@ -202,9 +187,7 @@ def load_model_config(cfg: MemoryConfig) -> ModelConfig:
             # A stage preset with a [model] table (a model preset plus overrides: from_dict merges them),
             # or a model preset.
             data = dict(data.get("model", data))
-    for item in cfg.overrides:
-        key, value = parse_override(item)
-        data[key.removeprefix("model.")] = value
+    data.update(cfg.model_keys)
     model_cfg = from_dict(ModelConfig, data, "model")
     model_cfg.validate()
     return model_cfg
@@ -226,7 +209,9 @@ def check(cfg: MemoryConfig, c: ModelConfig) -> int:
     return T
 
 
-def run(cfg: MemoryConfig) -> str:
+def run(cfg: MemoryConfig) -> StageResult:
+    """Write memory.png, memory.html and memory.json under cfg.out_dir; metrics: the figures the summary
+    reports (``metrics["summary"]``: the summary's text, as the command prints it)."""
     c = load_model_config(cfg)
     T = check(cfg, c)
     budget = parse_bytes(cfg.device_memory) if cfg.device_memory else 0
@@ -255,7 +240,7 @@ def run(cfg: MemoryConfig) -> str:
         f"QLoRA r={cfg.lora_rank}": estimate(c, **dict(base, method="qlora")),
         "this config": est,
     }
-    out = Path(cfg.out)
+    out = Path(cfg.out_dir)
     plt = report.pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
     names = list(variants)
@@ -289,8 +274,12 @@ def run(cfg: MemoryConfig) -> str:
                 ("Techniques, one at a time", report.table(
                     ["setting", "weights", "gradients", "optimizer", "activations", "transient", "peak"], rows)
                  + report.img(png, "memory breakdown"))]
+    metrics: dict[str, Any] = {"params": pc["total"], "seq_len": T, **est.parts(), "peak": est.peak,
+                               "variants": {n: e.peak for n, e in variants.items()}}
     if budget:
         fit = largest_fitting(c, budget, **kw)
+        metrics["device_memory"] = budget
+        metrics["largest_fitting_params"] = fit[1].params if fit else None
         if fit:
             fc, fe = fit
             msg = (f"largest model of this shape family that fits {human(budget)}: "
@@ -306,13 +295,16 @@ def run(cfg: MemoryConfig) -> str:
                                "drop --method/--fsdp-ranks to measure")
         m = measure_peak(c, cfg.batch_size, T, cfg.precision, cfg.activation_checkpointing)
         err = (est.peak - m["peak"]) / m["peak"]
+        metrics["measured_peak"] = m["peak"]
         msg = (f"measured on this CPU: peak {human(m['peak'])} (predicted {human(est.peak)}, {100 * err:+.1f}%)")
         lines.append(msg)
         sections.append(("Measured", f"<p>{report.esc(msg)}</p>"))
     report.write_page(out / "memory.html", "inspect memory", sections)
     atomic_write_text(out / "memory.json", json.dumps({"config": asdict(c), "estimate": asdict(est)}, indent=1) + "\n")
     lines.append(f"wrote {out / 'memory.png'} and {out / 'memory.html'}")
-    return "\n".join(lines)
+    metrics["summary"] = "\n".join(lines)
+    return StageResult(outputs={"png": out / "memory.png", "html": out / "memory.html", "json": out / "memory.json"},
+                       metrics=metrics)
 
 
 # --- measurement: one real training step on the CPU, in a fresh process ----------------------------------

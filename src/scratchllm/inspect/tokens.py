@@ -4,7 +4,6 @@ most frequent tokens over a corpus, and the same text under a second tokenizer s
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,21 +11,10 @@ from tqdm import tqdm
 
 from scratchllm.errors import ScratchError
 from scratchllm.inspect import report
+from scratchllm.inspect.config import DEFAULT_TEXT, TokensConfig  # noqa: F401 - DEFAULT_TEXT: importable here too
 from scratchllm.inspect.load import find_tokenizer, load_tokenizer
 from scratchllm.io import read_text
-
-DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog. In 2024, tokenizers split   whitespace, code() and émojis 🙂."
-
-
-@dataclass
-class TokensConfig:
-    tokenizer: str  # tokenizer directory/file, or a model directory holding one
-    out: str = "inspect/tokens"
-    text: str = DEFAULT_TEXT
-    corpus: list[str] = field(default_factory=list)  # UTF-8 files for usage and frequency statistics
-    compare: str = ""  # a second tokenizer shown side by side
-    max_corpus_bytes: int = 20_000_000  # read at most this much of the corpus (encoding is the slow part)
-    top: int = 20
+from scratchllm.stage import StageResult
 
 
 def pieces(tok: Any, ids: list[int]) -> list[str]:
@@ -83,14 +71,17 @@ def _draw_tokens(ax: Any, piece_list: list[str], title: str, width: int = 60) ->
     ax.set_ylim(-(placed[-1][0] if placed else 0) - 0.7, 0.7)
 
 
-def run(cfg: TokensConfig) -> str:
-    if not cfg.text:
-        raise ScratchError("the text to tokenize is empty", "pass --text 'some words' or --text-file FILE")
+def run(cfg: TokensConfig) -> StageResult:
+    """Write tokens.png and tokens.html under cfg.out_dir; metrics: the figures the summary reports
+    (``metrics["summary"]``: the summary's text, as the command prints it)."""
+    text = read_text(cfg.text_file) if cfg.text_file else cfg.text
+    if not text:
+        raise ScratchError("the text to tokenize is empty", "pass text='some words' (--text) or text_file=FILE")
     tok = load_tokenizer(_tokenizer_path(cfg.tokenizer))
     other = load_tokenizer(_tokenizer_path(cfg.compare)) if cfg.compare else None
-    out = Path(cfg.out)
-    stats = text_stats(tok, cfg.text)
-    other_stats = text_stats(other, cfg.text) if other else None
+    out = Path(cfg.out_dir)
+    stats = text_stats(tok, text)
+    other_stats = text_stats(other, text) if other else None
     corpus = corpus_stats(tok, cfg.corpus, cfg.max_corpus_bytes) if cfg.corpus else None
     other_corpus = corpus_stats(other, cfg.corpus, cfg.max_corpus_bytes) if cfg.corpus and other else None
 
@@ -152,7 +143,15 @@ def run(cfg: TokensConfig) -> str:
         lines.append(f"corpus: {corpus['tokens']:,} tokens, {corpus['bytes_per_token']:.2f} bytes/token, "
                      f"{corpus['used']}/{corpus['vocab_size']} of the vocabulary used")
     lines.append(f"wrote {out / 'tokens.png'} and {out / 'tokens.html'}")
-    return "\n".join(lines)
+    metrics: dict[str, Any] = {"tokens": stats["tokens"], "bytes": stats["bytes"],
+                               "bytes_per_token": stats["bytes_per_token"], "vocab_size": tok.vocab_size}
+    if other_stats:
+        metrics["compare"] = {"tokens": other_stats["tokens"], "bytes_per_token": other_stats["bytes_per_token"],
+                              "vocab_size": other.vocab_size}
+    if corpus:
+        metrics["corpus"] = {k: corpus[k] for k in ("bytes", "tokens", "bytes_per_token", "used", "vocab_size")}
+    metrics["summary"] = "\n".join(lines)
+    return StageResult(outputs={"png": out / "tokens.png", "html": out / "tokens.html"}, metrics=metrics)
 
 
 def _tokenizer_path(path: str) -> Path:
