@@ -137,6 +137,84 @@ def test_inspect_memory_command(tmp_path, capsys):
     assert "largest model of this shape family that fits 2.00 GiB" in text
 
 
+def _summary(capsys):
+    """The printed summary without its last line (which names the output directory)."""
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("wrote ")
+    return lines[:-1]
+
+
+def test_config_file_overrides_and_alias_flags_are_the_same_command(model_dir, tmp_path, capsys):
+    """--config FILE + key=value, key=value alone and the old flags write the same page and summary."""
+    runs = {}
+    cfg = tmp_path / "att.toml"
+    cfg.write_text(f'model = "{model_dir}"\nsentence = "the dog"\nbos = true\n')
+    for name, argv in {"file": ["--config", str(cfg), 'sentence="the cat the cat"'],
+                       "keys": [f"model={model_dir}", "sentence=the cat the cat", "bos=true"],
+                       "flags": ["--model", str(model_dir), "--sentence", "the cat the cat", "--bos"]}.items():
+        out = tmp_path / name
+        assert main(["inspect", "attention", *argv, "--out" if name == "flags" else f"out_dir={out}",
+                     *([str(out)] if name == "flags" else [])]) == 0
+        runs[name] = (_summary(capsys), (out / "attention.html").read_text())
+    assert runs["file"] == runs["keys"] == runs["flags"]
+    assert runs["file"][0][0].startswith("5 tokens")  # <|bos|> + "the cat the cat", not the file's sentence
+
+    runs = {}
+    cfg = tmp_path / "emb.toml"
+    cfg.write_text(f'model = "{model_dir}"\ntokens = ["the"]\nanalogies = [["#100", "the", "#101"]]\nk = 5\n')
+    for name, argv in {"file": ["--config", str(cfg), "k=3"],
+                       "flags": ["--model", str(model_dir), "--tokens", "the", "--analogy", "#100", "the", "#101",
+                                 "-k", "3"]}.items():
+        assert main(["inspect", "embeddings", *argv, "--out", str(tmp_path / name)]) == 0
+        runs[name] = _summary(capsys)
+    assert runs["file"] == runs["flags"] and runs["file"][1].count(",") == 2  # k=3 neighbours
+
+    runs = {}
+    cfg = tmp_path / "tok.toml"
+    cfg.write_text(f'tokenizer = "{model_dir}"\ntext = "the cat sat"\n')
+    for name, argv in {"file": ["--config", str(cfg)],
+                       "flags": ["--tokenizer", str(model_dir), "--text", "the cat sat"]}.items():
+        assert main(["inspect", "tokens", *argv, "--out", str(tmp_path / name)]) == 0
+        runs[name] = _summary(capsys)
+    assert runs["file"] == runs["flags"]
+
+
+def test_memory_config_file_keys_and_the_old_form_agree(tmp_path, capsys):
+    """inspect memory: a MemoryConfig file, key=value, and the old form (--config naming the model, bare
+    model keys, flags) describe the same step."""
+    cfg = tmp_path / "mem.toml"
+    cfg.write_text('model = "model/1m"\nbatch_size = 4\nprecision = "bf16"\n[model_keys]\nn_layers = 3\n')
+    forms = {"file": ["--config", str(cfg)],
+             "keys": ["model=model/1m", "model_keys.n_layers=3", "batch_size=4", "precision=bf16"],
+             "old": ["--config", "configs/model/1m.toml", "n_layers=3", "--batch-size", "4", "--precision", "bf16"],
+             "prefixed": ["--config", "configs/model/1m.toml", "model.n_layers=3", "batch_size=4", "--precision",
+                          "bf16"]}
+    results = {}
+    for name, argv in forms.items():
+        out = tmp_path / name
+        assert main(["inspect", "memory", *argv, "--out", str(out)]) == 0
+        results[name] = ((out / "memory.json").read_text(), _summary(capsys))
+    assert len(set(map(str, results.values()))) == 1
+    assert '"n_layers": 3' in results["file"][0] and "bf16" in results["file"][1][1]
+
+
+def test_inspect_run_returns_a_stage_result(model_dir, tmp_path):
+    from scratchllm.config import load_config
+    from scratchllm.inspect.attention import run
+    from scratchllm.inspect.config import AttentionConfig
+    from scratchllm.stage import StageResult
+
+    result = run(load_config(AttentionConfig, None, [f"model={model_dir}", f"out_dir={tmp_path}",
+                                                      "sentence=the cat the cat"]))
+    assert isinstance(result, StageResult) and result.completed
+    assert result.outputs == {"png": tmp_path / "attention.png", "html": tmp_path / "attention.html"}
+    m = result.metrics
+    assert (m["layers"], m["heads"], len(m["per_head"])) == (2, 4, 8)
+    assert f"{m['tokens']} tokens, 2 layers x 4 heads" in m["summary"]
+    for h in m["per_head"]:  # the page's table shows the same figures
+        assert f"<td>L{h['layer']} H{h['head']}</td><td>{h['prev']:.2f}</td>" in result.outputs["html"].read_text()
+
+
 def _error(capsys, argv):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -163,6 +241,10 @@ def test_bad_input_gives_error_and_fix(model_dir, tmp_path, capsys, tokenizer):
                                               "--device-memory", "100MiB", "--out", str(tmp_path / "x")])
     assert "not found" in _error(capsys, ["inspect", "attention", "--model", str(tmp_path / "nope")])
     assert "memory size" in _error(capsys, ["inspect", "memory", "--device-memory", "lots"])
+    assert "unknown config key 'sentense'" in _error(capsys, ["inspect", "attention", f"model={model_dir}",
+                                                               "sentense=x"])
+    assert "no tokenizer given" in _error(capsys, ["inspect", "tokens", "text=x"])
+    assert "no model given" in _error(capsys, ["inspect", "embeddings"])
 
 
 # --- memory ------------------------------------------------------------------------------------------

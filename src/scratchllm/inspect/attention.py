@@ -74,6 +74,7 @@ def head_role(s: dict[str, float | None]) -> str:
 def run(cfg: AttentionConfig) -> StageResult:
     """Write attention.png and attention.html under cfg.out_dir; metrics: the per-head figures the summary
     reports (``metrics["summary"]``: the summary's text, as the command prints it)."""
+    cfg.require_inputs()
     model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer or None)
     sentence = read_text(cfg.sentence_file) if cfg.sentence_file else cfg.sentence
     if not sentence:

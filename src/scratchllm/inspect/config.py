@@ -30,7 +30,8 @@ class TokensConfig:
     max_corpus_bytes: int = 20_000_000  # read at most this much of the corpus (encoding is the slow part)
     top: int = 20
 
-    def validate(self) -> None:
+    def require_inputs(self) -> None:
+        """What a run needs and a config file may leave to the command line (checked when it runs)."""
         if not self.tokenizer:
             raise ScratchError("no tokenizer given", "pass tokenizer=DIR (or --tokenizer DIR): a tokenizer "
                                                      "directory or file, or a model directory holding one")
@@ -49,8 +50,10 @@ class EmbeddingsConfig:
     method: Literal["pca", "tsne", "umap"] = "pca"  # pca (always), tsne (scikit-learn), umap (umap-learn)
     k: int = 8  # neighbours per token
 
-    def validate(self) -> None:
+    def require_inputs(self) -> None:
         _require_model(self.model)
+
+    def validate(self) -> None:
         for a in self.analogies:
             if len(a) != 3:
                 raise ScratchError(f"an analogy takes three tokens (a - b + c), got {a}",
@@ -70,7 +73,7 @@ class AttentionConfig:
     sentence_file: str = ""  # read the sentence from this UTF-8 file instead
     bos: bool = False  # prepend <|bos|> (as chat prompts and documents in training start)
 
-    def validate(self) -> None:
+    def require_inputs(self) -> None:
         _require_model(self.model)
 
 

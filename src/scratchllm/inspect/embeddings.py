@@ -115,6 +115,7 @@ def _label(tok: Any, i: int) -> str:
 def run(cfg: EmbeddingsConfig) -> StageResult:
     """Write embeddings.png and embeddings.html under cfg.out_dir; metrics: the figures the summary reports
     (``metrics["summary"]``: the summary's text, as the command prints it)."""
+    cfg.require_inputs()
     model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer or None)
     n = tok.vocab_size
     specials = set(tok.special_tokens.values())

@@ -74,6 +74,7 @@ def _draw_tokens(ax: Any, piece_list: list[str], title: str, width: int = 60) ->
 def run(cfg: TokensConfig) -> StageResult:
     """Write tokens.png and tokens.html under cfg.out_dir; metrics: the figures the summary reports
     (``metrics["summary"]``: the summary's text, as the command prints it)."""
+    cfg.require_inputs()
     text = read_text(cfg.text_file) if cfg.text_file else cfg.text
     if not text:
         raise ScratchError("the text to tokenize is empty", "pass text='some words' (--text) or text_file=FILE")
