@@ -173,7 +173,7 @@ def test_help_example_override_is_valid_for_every_command():
     from scratchllm.finetune.config import FinetuneConfig
     from scratchllm.infer.config import ChatConfig, GenerateConfig, QuantizeConfig
     from scratchllm.inspect.config import AttentionConfig, EmbeddingsConfig, MemoryConfig, TokensConfig
-    from scratchllm.model.config import ExportHFConfig
+    from scratchllm.model.config import ExportHFConfig, ImportHFConfig
     from scratchllm.model.model import ModelConfig
     from scratchllm.pipeline.config import PipelineConfig
     from scratchllm.serve.config import ServeConfig
@@ -186,7 +186,7 @@ def test_help_example_override_is_valid_for_every_command():
                "align grpo": GRPOConfig, "align rloo": RLOOConfig,
                "align constitutional": ConstitutionalConfig, "align compare": CompareConfig, "serve": ServeConfig,
                "pipeline": PipelineConfig, "eval": EvalConfig, "generate": GenerateConfig, "chat": ChatConfig,
-               "quantize": QuantizeConfig, "export hf": ExportHFConfig, "inspect tokens": TokensConfig,
+               "quantize": QuantizeConfig, "export hf": ExportHFConfig, "import hf": ImportHFConfig, "inspect tokens": TokensConfig,
                "inspect embeddings": EmbeddingsConfig, "inspect attention": AttentionConfig,
                "inspect memory": MemoryConfig}
     seen = {}

@@ -83,7 +83,7 @@ def test_a_table_override_replaces_a_presets_value_map(tmp_path):
 @pytest.mark.parametrize("command", [["tokenizer", "train"], ["data", "prepare"], ["train"], ["finetune"],
                                      ["align", "dpo"], ["align", "constitutional"], ["pipeline"],
                                      ["inspect", "tokens"], ["inspect", "embeddings"], ["inspect", "attention"],
-                                     ["inspect", "memory"]])
+                                     ["inspect", "memory"], ["model", "init"], ["import", "hf"]])
 def test_a_missing_config_file_is_the_same_error_for_every_command(command, tmp_path, capsys):
     from scratchllm.cli import main
 

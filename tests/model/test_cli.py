@@ -24,6 +24,24 @@ def test_model_info_from_checkpoint_and_overrides(tmp_path, capsys):
     assert "n_layers=2" in capsys.readouterr().out
 
 
+def test_model_init_and_info_take_their_keys_as_key_value_with_the_flags_as_aliases(tmp_path, capsys):
+    config = ["--config", str(PRESETS / "1m.toml"), "n_layers=2"]
+    assert main(["model", "init", *config, f"out_dir={tmp_path / 'a'}", "seed=3"]) == 0
+    assert main(["model", "init", *config, "--out", str(tmp_path / "b"), "--seed", "3"]) == 0
+    assert main(["model", "init", *config, "--out", str(tmp_path / "c"), "--seed", "4"]) == 0
+    weights = [(tmp_path / d / "model.safetensors").read_bytes() for d in "abc"]
+    assert weights[0] == weights[1] != weights[2]  # the seed key and --seed are the same setting
+    capsys.readouterr()
+    assert main(["model", "info", f"checkpoint={tmp_path / 'a'}", "seq_len=64"]) == 0
+    keys = capsys.readouterr().out
+    assert main(["model", "info", "--checkpoint", str(tmp_path / "a"), "--seq-len", "64"]) == 0
+    assert capsys.readouterr().out == keys and "n_layers=2" in keys and "at T=64" in keys
+    assert main(["model", "info", "--checkpoint", str(tmp_path / "a"), "n_layers=3"]) == 2
+    assert "cannot be combined with a checkpoint" in capsys.readouterr().err
+    assert main(["model", "init", *config]) == 2
+    assert "fix: pass out_dir=DIR (or --out DIR)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -161,6 +161,9 @@ def test_cli_init_export_import_round_trip(tmp_path, capsys):
     idx = torch.randint(0, 4096, (2, 32))
     torch.testing.assert_close(a(idx), b(idx), atol=0, rtol=0)
     torch.testing.assert_close(_hf_logits(tmp_path / "hf", idx), a(idx), atol=1e-5, rtol=0)
+    # The same import written as key=value (ImportHFConfig): the same weights.
+    assert main(["import", "hf", f"hf_dir={tmp_path / 'hf'}", f"out_dir={tmp_path / 'back2'}"]) == 0
+    assert (tmp_path / "back2" / "model.safetensors").read_bytes() == (tmp_path / "back" / "model.safetensors").read_bytes()
     capsys.readouterr()
     assert main(["import", "hf", str(tmp_path / "ours"), "--out", str(tmp_path / "x")]) == 2
     assert "already a scratchllm model directory" in capsys.readouterr().err

@@ -6,17 +6,21 @@ from __future__ import annotations
 # `scratchllm --help` imports every command module (measured: --help stays at ~0.1 s, without torch).
 
 import argparse
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from scratchllm.cli import add_config_arguments
-from scratchllm.config import load_config
+from scratchllm.cli import add_alias, add_config_arguments, config_overrides
+from scratchllm.config import load_config, parse_override
 from scratchllm.errors import ScratchError
+from scratchllm.model.config import ModelInfoConfig, ModelInitConfig
 
 if TYPE_CHECKING:  # torch is imported lazily so that `scratchllm --help` stays fast
     from scratchllm.model.model import ModelConfig
 
 DEFAULT_CONFIG = "configs/model/10m.toml"
+C = TypeVar("C")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,30 +30,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     i = sub.add_parser("info", help="print parameter count, memory estimate and FLOPs per token",
                        description="Print parameter count, memory estimate and FLOPs per token of a model config "
-                                   "(a TOML preset, or --checkpoint DIR).")
+                                   "(a TOML preset, or checkpoint=DIR). Besides ModelConfig's keys: checkpoint, "
+                                   "seq_len (ModelInfoConfig in scratchllm.model.config).")
     add_config_arguments(i, DEFAULT_CONFIG, "n_layers=12")
-    i.add_argument("--checkpoint", help="a model, fine-tuning run or training run directory instead of --config")
-    i.add_argument("--seq-len", type=int, help="sequence length for FLOPs and activations (default: context_length)")
+    add_alias(i, "--checkpoint", key="checkpoint",
+              help="a model, fine-tuning run or training run directory instead of --config")
+    add_alias(i, "--seq-len", key="seq_len", type=int,
+              help="sequence length for FLOPs and activations (default: context_length)")
     i.set_defaults(func=cmd_info)
 
-    n = sub.add_parser("init", help="save a randomly initialised model (config.json + model.safetensors)")
+    n = sub.add_parser("init", help="save a randomly initialised model (config.json + model.safetensors)",
+                       description="Save a randomly initialised model of a model preset (--config) with key=value "
+                                   "overrides. Besides ModelConfig's keys: out_dir, seed (ModelInitConfig in "
+                                   "scratchllm.model.config).")
     add_config_arguments(n, DEFAULT_CONFIG, "n_layers=12")
-    n.add_argument("--out", required=True, help="output directory")
-    n.add_argument("--seed", type=int, default=0)
+    add_alias(n, "--out", key="out_dir", help="output directory")
+    add_alias(n, "--seed", key="seed", type=int, help="default 0")
     n.set_defaults(func=cmd_init)
 
 
-def _load_cfg(args: argparse.Namespace) -> ModelConfig:
+def split_command_keys(cls: type[C], items: Sequence[str]) -> tuple[C, list[str]]:
+    """(the command's own config from the overrides naming its keys, the rest: ModelConfig overrides)."""
+    keys = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    own = [item for item in items if parse_override(item)[0] in keys]
+    return load_config(cls, None, own), [item for item in items if item not in own]
+
+
+def _load_cfg(config: str | None, overrides: list[str], checkpoint: str = "") -> ModelConfig:
     from scratchllm.model.checkpoint import CONFIG_FILE, read_config
     from scratchllm.model.model import ModelConfig
 
-    if getattr(args, "checkpoint", None):
-        if args.overrides:
-            raise ScratchError("overrides cannot be combined with --checkpoint", "drop the key=value arguments")
+    if checkpoint:
+        if overrides:
+            raise ScratchError("model overrides cannot be combined with a checkpoint (--checkpoint)",
+                               "drop the model key=value arguments")
         from scratchllm.model.paths import resolve_model_dir
 
-        return read_config(resolve_model_dir(args.checkpoint) / CONFIG_FILE)
-    return load_config(ModelConfig, args.config, args.overrides)
+        return read_config(resolve_model_dir(checkpoint) / CONFIG_FILE)
+    return load_config(ModelConfig, config, overrides)
 
 
 def activation_bytes_per_token(cfg: ModelConfig, bytes_per_value: int = 4) -> int:
@@ -102,11 +120,13 @@ def info_lines(cfg: ModelConfig, seq_len: int | None = None) -> list[str]:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    cfg = _load_cfg(args)
-    if args.seq_len is not None and args.seq_len < 1:
-        raise ScratchError(f"--seq-len must be at least 1, got {args.seq_len}")
-    print(f"model: {args.checkpoint or args.config}")
-    for line in info_lines(cfg, args.seq_len):
+    info, overrides = split_command_keys(ModelInfoConfig, config_overrides(args))
+    cfg = _load_cfg(args.config, overrides, info.checkpoint)
+    if info.seq_len < 0:
+        raise ScratchError(f"seq_len (--seq-len) must be at least 1, got {info.seq_len}",
+                           "pass a positive length, or leave it out for the context length")
+    print(f"model: {info.checkpoint or args.config}")
+    for line in info_lines(cfg, info.seq_len or None):
         print("  " + line)
     return 0
 
@@ -116,9 +136,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     from scratchllm.model.model import Transformer
 
-    cfg = _load_cfg(args)
-    torch.manual_seed(args.seed)
+    init, overrides = split_command_keys(ModelInitConfig, config_overrides(args))
+    cfg = _load_cfg(args.config, overrides)
+    if not init.out_dir:
+        raise ScratchError("no output directory given", "pass out_dir=DIR (or --out DIR)")
+    torch.manual_seed(init.seed)
     model = Transformer(cfg)
-    model.save_pretrained(args.out)
-    print(f"saved a randomly initialised model ({model.num_params() / 1e6:.2f}M parameters) to {args.out}")
+    model.save_pretrained(init.out_dir)
+    print(f"saved a randomly initialised model ({model.num_params() / 1e6:.2f}M parameters) to {init.out_dir}")
     return 0

@@ -10,7 +10,7 @@ import argparse
 from scratchllm.cli import add_alias, add_config_arguments, config_overrides, toml_literal
 from scratchllm.config import load_config
 from scratchllm.errors import ScratchError
-from scratchllm.model.config import ExportHFConfig
+from scratchllm.model.config import ExportHFConfig, ImportHFConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,20 +33,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="format", metavar="<format>", required=True)
     i = sub.add_parser("hf", help="convert a Hugging Face Llama directory into our model directory",
                        description="Read config.json + model.safetensors (or shards) of a LlamaForCausalLM and "
-                                   "save it as our config.json + model.safetensors.")
-    i.add_argument("hf_dir", help="Hugging Face model directory")
-    i.add_argument("--out", required=True, help="output directory")
+                                   "save it as our config.json + model.safetensors. Settings: ImportHFConfig in "
+                                   "scratchllm.model.config, e.g. hf_dir=hf/llama out_dir=runs/llama; the Hugging "
+                                   "Face directory may also come first, as before: import hf hf/llama --out runs/llama.")
+    add_config_arguments(i, None, "out_dir=runs/imported")
+    add_alias(i, "--out", key="out_dir", help="output directory")
     i.set_defaults(func=cmd_import_hf)
 
 
 def cmd_export_hf(args: argparse.Namespace) -> int:
     from scratchllm.model.hf import run
 
-    # `export hf DIR ...`: a first argument that is no key=value names the model, as before the config.
-    paths = [item for item in args.overrides if "=" not in item]
-    if len(paths) > 1:
-        raise ScratchError(f"more than one model given: {', '.join(paths)}", "name one model directory")
-    args.overrides = [f"model={toml_literal(p)}" for p in paths] + [i for i in args.overrides if "=" in i]
+    _positional_key(args, "model")
     result = run(load_config(ExportHFConfig, args.config, config_overrides(args)))
     tok = result.metrics["tokenizer"]
     print(f"exported {result.outputs['source']} to {result.outputs['model']} (Hugging Face LlamaForCausalLM"
@@ -54,10 +52,24 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positional_key(args: argparse.Namespace, key: str) -> None:
+    """`export hf DIR ...`, `import hf DIR ...`: an argument that is no key=value names the input directory
+    (``key``), as before these commands took a config."""
+    paths = [item for item in args.overrides if "=" not in item]
+    if len(paths) > 1:
+        raise ScratchError(f"more than one model given: {', '.join(paths)}", "name one model directory")
+    args.overrides = [f"{key}={toml_literal(p)}" for p in paths] + [i for i in args.overrides if "=" in i]
+
+
 def cmd_import_hf(args: argparse.Namespace) -> int:
     from scratchllm.model.hf import import_hf
 
-    model = import_hf(args.hf_dir)
-    model.save_pretrained(args.out)
-    print(f"imported {args.hf_dir} ({model.num_params() / 1e6:.2f}M parameters) to {args.out}")
+    _positional_key(args, "hf_dir")
+    cfg = load_config(ImportHFConfig, args.config, config_overrides(args))
+    if not cfg.hf_dir or not cfg.out_dir:
+        raise ScratchError("import hf needs the Hugging Face directory and an output directory",
+                           "pass hf_dir=DIR out_dir=DIR (or: import hf DIR --out DIR)")
+    model = import_hf(cfg.hf_dir)
+    model.save_pretrained(cfg.out_dir)
+    print(f"imported {cfg.hf_dir} ({model.num_params() / 1e6:.2f}M parameters) to {cfg.out_dir}")
     return 0
