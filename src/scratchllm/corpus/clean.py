@@ -36,6 +36,7 @@ class Cleaner:
             re.compile("|".join(f"(?:{p})" for p in cfg.boilerplate), re.I) if cfg.boilerplate else None
         )
         self._blank_run = re.compile(r"\n{%d,}" % (cfg.max_blank_lines + 2))
+        self._blank_lines = "\n" * (cfg.max_blank_lines + 2)
 
     def __call__(self, text: str, domain: str) -> str:
         """The cleaned text ('' means: drop the document)."""
@@ -54,9 +55,13 @@ class Cleaner:
             self.stats.boilerplate_lines += len(lines) - len(kept)
             text = "\n".join(kept)
         if cfg.normalize_whitespace:
-            text = _ODD_SPACES.sub(" ", text)
-            text = _TRAILING_WS.sub("", text)
-            text = self._blank_run.sub("\n" * (cfg.max_blank_lines + 1), text)
+            # each substitution only runs when a plain substring test says it can match
+            if not text.isascii():
+                text = _ODD_SPACES.sub(" ", text)
+            if " \n" in text or "\t\n" in text or text.endswith((" ", "\t")):
+                text = _TRAILING_WS.sub("", text)
+            if self._blank_lines in text:
+                text = self._blank_run.sub("\n" * (cfg.max_blank_lines + 1), text)
             text = text.strip("\n")
             text = text + "\n" if text.strip() else ""
         if not text.strip():

@@ -39,6 +39,9 @@ ENGLISH_COMMON_WORDS = frozenset(
 
 
 _ASCII_LETTER = re.compile(r"[A-Za-z]")
+# A whitespace-separated word with no ASCII letter (as str.split() splits: \s is str.isspace here).
+_NO_LETTER_WORD = re.compile(r"(?<!\S)[^A-Za-z\s]++(?!\S)")
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
 
 class TextStats:
@@ -60,8 +63,24 @@ class TextStats:
         return _WORD.findall(self.text.lower())
 
     @cached_property
+    def vocab(self) -> dict[str, int]:  # distinct token -> id, in order of first appearance
+        return {t: i for i, t in enumerate(dict.fromkeys(self.tokens))}
+
+    @cached_property
     def token_ids(self) -> np.ndarray:
-        return token_ids(self.tokens)
+        return np.fromiter(map(self.vocab.__getitem__, self.tokens), np.int32, len(self.tokens))
+
+    @cached_property
+    def token_counts(self) -> np.ndarray:  # occurrences per token id
+        return np.bincount(self.token_ids, minlength=len(self.vocab))
+
+    @cached_property
+    def ngrams(self) -> NgramRepeats:
+        return NgramRepeats(self.token_ids)
+
+    @cached_property
+    def token_lengths(self) -> np.ndarray:
+        return np.fromiter(map(len, self.tokens), np.int64, len(self.tokens))
 
     @cached_property
     def ngram_ranks(self) -> dict[int, np.ndarray]:  # n -> ranks, filled by dup_ngram_fraction
@@ -107,8 +126,8 @@ def symbol_filter(c, s: TextStats) -> str | None:
             return "mostly bullet lines"
         if sum(line.endswith(_ELLIPSES) for line in s.lines) / len(s.lines) > c.max_ellipsis_lines:
             return "many lines end with an ellipsis"
-    if s.text.isascii():  # a regex search per word instead of a Python loop per character
-        alpha = sum(1 for w in s.words if _ASCII_LETTER.search(w)) / len(s.words)
+    if s.text.isascii():  # one regex pass over the text instead of a Python loop per word
+        alpha = (len(s.words) - len(_NO_LETTER_WORD.findall(s.text))) / len(s.words)
     else:
         alpha = sum(any(ch.isalpha() for ch in w) for w in s.words) / len(s.words)
     if alpha < c.min_alpha_words:
@@ -182,6 +201,70 @@ def ngram_ranks(ids: np.ndarray, n: int, cache: dict[int, np.ndarray] | None = N
     return rank
 
 
+class NgramRepeats:
+    """Per n, the n-grams of a token-id sequence that occur more than once, found incrementally.
+
+    An n-gram can only repeat if its (n-1)-gram prefix does, so each step ranks only the positions
+    whose prefix repeats (one integer ``np.unique`` over a set that shrinks fast with n) instead of
+    every position. Gives exactly what :func:`top_ngram_fraction` and :func:`dup_ngram_fraction`
+    give (tested against them).
+    """
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.ids = ids.astype(np.int64)
+        self.base = np.int64(int(ids.max()) + 1) if len(ids) else np.int64(1)
+        # n -> (positions whose n-gram repeats, ascending; their ranks; count per rank; first index per rank)
+        self.levels: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        pos = np.arange(len(ids))
+        _, first, inv, cnt = np.unique(self.ids, return_index=True, return_inverse=True, return_counts=True)
+        self._set(1, pos, inv.ravel(), cnt, first)
+
+    def _set(self, n: int, pos: np.ndarray, inv: np.ndarray, cnt: np.ndarray, first: np.ndarray) -> None:
+        keep = cnt[inv] >= 2  # drop n-grams seen once: no longer n-gram through them can repeat
+        renum = np.cumsum(cnt >= 2) - 1
+        self.levels[n] = (pos[keep], renum[inv[keep]], cnt[cnt >= 2], first[cnt >= 2])
+
+    def level(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        k = max(m for m in self.levels if m <= n)
+        while k < n:
+            pos, rank, _, _ = self.levels[k]
+            ok = pos + k < len(self.ids)  # room for one more token
+            pos, rank = pos[ok], rank[ok]
+            key = rank * self.base + self.ids[pos + k]
+            _, first, inv, cnt = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
+            k += 1
+            # first: index into pos (ascending), so positions stay ascending and first is the earliest
+            self._set(k, pos, inv.ravel(), cnt, pos[first])
+        return self.levels[n]
+
+    def top_fraction(self, n: int, lengths: np.ndarray, total_chars: int) -> float:
+        """As :func:`top_ngram_fraction`: the most frequent n-gram, the earliest of equally frequent ones."""
+        if len(self.ids) < n or not total_chars:
+            return 0.0
+        _, _, cnt, first = self.level(n)
+        if not len(cnt):
+            return 0.0
+        best = int(cnt.max())
+        at = int(first[cnt == best].min())
+        return best * int(lengths[at : at + n].sum()) / total_chars
+
+    def dup_fraction(self, n: int, lengths: np.ndarray, total_chars: int) -> float:
+        """As :func:`dup_ngram_fraction`: characters covered by the non-first occurrences of repeated n-grams."""
+        if len(self.ids) < n or not total_chars:
+            return 0.0
+        pos, _, _, first = self.level(n)
+        if not len(pos):
+            return 0.0
+        starts = np.setdiff1d(pos, first, assume_unique=True)
+        if not len(starts):
+            return 0.0
+        cover = np.zeros(len(self.ids) + 1, np.int32)
+        np.add.at(cover, starts, 1)
+        np.add.at(cover, starts + n, -1)
+        covered = np.cumsum(cover[:-1]) > 0
+        return float(lengths[covered].sum()) / total_chars
+
+
 def token_ids(tokens: list[str]) -> np.ndarray:
     """Each distinct token -> a small integer (order of first appearance)."""
     index: dict[str, int] = {}
@@ -194,26 +277,26 @@ def repetition_filter(c, s: TextStats) -> str | None:
         return f"{line_frac:.0%} duplicate lines"
     if line_chars > c.max_dup_line_chars:
         return f"{line_chars:.0%} of characters in duplicate lines"
-    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", s.text) if p.strip()]
+    paragraphs = [p.strip() for p in _PARAGRAPH_BREAK.split(s.text) if p.strip()]
     para_frac, para_chars = _duplicate_fraction(paragraphs)
     if para_frac > c.max_dup_paragraphs:
         return f"{para_frac:.0%} duplicate paragraphs"
     if para_chars > c.max_dup_paragraph_chars:
         return f"{para_chars:.0%} of characters in duplicate paragraphs"
     for n, limit in sorted(c.max_top_ngram.items(), key=lambda kv: int(kv[0])):
-        frac = top_ngram_fraction(s.tokens, int(n), s.token_chars)
+        frac = s.ngrams.top_fraction(int(n), s.token_lengths, s.token_chars)
         if frac > limit:
             return f"top {n}-gram covers {frac:.0%}"
     for n, limit in sorted(c.max_dup_ngram.items(), key=lambda kv: int(kv[0])):
-        frac = dup_ngram_fraction(s.tokens, int(n), s.token_chars, s.token_ids, s.ngram_ranks)
+        frac = s.ngrams.dup_fraction(int(n), s.token_lengths, s.token_chars)
         if frac > limit:
             return f"repeated {n}-grams cover {frac:.0%}"
     return None
 
 
 def stopword_filter(c, s: TextStats) -> str | None:
-    stop = set(c.words)
-    count = sum(t in stop for t in s.tokens)
+    ids, counts = s.vocab, s.token_counts  # per distinct token, not per occurrence
+    count = sum(int(counts[ids[w]]) for w in set(c.words) if w in ids)
     return None if count >= c.min_count else f"{count} stop words < {c.min_count}"
 
 
@@ -229,8 +312,14 @@ def language_filter(c, s: TextStats) -> str | None:
         latin = sum(ch < "\u0250" for ch in letters) / len(letters)  # Basic Latin .. Latin Extended-B
     if latin < c.min_latin:
         return f"only {latin:.0%} Latin letters"
-    words = [t for t in s.tokens if t.isalpha()]
-    common = sum(t in ENGLISH_COMMON_WORDS for t in words) / max(1, len(words))
+    counts = s.token_counts.tolist()  # per distinct token, not per occurrence
+    words = common_n = 0
+    for t, i in s.vocab.items():
+        if t.isalpha():
+            words += counts[i]
+            if t in ENGLISH_COMMON_WORDS:
+                common_n += counts[i]
+    common = common_n / max(1, words)
     if common < c.min_common_words:
         return f"English function-word share {common:.0%} < {c.min_common_words:.0%}"
     return None
@@ -312,6 +401,7 @@ EMAIL = re.compile(
 )
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)(?!\w)")
+_DIGIT_DOT_DIGIT = re.compile(r"\d\.\d")
 _IPV6_CANDIDATE = re.compile(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])")
 
 
@@ -340,7 +430,8 @@ class PiiScrubber:
         emails = ips = 0
         if cfg.emails and "@" in text:
             text, emails = EMAIL.subn(cfg.email_replacement, text)
-        if cfg.ips:
+        # an IPv4 match holds "<digit>.<digit>"; an IPv6 candidate is tested below
+        if cfg.ips and (_DIGIT_DOT_DIGIT.search(text) or "::" in text or text.count(":") >= 7):
             counter = [0]
 
             def public(m: re.Match[str]) -> str:
@@ -355,7 +446,8 @@ class PiiScrubber:
                 counter[0] += 1
                 return cfg.ip_replacement
 
-            text = IPV4.sub(public, text)
+            if _DIGIT_DOT_DIGIT.search(text):
+                text = IPV4.sub(public, text)
             if "::" in text or text.count(":") >= 7:
                 text = _IPV6_CANDIDATE.sub(lambda m: public(m) if _ipv6_groups(m.group(0)) >= 3 else m.group(0), text)
             ips = counter[0]
