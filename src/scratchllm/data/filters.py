@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import accumulate, compress
 
 import numpy as np
 
@@ -36,7 +38,7 @@ ENGLISH_COMMON_WORDS = frozenset(
     they this those through to too under until up upon us very was we were what when where which while
     who whom why will with would you your yours yourself yourselves""".split()
 )
-
+_COMMON_ALPHA = frozenset(w for w in ENGLISH_COMMON_WORDS if w.isalpha())
 
 _ASCII_LETTER = re.compile(r"[A-Za-z]")
 # A whitespace-separated word with no ASCII letter (as str.split() splits: \s is str.isspace here).
@@ -76,11 +78,7 @@ class TextStats:
 
     @cached_property
     def ngrams(self) -> NgramRepeats:
-        return NgramRepeats(self.token_ids)
-
-    @cached_property
-    def token_lengths(self) -> np.ndarray:
-        return np.fromiter(map(len, self.tokens), np.int64, len(self.tokens))
+        return NgramRepeats(self.token_ids.tolist(), list(accumulate(map(len, self.tokens), initial=0)))
 
     @cached_property
     def ngram_ranks(self) -> dict[int, np.ndarray]:  # n -> ranks, filled by dup_ngram_fraction
@@ -204,65 +202,65 @@ def ngram_ranks(ids: np.ndarray, n: int, cache: dict[int, np.ndarray] | None = N
 class NgramRepeats:
     """Per n, the n-grams of a token-id sequence that occur more than once, found incrementally.
 
-    An n-gram can only repeat if its (n-1)-gram prefix does, so each step ranks only the positions
-    whose prefix repeats (one integer ``np.unique`` over a set that shrinks fast with n) instead of
-    every position. Gives exactly what :func:`top_ngram_fraction` and :func:`dup_ngram_fraction`
-    give (tested against them).
+    An n-gram can only repeat if its (n-1)-gram prefix does, so each step looks only at positions
+    whose prefix repeats, a set that shrinks fast with n. Plain Python: for documents of a few
+    thousand words this beats numpy, whose per-call overhead dominated. Gives exactly what
+    :func:`top_ngram_fraction` and :func:`dup_ngram_fraction` give (tested against them).
     """
 
-    def __init__(self, ids: np.ndarray) -> None:
-        self.ids = ids.astype(np.int64)
-        self.base = np.int64(int(ids.max()) + 1) if len(ids) else np.int64(1)
-        # n -> (positions whose n-gram repeats, ascending; their ranks; count per rank; first index per rank)
-        self.levels: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
-        pos = np.arange(len(ids))
-        _, first, inv, cnt = np.unique(self.ids, return_index=True, return_inverse=True, return_counts=True)
-        self._set(1, pos, inv.ravel(), cnt, first)
+    def __init__(self, ids: list[int], prefix_chars: list[int]) -> None:
+        self.ids = ids
+        self.prefix = prefix_chars  # prefix[i] = characters in tokens[:i]
+        # n -> (positions whose n-gram repeats, ascending; their ranks; count per rank; first position per rank),
+        # ranks numbered in order of first appearance
+        self.levels: dict[int, tuple[list[int], list[int], list[int], list[int]]] = {}
+        self._set(1, range(len(ids)), ids)
 
-    def _set(self, n: int, pos: np.ndarray, inv: np.ndarray, cnt: np.ndarray, first: np.ndarray) -> None:
-        keep = cnt[inv] >= 2  # drop n-grams seen once: no longer n-gram through them can repeat
-        renum = np.cumsum(cnt >= 2) - 1
-        self.levels[n] = (pos[keep], renum[inv[keep]], cnt[cnt >= 2], first[cnt >= 2])
+    def _set(self, n: int, pos, keys: list) -> None:
+        # C-level maps and dict builds throughout: this runs ~10 times per document
+        cnt = Counter(keys)
+        keep = list(map((2).__le__, map(cnt.__getitem__, keys)))
+        pos, keys = list(compress(pos, keep)), list(compress(keys, keep))
+        order = dict.fromkeys(keys)  # distinct n-grams in order of first appearance
+        index = {k: i for i, k in enumerate(order)}
+        earliest = dict(zip(reversed(keys), reversed(pos)))  # the last write per key is its first position
+        self.levels[n] = (pos, list(map(index.__getitem__, keys)), list(map(cnt.__getitem__, order)),
+                          list(map(earliest.__getitem__, order)))
 
-    def level(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def level(self, n: int) -> tuple[list[int], list[int], list[int], list[int]]:
         k = max(m for m in self.levels if m <= n)
+        ids = self.ids
         while k < n:
             pos, rank, _, _ = self.levels[k]
-            ok = pos + k < len(self.ids)  # room for one more token
-            pos, rank = pos[ok], rank[ok]
-            key = rank * self.base + self.ids[pos + k]
-            _, first, inv, cnt = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
+            end = bisect_left(pos, len(ids) - k)  # room for one more token
+            nxt = map(ids.__getitem__, map(k.__add__, pos[:end]))
+            self._set(k + 1, pos[:end], list(zip(rank[:end], nxt)))
             k += 1
-            # first: index into pos (ascending), so positions stay ascending and first is the earliest
-            self._set(k, pos, inv.ravel(), cnt, pos[first])
         return self.levels[n]
 
-    def top_fraction(self, n: int, lengths: np.ndarray, total_chars: int) -> float:
+    def top_fraction(self, n: int, total_chars: int) -> float:
         """As :func:`top_ngram_fraction`: the most frequent n-gram, the earliest of equally frequent ones."""
         if len(self.ids) < n or not total_chars:
             return 0.0
         _, _, cnt, first = self.level(n)
-        if not len(cnt):
+        if not cnt:
             return 0.0
-        best = int(cnt.max())
-        at = int(first[cnt == best].min())
-        return best * int(lengths[at : at + n].sum()) / total_chars
+        best = max(cnt)
+        at = first[cnt.index(best)]  # ranks are in order of first appearance
+        return best * (self.prefix[at + n] - self.prefix[at]) / total_chars
 
-    def dup_fraction(self, n: int, lengths: np.ndarray, total_chars: int) -> float:
+    def dup_fraction(self, n: int, total_chars: int) -> float:
         """As :func:`dup_ngram_fraction`: characters covered by the non-first occurrences of repeated n-grams."""
         if len(self.ids) < n or not total_chars:
             return 0.0
-        pos, _, _, first = self.level(n)
-        if not len(pos):
-            return 0.0
-        starts = np.setdiff1d(pos, first, assume_unique=True)
-        if not len(starts):
-            return 0.0
-        cover = np.zeros(len(self.ids) + 1, np.int32)
-        np.add.at(cover, starts, 1)
-        np.add.at(cover, starts + n, -1)
-        covered = np.cumsum(cover[:-1]) > 0
-        return float(lengths[covered].sum()) / total_chars
+        pos, rank, _, first = self.level(n)
+        covered, end = 0, 0
+        for p, r in zip(pos, rank, strict=True):
+            if first[r] != p:  # a repeat: tokens p .. p+n-1 are covered (merge with the previous span)
+                a = max(p, end)
+                end = p + n
+                covered += self.prefix[end] - self.prefix[a]
+        return float(covered) / total_chars
 
 
 def token_ids(tokens: list[str]) -> np.ndarray:
@@ -284,11 +282,11 @@ def repetition_filter(c, s: TextStats) -> str | None:
     if para_chars > c.max_dup_paragraph_chars:
         return f"{para_chars:.0%} of characters in duplicate paragraphs"
     for n, limit in sorted(c.max_top_ngram.items(), key=lambda kv: int(kv[0])):
-        frac = s.ngrams.top_fraction(int(n), s.token_lengths, s.token_chars)
+        frac = s.ngrams.top_fraction(int(n), s.token_chars)
         if frac > limit:
             return f"top {n}-gram covers {frac:.0%}"
     for n, limit in sorted(c.max_dup_ngram.items(), key=lambda kv: int(kv[0])):
-        frac = s.ngrams.dup_fraction(int(n), s.token_lengths, s.token_chars)
+        frac = s.ngrams.dup_fraction(int(n), s.token_chars)
         if frac > limit:
             return f"repeated {n}-grams cover {frac:.0%}"
     return None
@@ -312,14 +310,9 @@ def language_filter(c, s: TextStats) -> str | None:
         latin = sum(ch < "\u0250" for ch in letters) / len(letters)  # Basic Latin .. Latin Extended-B
     if latin < c.min_latin:
         return f"only {latin:.0%} Latin letters"
-    counts = s.token_counts.tolist()  # per distinct token, not per occurrence
-    words = common_n = 0
-    for t, i in s.vocab.items():
-        if t.isalpha():
-            words += counts[i]
-            if t in ENGLISH_COMMON_WORDS:
-                common_n += counts[i]
-    common = common_n / max(1, words)
+    counts = s.token_counts.tolist()  # per distinct token (vocab order), not per occurrence
+    words = sum(compress(counts, map(str.isalpha, s.vocab)))
+    common = sum(compress(counts, map(_COMMON_ALPHA.__contains__, s.vocab))) / max(1, words)
     if common < c.min_common_words:
         return f"English function-word share {common:.0%} < {c.min_common_words:.0%}"
     return None
@@ -402,6 +395,7 @@ EMAIL = re.compile(
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)(?!\w)")
 _DIGIT_DOT_DIGIT = re.compile(r"\d\.\d")
+_IPV6_HINT = re.compile(r":[0-9A-Fa-f]{0,4}:")  # every IPv6 candidate holds two colons this close
 _IPV6_CANDIDATE = re.compile(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])")
 
 
@@ -448,7 +442,7 @@ class PiiScrubber:
 
             if _DIGIT_DOT_DIGIT.search(text):
                 text = IPV4.sub(public, text)
-            if "::" in text or text.count(":") >= 7:
+            if ("::" in text or text.count(":") >= 7) and _IPV6_HINT.search(text):
                 text = _IPV6_CANDIDATE.sub(lambda m: public(m) if _ipv6_groups(m.group(0)) >= 3 else m.group(0), text)
             ips = counter[0]
         if emails or ips:
