@@ -76,11 +76,14 @@ def test_ngram_repeats_match_reference():
         for n in range(1, 11):
             assert s.ngrams.top_fraction(n, total) == top_ngram_fraction(tokens, n, total), (tokens, n)
             assert s.ngrams.dup_fraction(n, total) == dup_ngram_fraction(tokens, n, total), (tokens, n)
-    repeats = NgramRepeats([3, 1, 3, 1, 3, 2], list(range(7)))  # ids need not be in order of first appearance
+    repeats = NgramRepeats(np.array([3, 1, 3, 1, 3, 2]), list(range(7)))  # ids need not be in order of first appearance
     tokens = ["c", "a", "c", "a", "c", "b"]
-    for n in range(1, 7):
+    for n in range(1, 8):
         assert repeats.dup_fraction(n, 6) == dup_ngram_fraction(tokens, n, 6)
         assert repeats.top_fraction(n, 6) == top_ngram_fraction(tokens, n, 6)
+    # equally frequent tokens of different lengths: the earliest wins, whatever the ids' order
+    tokens = ["ccc", "a", "a", "ccc"]
+    assert NgramRepeats(np.array([3, 1, 1, 3]), [0, 3, 4, 5, 8]).top_fraction(1, 8) == top_ngram_fraction(tokens, 1, 8)
 
 
 def ref_symbol(c, s: TextStats) -> str | None:

@@ -78,7 +78,7 @@ class TextStats:
 
     @cached_property
     def ngrams(self) -> NgramRepeats:
-        return NgramRepeats(self.token_ids.tolist(), list(accumulate(map(len, self.tokens), initial=0)))
+        return NgramRepeats(self.token_ids, list(accumulate(map(len, self.tokens), initial=0)))
 
     @cached_property
     def ngram_ranks(self) -> dict[int, np.ndarray]:  # n -> ranks, filled by dup_ngram_fraction
@@ -208,13 +208,18 @@ class NgramRepeats:
     :func:`top_ngram_fraction` and :func:`dup_ngram_fraction` give (tested against them).
     """
 
-    def __init__(self, ids: list[int], prefix_chars: list[int]) -> None:
-        self.ids = ids
+    def __init__(self, ids: np.ndarray, prefix_chars: list[int]) -> None:
+        ids = np.asarray(ids, np.int64)
+        self.ids = ids.tolist()
         self.prefix = prefix_chars  # prefix[i] = characters in tokens[:i]
-        # n -> (positions whose n-gram repeats, ascending; their ranks; count per rank; first position per rank),
-        # ranks numbered in order of first appearance
-        self.levels: dict[int, tuple[list[int], list[int], list[int], list[int]]] = {}
-        self._set(1, range(len(ids)), ids)
+        # n -> (positions whose n-gram repeats, ascending; their ranks; count per rank; first position per rank)
+        self.levels: dict[int, tuple[list[int], list, list[int], list]] = {}
+        # 1-grams: the rank is the id itself (counts and first positions per id, gaps: count 0)
+        counts = np.bincount(ids) if len(ids) else np.zeros(0, np.int64)
+        keep = counts[ids] >= 2
+        earliest = dict(zip(reversed(self.ids), range(len(ids) - 1, -1, -1), strict=True))
+        self.levels[1] = (np.flatnonzero(keep).tolist(), ids[keep].tolist(), counts.tolist(),
+                          list(map(earliest.get, range(len(counts)))))
 
     def _set(self, n: int, pos, keys: list) -> None:
         # C-level maps and dict builds throughout: this runs ~10 times per document
@@ -243,10 +248,10 @@ class NgramRepeats:
         if len(self.ids) < n or not total_chars:
             return 0.0
         _, _, cnt, first = self.level(n)
-        if not cnt:
+        best = max(cnt, default=0)
+        if best < 2:
             return 0.0
-        best = max(cnt)
-        at = first[cnt.index(best)]  # ranks are in order of first appearance
+        at = min(f for c, f in zip(cnt, first, strict=True) if c == best)  # the earliest, as Counter.most_common
         return best * (self.prefix[at + n] - self.prefix[at]) / total_chars
 
     def dup_fraction(self, n: int, total_chars: int) -> float:
