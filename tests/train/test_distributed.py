@@ -97,14 +97,20 @@ def test_fsdp2_trains_checkpoints_and_resumes(make_cfg, tmp_path):
     assert_same_training(single, tmp_path / "fsdp")  # FSDP2 computes the same steps
 
     # Resume from step 2 in a fresh out_dir: steps 3-4 repeat the uninterrupted FSDP run exactly.
-    resumed = tmp_path / "fsdp_resumed"
-    shutil.copytree(tmp_path / "fsdp" / "checkpoints" / "step_000002", resumed / "checkpoints" / "step_000002")
-    torchrun(preset, f'out_dir="{resumed}"', "--resume")
-    full = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "fsdp", "train")]
-    assert [(r["step"], r["loss"]) for r in read_metrics(resumed, "train")] == full[2:]
-    a, b = final_weights(tmp_path / "fsdp"), final_weights(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_from_step2_repeats(preset, tmp_path / "fsdp")
 
+
+
+def assert_resume_from_step2_repeats(preset, run_dir):
+    """Resume from run_dir's step-2 checkpoint in a fresh out_dir: the later steps' losses and the final
+    weights equal the uninterrupted run's, bit for bit."""
+    resumed = run_dir.with_name(run_dir.name + "_resumed")
+    shutil.copytree(run_dir / "checkpoints" / "step_000002", resumed / "checkpoints" / "step_000002")
+    torchrun(preset, f'out_dir="{resumed}"', "--resume")
+    full = [(r["step"], r["loss"]) for r in read_metrics(run_dir, "train")]
+    assert [(r["step"], r["loss"]) for r in read_metrics(resumed, "train")] == full[2:]
+    a, b = final_weights(run_dir), final_weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow
@@ -116,13 +122,7 @@ def test_fsdp2_muon_resumes_exactly(make_cfg, tmp_path):
     state = ckpt.load_checkpoint(tmp_path / "fsdp" / "checkpoints" / "step_000002").optim_state["state"]
     bufs = [v["momentum_buffer"] for v in state.values() if "momentum_buffer" in v]
     assert len(bufs) == 7 * 2 and all(b.ndim == 2 and b.abs().sum() > 0 for b in bufs)  # whole, trained matrices
-    resumed = tmp_path / "fsdp_resumed"
-    shutil.copytree(tmp_path / "fsdp" / "checkpoints" / "step_000002", resumed / "checkpoints" / "step_000002")
-    torchrun(preset, f'out_dir="{resumed}"', "--resume")
-    full = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "fsdp", "train")]
-    assert [(r["step"], r["loss"]) for r in read_metrics(resumed, "train")] == full[2:]
-    a, b = final_weights(tmp_path / "fsdp"), final_weights(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_from_step2_repeats(preset, tmp_path / "fsdp")
 
 DYING_RANK = """
 import os, signal, sys
