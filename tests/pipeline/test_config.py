@@ -83,6 +83,16 @@ def test_alignment_comparison_is_off_by_default_and_follows_the_run_when_on(tmp_
         load_config(PipelineConfig, demo, ["compare_alignment=true", "align_compare.compare.methods=['sft']"])
 
 
+
+def test_alignment_comparison_without_its_sft_model_is_refused_before_anything_runs():
+    micro = ROOT / "configs/pipeline/micro.toml"  # compare_alignment = true
+    with pytest.raises(ScratchError, match="needs the sft stage") as e:
+        load_config(PipelineConfig, micro, ["skip=['sft']"])
+    assert "align_compare" in e.value.hint
+    cfg = load_config(PipelineConfig, micro, ["skip=['sft', 'align_compare']"])
+    assert cfg.skip == ["sft", "align_compare"]
+
+
 # One corpus per run (issue #23, item 2).
 
 MY_FILES = '[{kind="files", domain="prose", paths=["my_texts/"]}]'

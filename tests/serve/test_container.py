@@ -175,7 +175,7 @@ def pipeline_model(tmp_path_factory) -> Path:
     try:
         assert main(["pipeline", "--config", str(ROOT / "configs/pipeline/micro.toml"), f"run_dir={run_dir}",
                      "pretrain.train.max_steps=10", "pretrain.eval.interval=5",
-                     "skip=['ablation', 'sft', 'dpo', 'export_hf', 'serve', 'report']"]) == 0
+                     "skip=['ablation', 'sft', 'dpo', 'align_compare', 'export_hf', 'serve', 'report']"]) == 0
     finally:
         os.umask(old)
     return run_dir / "quantize"

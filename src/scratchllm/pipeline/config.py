@@ -127,6 +127,10 @@ class PipelineConfig:
         self.tokenizer_config(), self.data_config(), self.train_config(), self.sft_config(), self.dpo_config()
         self.eval_config(), self.quantize_config()
         if self.compare_alignment:
+            if "sft" in self.skip and "align_compare" not in self.skip:
+                raise ScratchError("compare_alignment = true needs the sft stage (every method starts from its model), "
+                                   "but skip leaves sft out",
+                                   "also skip the comparison (skip=[..., \"align_compare\"]) or set compare_alignment=false")
             self.align_compare_config()
 
     # The resolved stage configs, every path pointing into run_dir.
