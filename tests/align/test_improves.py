@@ -34,9 +34,9 @@ def test_reward_model_heldout_pair_accuracy_well_above_chance(align_cfg, parity_
     assert (cfg.out_dir / "model" / "reward.json").is_file()
 
 
-def test_grpo_raises_heldout_reward_for_a_fixed_preference(align_cfg, parity_sets, make_parity, sft_dirs,
-                                                           tokenizer):
-    """Reward 1 for one fixed answer, the one the SFT model does not give greedily: GRPO must move there."""
+def unpreferred_parity_sets(parity_sets, make_parity, sft_dirs, tokenizer):
+    """The parity train/held-out sets relabelled so that reward 1 goes to the answer ("odd" or "even") the
+    SFT model does not give greedily on held-out prompts: a preference RL has to learn."""
     from scratchllm.align.grpo import prompt_ids, reply_text, respond
     from scratchllm.model.model import Transformer
 
@@ -44,7 +44,13 @@ def test_grpo_raises_heldout_reward_for_a_fixed_preference(align_cfg, parity_set
     greedy = [reply_text(tokenizer, r) for r in respond(sft, tokenizer, prompt_ids(
         tokenizer, [e.prompt for e in parity_sets[1][:20]]), 6)]
     target = "even" if greedy.count("odd") >= greedy.count("even") else "odd"
-    train, heldout = ([make_parity(int(e.prompt[0]["content"].split()[-1]), target) for e in s] for s in parity_sets)
+    return tuple([make_parity(int(e.prompt[0]["content"].split()[-1]), target) for e in s] for s in parity_sets)
+
+
+def test_grpo_raises_heldout_reward_for_a_fixed_preference(align_cfg, parity_sets, make_parity, sft_dirs,
+                                                           tokenizer):
+    """Reward 1 for one fixed answer, the one the SFT model does not give greedily: GRPO must move there."""
+    train, heldout = unpreferred_parity_sets(parity_sets, make_parity, sft_dirs, tokenizer)
     cfg = align_cfg("train.max_steps=30", "optim.lr=5e-4", "grpo.group_size=4", "rollout.prompts_per_step=8",
                     "grpo.kl_coef=0.02", method="grpo")
     report = run_grpo(cfg, examples=(train, heldout)).metrics
@@ -57,14 +63,7 @@ def test_grpo_raises_heldout_reward_for_a_fixed_preference(align_cfg, parity_set
 
 def test_rloo_raises_heldout_reward_for_a_fixed_preference(align_cfg, parity_sets, make_parity, sft_dirs, tokenizer):
     """As the GRPO test above: reward 1 for the answer the SFT model does not give greedily."""
-    from scratchllm.align.grpo import prompt_ids, reply_text, respond
-    from scratchllm.model.model import Transformer
-
-    sft = Transformer.from_pretrained(sft_dirs["policy"])
-    greedy = [reply_text(tokenizer, r) for r in respond(sft, tokenizer, prompt_ids(
-        tokenizer, [e.prompt for e in parity_sets[1][:20]]), 6)]
-    target = "even" if greedy.count("odd") >= greedy.count("even") else "odd"
-    train, heldout = ([make_parity(int(e.prompt[0]["content"].split()[-1]), target) for e in s] for s in parity_sets)
+    train, heldout = unpreferred_parity_sets(parity_sets, make_parity, sft_dirs, tokenizer)
     cfg = align_cfg("train.max_steps=30", "optim.lr=5e-4", "rloo.group_size=4", "rollout.prompts_per_step=8",
                     "rloo.kl_coef=0.02", method="rloo")
     report = run_rloo(cfg, examples=(train, heldout)).metrics
